@@ -1,0 +1,128 @@
+"""The `animerec` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from animerec.data import interactions, kaggle
+
+DEFAULT_K = 10
+
+
+def _add_filter_args(parser: argparse.ArgumentParser) -> None:
+    defaults = interactions.LikedFilter()
+    split = interactions.SplitConfig()
+    parser.add_argument(
+        "--min-score",
+        type=int,
+        default=defaults.min_score,
+        help="lowest score that counts as liked (default %(default)s)",
+    )
+    parser.add_argument(
+        "--eval-percent",
+        type=int,
+        default=split.eval_percent,
+        help="share of each user's liked rows held out for eval (default %(default)s)",
+    )
+    parser.add_argument(
+        "--min-history",
+        type=int,
+        default=split.min_history,
+        help="liked rows a user needs to get eval rows (default %(default)s)",
+    )
+
+
+def _filter_and_split(args) -> tuple[interactions.LikedFilter, interactions.SplitConfig]:
+    return (
+        interactions.LikedFilter(min_score=args.min_score),
+        interactions.SplitConfig(eval_percent=args.eval_percent, min_history=args.min_history),
+    )
+
+
+def _data_synth(args) -> int:
+    from animerec.data import synth
+
+    config = synth.SynthConfig(
+        users=args.users, anime=args.anime, seed=args.seed, mean_rows_per_user=args.rows_per_user
+    )
+    synth.synthesize(args.out, config)
+    return 0
+
+
+def _data_summary(args) -> int:
+    from animerec.data import summary
+
+    liked_filter, split = _filter_and_split(args)
+    result = summary.summarize(args.data_dir, liked_filter, split)
+    if args.json:
+        result.pop("_reports")
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        print(summary.format_summary(result, split))
+    return 0
+
+
+def _data_convert(args) -> int:
+    from animerec.data import convert
+
+    liked_filter, split = _filter_and_split(args)
+    convert.convert_kaggle(args.data_dir, args.out, liked_filter, split)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="animerec", description=__doc__)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    data = commands.add_parser("data", help="generate, validate and convert MyAnimeList data")
+    data_commands = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+
+    synth = data_commands.add_parser("synth", help="write a synthetic dataset with the Kaggle schema")
+    synth.add_argument("--out", required=True, help="folder for the five CSV files")
+    synth.add_argument("--users", type=int, default=8000, help="number of users (default %(default)s)")
+    synth.add_argument("--anime", type=int, default=2500, help="number of anime (default %(default)s)")
+    synth.add_argument(
+        "--rows-per-user",
+        type=float,
+        default=130.0,
+        help="mean animelist rows per user before de-duplication (default %(default)s)",
+    )
+    synth.add_argument(
+        "--seed", type=int, default=42, help="random seed; the same seed writes the same files (default %(default)s)"
+    )
+    synth.set_defaults(func=_data_synth)
+
+    summary = data_commands.add_parser("summary", help="validate the Kaggle files and print what training will see")
+    summary.add_argument("--data-dir", required=True, help="folder with the Kaggle CSV files")
+    summary.add_argument("--json", action="store_true", help="print the counts as JSON")
+    _add_filter_args(summary)
+    summary.set_defaults(func=_data_summary)
+
+    convert = data_commands.add_parser("convert", help="convert the Kaggle files into ExampleGen input (TFRecords)")
+    convert.add_argument("--data-dir", required=True, help="folder with the Kaggle CSV files")
+    convert.add_argument("--out", required=True, help="output folder (train/, eval/, catalog/)")
+    _add_filter_args(convert)
+    convert.set_defaults(func=_data_convert)
+
+    from animerec import cli_pipeline
+
+    cli_pipeline.add_commands(commands, _add_filter_args, _filter_and_split)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except kaggle.DataError as error:
+        print(f"animerec: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.exit(main())

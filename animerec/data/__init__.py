@@ -1,0 +1,1 @@
+"""Reading, validating, converting and generating MyAnimeList data."""

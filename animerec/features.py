@@ -1,0 +1,64 @@
+"""The one place that names features, splits and vocabulary files.
+
+Transform, Trainer, Evaluator, the serving signatures and the client import
+these names; none of them types a feature name as a string literal.
+"""
+
+# Raw features of the examples ExampleGen reads. Every record carries all of
+# them so that the three splits share one dense schema: interaction records
+# have empty text, catalog records have user_id = NO_USER.
+USER_ID = "user_id"
+ANIME_ID = "anime_id"
+RATING = "rating"
+LIKED = "liked"
+NAME = "name"
+GENRES = "genres"
+SYNOPSIS = "synopsis"
+
+RAW_INT_FEATURES = (USER_ID, ANIME_ID, RATING, LIKED)
+RAW_TEXT_FEATURES = (NAME, GENRES, SYNOPSIS)
+RAW_FEATURES = RAW_INT_FEATURES + RAW_TEXT_FEATURES
+
+NO_USER = -1  # user_id of a catalog record
+
+# ExampleGen splits. The catalog is its own split so that retrieval ranks
+# against every anime, not only those seen in one split.
+TRAIN_SPLIT = "train"
+EVAL_SPLIT = "eval"
+CATALOG_SPLIT = "catalog"
+SPLITS = (TRAIN_SPLIT, EVAL_SPLIT, CATALOG_SPLIT)
+
+# Transform outputs.
+USER_INDEX = "user_index"
+ANIME_INDEX = "anime_index"
+WEIGHT = "weight"
+NAME_TOKENS = "name_tokens"
+GENRE_TOKENS = "genre_tokens"
+SYNOPSIS_TOKENS = "synopsis_tokens"
+TEXT_TOKEN_FEATURES = {NAME: NAME_TOKENS, GENRES: GENRE_TOKENS, SYNOPSIS: SYNOPSIS_TOKENS}
+# Token ids are padded to a fixed length; PAD never collides with a vocabulary id.
+TEXT_MAX_TOKENS = {NAME_TOKENS: 8, GENRE_TOKENS: 8, SYNOPSIS_TOKENS: 48}
+TEXT_VOCAB_SIZE = {NAME_TOKENS: 5000, GENRE_TOKENS: 100, SYNOPSIS_TOKENS: 10000}
+PAD_TOKEN = -1
+
+# Vocabulary files written by tf.Transform (frequency-sorted, most frequent first).
+USER_VOCAB = "user_id_vocab"
+ANIME_VOCAB = "anime_id_vocab"
+TEXT_VOCAB = {NAME_TOKENS: "name_vocab", GENRE_TOKENS: "genre_vocab", SYNOPSIS_TOKENS: "synopsis_vocab"}
+
+# Serving signature tensors.
+SERVING_USER_ID = USER_ID
+SERVING_K = "k"
+SERVING_EXCLUDE = "exclude_anime_ids"
+OUTPUT_ANIME_IDS = "anime_ids"
+OUTPUT_SCORES = "scores"
+OUTPUT_TITLES = "titles"
+OUTPUT_IS_FALLBACK = "is_fallback"
+RECOMMEND_SIGNATURE = "recommend"
+TF_EXAMPLE_SIGNATURE = "serving_tf_example"
+EMBED_CANDIDATES_SIGNATURE = "embed_candidates"
+
+
+def transformed_name(key: str) -> str:
+    """Name of a feature after Transform (the TFX template convention)."""
+    return key + "_xf"

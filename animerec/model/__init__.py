@@ -1,0 +1,1 @@
+"""Towers, the TFRS model, the retrieval index and the serving signatures."""

@@ -1,0 +1,1 @@
+"""The retrieval quality gate: metrics against baselines, and the blessing."""

@@ -1,0 +1,1 @@
+"""Kubeflow Pipelines compilation and the pipeline image."""

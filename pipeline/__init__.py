@@ -1,0 +1,1 @@
+"""Pipeline definition and its runners (local Beam, Kubeflow)."""

@@ -1,0 +1,1 @@
+"""The checked-in schema of the raw examples."""

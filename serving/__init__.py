@@ -1,0 +1,1 @@
+"""TF Serving integration: gRPC server stand-in, client and deployment configs."""
