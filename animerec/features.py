@@ -36,10 +36,10 @@ NAME_TOKENS = "name_tokens"
 GENRE_TOKENS = "genre_tokens"
 SYNOPSIS_TOKENS = "synopsis_tokens"
 TEXT_TOKEN_FEATURES = {NAME: NAME_TOKENS, GENRES: GENRE_TOKENS, SYNOPSIS: SYNOPSIS_TOKENS}
-# Token ids are padded to a fixed length; PAD never collides with a vocabulary id.
+# Token ids are vocabulary index + 1, padded to a fixed length with PAD_TOKEN (also OOV).
 TEXT_MAX_TOKENS = {NAME_TOKENS: 8, GENRE_TOKENS: 8, SYNOPSIS_TOKENS: 48}
 TEXT_VOCAB_SIZE = {NAME_TOKENS: 5000, GENRE_TOKENS: 100, SYNOPSIS_TOKENS: 10000}
-PAD_TOKEN = -1
+PAD_TOKEN = 0
 
 # Vocabulary files written by tf.Transform (frequency-sorted, most frequent first).
 USER_VOCAB = "user_id_vocab"

@@ -49,7 +49,7 @@ WATCHING_STATUS_NAMES = {
     PLAN_TO_WATCH: "Plan to Watch",
 }
 
-# Lines per block when streaming animelist.csv; ~40 MB of text.
+# Approximate lines per block when streaming animelist.csv (~40 MB of text).
 DEFAULT_BLOCK_LINES = 2_000_000
 MAX_EXAMPLES_PER_REASON = 5
 

@@ -139,6 +139,10 @@ class _World:
             np.flatnonzero((self.group_main_genre == g) & (counts > 0)) for g in range(self.n_genres)
         ]
         self.nonempty_groups = np.flatnonzero(counts > 0)
+        self.groups_by_genre_count = np.array([len(g) for g in self.groups_by_genre])
+        self.groups_by_genre_padded = np.full((self.n_genres, max(1, self.groups_by_genre_count.max())), -1)
+        for g, groups in enumerate(self.groups_by_genre):
+            self.groups_by_genre_padded[g, : len(groups)] = groups
         # Words: genre words, franchise words, and filler.
         self.genre_words = [[_word(rng, 3) for _ in range(25)] for _ in range(self.n_genres)]
         self.group_words = [[_word(rng, 2).capitalize() for _ in range(6)] for _ in range(self.n_groups)]
@@ -269,6 +273,11 @@ def _user_rows(world: _World, config: SynthConfig, user_ids: np.ndarray, rng: np
     in_taste = rng.random(total) < taste_share[user_of_row]
     # Taste rows: a favourite group, then a title within it.
     group = fav_groups[user_of_row, rng.choice(n_fav, size=total, p=[0.5, 0.3, 0.2])]
+    # A third of taste rows come from any group of the user's main genre, so
+    # heavy users reach past their favourite franchises.
+    genre_groups = world.groups_by_genre_padded[main_genre[user_of_row]]
+    genre_pick = genre_groups[np.arange(total), rng.integers(0, world.groups_by_genre_count[main_genre[user_of_row]].clip(1))]
+    group = np.where((rng.random(total) < 0.33) & (genre_pick >= 0), genre_pick, group)
     position = np.searchsorted(world.cdf_concat, group + rng.random(total))
     position = np.clip(position, world.group_start[group], world.group_end[group] - 1)
     taste_anime = world.members_concat[position]
