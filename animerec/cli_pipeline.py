@@ -1,7 +1,69 @@
-"""Commands that run or inspect the pipeline and the pushed model."""
+"""Commands that run the pipeline and use the pushed model."""
 
 from __future__ import annotations
 
+import json
+
+
+def _run(args) -> int:
+    from animerec.components.retrieval_evaluator.metrics import GateConfig
+    from animerec.config import TrainingConfig
+    from animerec.pipeline import local_runner
+
+    training = TrainingConfig(
+        embedding_dim=args.embedding_dim, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate
+    )
+    gate = GateConfig(min_value=args.min_recall, min_lift_over_popularity=args.min_lift)
+    liked_filter, split = args.filter_and_split(args)
+    beam_args = local_runner.direct_runner_args(args.workers)
+    result = local_runner.run_local(
+        args.data_dir,
+        args.output_dir,
+        training=training,
+        gate=gate,
+        train_steps=args.train_steps,
+        liked_filter=liked_filter,
+        split=split,
+        beam_pipeline_args=beam_args,
+        infer_schema=args.infer_schema,
+    )
+    print()
+    print("Per-stage wall time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in result["seconds"].items()))
+    evaluation = result["evaluation"]
+    if evaluation:
+        print(f"Evaluation ({'BLESSED' if evaluation['blessed'] else 'NOT BLESSED'}), report: {evaluation['report']}")
+        for system, values in evaluation["metrics"].items():
+            print(
+                f"  {system:13s} recall@10 {values['recall@10']:.4f}  recall@50 {values['recall@50']:.4f}  "
+                f"recall@100 {values['recall@100']:.4f}  ndcg@50 {values['ndcg@50']:.4f}  coverage@50 {values['coverage@50']:.3f}"
+            )
+    if result["pushed_model"]:
+        print(f"Pushed model: {result['pushed_model']}")
+    else:
+        print("No model has been pushed (none blessed yet).")
+    if args.json:
+        print(json.dumps(result, default=str))
+    return 0
+
 
 def add_commands(commands, add_filter_args, filter_and_split) -> None:
-    """Registers the pipeline commands; the pipeline issue fills these in."""
+    from animerec.components.retrieval_evaluator.metrics import GateConfig
+    from animerec.config import TrainingConfig
+
+    defaults = TrainingConfig()
+    gate = GateConfig()
+    run = commands.add_parser("run", help="convert the Kaggle files and run the TFX pipeline locally on Beam")
+    run.add_argument("--data-dir", required=True, help="folder with the Kaggle CSV files")
+    run.add_argument("--output-dir", required=True, help="folder for artifacts, metadata and pushed models")
+    run.add_argument("--epochs", type=int, default=defaults.epochs, help="training epochs (default %(default)s)")
+    run.add_argument("--train-steps", type=int, default=None, help="cap on optimizer steps (default: epochs over the data)")
+    run.add_argument("--batch-size", type=int, default=defaults.batch_size, help="default %(default)s")
+    run.add_argument("--embedding-dim", type=int, default=defaults.embedding_dim, help="default %(default)s")
+    run.add_argument("--learning-rate", type=float, default=defaults.learning_rate, help="default %(default)s")
+    run.add_argument("--min-recall", type=float, default=gate.min_value, help="blessing floor on recall@50 (default %(default)s)")
+    run.add_argument("--min-lift", type=float, default=gate.min_lift_over_popularity, help="required relative lift of recall@50 over popularity (default %(default)s)")
+    run.add_argument("--workers", type=int, default=None, help="DirectRunner workers (default: one per core)")
+    run.add_argument("--infer-schema", action="store_true", help="infer the schema with SchemaGen instead of importing schema/schema.pbtxt")
+    run.add_argument("--json", action="store_true", help="also print the result as JSON")
+    add_filter_args(run)
+    run.set_defaults(func=_run, filter_and_split=filter_and_split)

@@ -71,6 +71,9 @@ def preprocessing_fn(inputs: dict) -> dict:
         f.USER_ID: user_id,
         f.ANIME_ID: anime_id,
         f.LIKED: liked,
+        # Titles and genres as written, for the serving outputs.
+        f.NAME: _squeeze(inputs[f.NAME]),
+        f.GENRES: _squeeze(inputs[f.GENRES]),
         f.USER_INDEX: tft.apply_vocabulary(user_key, user_vocab, num_oov_buckets=1),
         f.ANIME_INDEX: tft.apply_vocabulary(anime_key, anime_vocab, num_oov_buckets=1),
         f.WEIGHT: scale / 10.0,

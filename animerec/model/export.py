@@ -1,0 +1,123 @@
+"""The serving SavedModel: top-k retrieval over the whole catalog, seen titles excluded.
+
+Brute-force scoring with stock TensorFlow ops only, so stock TF Serving loads
+it. Signatures (names in animerec.features):
+  serving_default(user_id[B] int64) -> anime_ids[B,K], scores[B,K], titles[B,K], genres[B,K], is_fallback[B]
+  recommend(user_id[B], k scalar int32, exclude_anime_ids[B,M] int64, -1 padded) -> the same, top k
+  serving_tf_example(examples[B] string: serialized tf.Example with user_id) -> the same as serving_default
+A user id the model has not seen, or one without a liked title, gets the most
+popular unseen titles with is_fallback=True instead of an error.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from animerec import features as f
+from animerec.model.data import TrainingData
+from animerec.model.retrieval import RetrievalModel
+
+
+class RecommenderModule(tf.Module):
+    def __init__(self, model: RetrievalModel, data: TrainingData, catalog_embeddings: np.ndarray, top_k: int):
+        super().__init__()
+        catalog = data.catalog
+        self.query_tower = model.query_tower
+        self.top_k = min(top_k, len(catalog.anime_id))
+        self.catalog_size = len(catalog.anime_id)
+        self.catalog_embeddings = tf.Variable(catalog_embeddings, trainable=False, name="catalog_embeddings")
+        self.catalog_anime_ids = tf.Variable(catalog.anime_id, trainable=False, name="catalog_anime_ids")
+        self.catalog_titles = tf.Variable(catalog.titles, trainable=False, name="catalog_titles")
+        self.catalog_genres = tf.Variable(catalog.genres, trainable=False, name="catalog_genres")
+        popularity = np.zeros(len(catalog.anime_id), np.float32)
+        counts = data.item_counts()
+        known = catalog.anime_index < data.anime_vocab_size
+        popularity[known] = counts[catalog.anime_index[known]]
+        self.popularity = tf.Variable(popularity / max(popularity.sum(), 1.0), trainable=False, name="popularity")
+        self.history_splits = tf.Variable(data.history_splits, trainable=False, name="history_splits")
+        self.history_values = tf.Variable(data.history_values, trainable=False, name="history_values")
+        self.seen_splits = tf.Variable(data.seen_splits, trainable=False, name="seen_splits")
+        self.seen_values = tf.Variable(data.seen_values, trainable=False, name="seen_values")
+        self.empty_user_row = data.user_vocab_size
+        known_users = np.flatnonzero(data.user_ids >= 0)
+        self.user_table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(
+                tf.constant(data.user_ids[known_users], tf.int64), tf.constant(known_users, tf.int64)
+            ),
+            default_value=-1,
+        )
+        self.anime_table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(
+                tf.constant(catalog.anime_id, tf.int64), tf.range(self.catalog_size, dtype=tf.int64)
+            ),
+            default_value=-1,
+        )
+
+    def _recommend(self, user_id: tf.Tensor, k: tf.Tensor, exclude_anime_ids: tf.Tensor) -> dict:
+        k = tf.cast(k, tf.int32)
+        checks = [
+            tf.debugging.assert_positive(k, message="k must be positive"),
+            tf.debugging.assert_less_equal(k, self.catalog_size, message=f"k must be at most the catalog size ({self.catalog_size})"),
+            tf.debugging.assert_positive(tf.size(user_id), message="user_id must hold at least one id"),
+        ]
+        with tf.control_dependencies(checks):
+            user_index = self.user_table.lookup(user_id)
+        known = user_index >= 0
+        row = tf.where(known, user_index, self.empty_user_row)
+        history = tf.gather(tf.RaggedTensor.from_row_splits(self.history_values, self.history_splits), row)
+        use_model = tf.logical_and(known, history.row_lengths() > 0)
+        query = self.query_tower(row, history, exclude=-tf.ones_like(row))
+        scores = tf.where(
+            use_model[:, None],
+            tf.matmul(query, self.catalog_embeddings, transpose_b=True),
+            tf.broadcast_to(self.popularity[None, :], [tf.shape(row)[0], self.catalog_size]),
+        )
+        seen = tf.gather(tf.RaggedTensor.from_row_splits(self.seen_values, self.seen_splits), row)
+        extra = tf.RaggedTensor.from_tensor(self.anime_table.lookup(exclude_anime_ids))
+        excluded = tf.concat([seen, extra], axis=1)
+        excluded = tf.ragged.boolean_mask(excluded, excluded >= 0)
+        indices = tf.stack([excluded.value_rowids(), excluded.flat_values], axis=1)
+        scores = tf.tensor_scatter_nd_update(scores, indices, tf.fill([tf.shape(indices)[0]], float("-inf")))
+        top = tf.math.top_k(scores, k=k)
+        return {
+            f.OUTPUT_ANIME_IDS: tf.gather(self.catalog_anime_ids, top.indices),
+            f.OUTPUT_SCORES: top.values,
+            f.OUTPUT_TITLES: tf.gather(self.catalog_titles, top.indices),
+            f.OUTPUT_GENRES: tf.gather(self.catalog_genres, top.indices),
+            f.OUTPUT_IS_FALLBACK: tf.logical_not(use_model),
+        }
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.int64, name=f.SERVING_USER_ID)])
+    def serve(self, user_id):
+        no_exclusions = tf.fill([tf.shape(user_id)[0], 0], tf.constant(-1, tf.int64))
+        return self._recommend(user_id, tf.constant(self.top_k), no_exclusions)
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None], tf.int64, name=f.SERVING_USER_ID),
+            tf.TensorSpec([], tf.int32, name=f.SERVING_K),
+            tf.TensorSpec([None, None], tf.int64, name=f.SERVING_EXCLUDE),
+        ]
+    )
+    def recommend(self, user_id, k, exclude_anime_ids):
+        return self._recommend(user_id, k, exclude_anime_ids)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    def serve_tf_example(self, examples):
+        parsed = tf.io.parse_example(examples, {f.USER_ID: tf.io.FixedLenFeature([1], tf.int64)})
+        user_id = tf.reshape(parsed[f.USER_ID], [-1])
+        no_exclusions = tf.fill([tf.shape(user_id)[0], 0], tf.constant(-1, tf.int64))
+        return self._recommend(user_id, tf.constant(self.top_k), no_exclusions)
+
+    def signatures(self) -> dict:
+        return {
+            "serving_default": self.serve.get_concrete_function(),
+            f.RECOMMEND_SIGNATURE: self.recommend.get_concrete_function(),
+            f.TF_EXAMPLE_SIGNATURE: self.serve_tf_example.get_concrete_function(),
+        }
+
+
+def export_serving_model(model: RetrievalModel, data: TrainingData, catalog_embeddings: np.ndarray, top_k: int, path: str) -> None:
+    module = RecommenderModule(model, data, catalog_embeddings, top_k)
+    tf.saved_model.save(module, path, signatures=module.signatures())

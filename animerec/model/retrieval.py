@@ -1,0 +1,87 @@
+"""The TFRS retrieval model: in-batch softmax with the logQ correction and score weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+from animerec import features as f
+from animerec.model.data import TrainingData
+from animerec.model.towers import CandidateTower, QueryTower
+
+
+def ragged_from_csr(splits, values) -> tf.RaggedTensor:
+    return tf.RaggedTensor.from_row_splits(values=tf.convert_to_tensor(values, tf.int64), row_splits=tf.convert_to_tensor(splits, tf.int64))
+
+
+class RetrievalModel(tfrs.Model):
+    """Scores (user, liked anime) pairs against the other candidates of the batch.
+
+    Popular titles are over-represented as in-batch negatives; subtracting
+    log(sampling probability) from their logits (the logQ correction) undoes
+    that bias. Liked rows are weighted by their score.
+    """
+
+    def __init__(self, data: TrainingData, embedding_dim: int, temperature: float, use_user_embedding: bool = True):
+        super().__init__()
+        self.query_tower = QueryTower(data.user_vocab_size, data.anime_vocab_size, embedding_dim, use_user_embedding)
+        self.candidate_tower = CandidateTower(data.anime_vocab_size, data.text_vocab_sizes, embedding_dim)
+        self.liked_history = ragged_from_csr(data.history_splits, data.history_values)
+        self.candidate_tokens = {name: tf.constant(t) for name, t in data.candidate_tokens_by_anime_index.items()}
+        counts = data.item_counts().astype(np.float64)
+        self.sampling_probability = tf.constant(np.maximum(counts, 1.0) / counts.sum(), tf.float32)
+        self.task = tfrs.tasks.Retrieval(temperature=temperature, remove_accidental_hits=True)
+
+    def candidate_features(self, anime_index: tf.Tensor) -> dict:
+        out = {name: tf.gather(tokens, anime_index) for name, tokens in self.candidate_tokens.items()}
+        out[f.ANIME_INDEX] = anime_index
+        return out
+
+    def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:
+        user_index, anime_index, weight = inputs
+        history = tf.gather(self.liked_history, user_index)
+        query = self.query_tower(user_index, history, exclude=anime_index)
+        candidates = self.candidate_tower(self.candidate_features(anime_index))
+        return self.task(
+            query,
+            candidates,
+            sample_weight=weight,
+            candidate_sampling_probability=tf.gather(self.sampling_probability, anime_index),
+            candidate_ids=anime_index,
+            compute_metrics=False,
+            compute_batch_metrics=False,
+        )
+
+
+def build_model(data: TrainingData, embedding_dim: int, temperature: float, learning_rate: float, use_user_embedding: bool = True) -> RetrievalModel:
+    model = RetrievalModel(data, embedding_dim, temperature, use_user_embedding)
+    model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate=learning_rate))
+    return model
+
+
+def training_dataset(data: TrainingData, batch_size: int, seed: int = 0) -> tf.data.Dataset:
+    dataset = tf.data.Dataset.from_tensor_slices((data.user_index, data.anime_index, data.weight))
+    return dataset.shuffle(min(len(data.user_index), 1_000_000), seed=seed, reshuffle_each_iteration=True).batch(
+        batch_size, drop_remainder=len(data.user_index) > batch_size
+    ).prefetch(2)
+
+
+def catalog_embeddings(model: RetrievalModel, data: TrainingData, batch_size: int = 4096) -> np.ndarray:
+    """Candidate embeddings for every catalog position (cold-start titles included)."""
+    catalog = data.catalog
+    parts = []
+    for start in range(0, len(catalog.anime_id), batch_size):
+        batch = {name: tf.constant(t[start : start + batch_size]) for name, t in catalog.tokens.items()}
+        batch[f.ANIME_INDEX] = tf.constant(catalog.anime_index[start : start + batch_size])
+        parts.append(model.candidate_tower(batch).numpy())
+    return np.concatenate(parts)
+
+
+def query_embeddings(model: RetrievalModel, data: TrainingData, user_index: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+    history = ragged_from_csr(data.history_splits, data.history_values)
+    parts = []
+    for start in range(0, len(user_index), batch_size):
+        idx = tf.constant(user_index[start : start + batch_size])
+        parts.append(model.query_tower(idx, tf.gather(history, idx), exclude=-tf.ones_like(idx)).numpy())
+    return np.concatenate(parts) if parts else np.zeros((0, 1), np.float32)

@@ -1,0 +1,109 @@
+"""The Trainer's run_fn: read Transform's output, fit the two towers, export for serving.
+
+Kept thin; the towers, the model, the data and the signatures live in animerec.model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_transform as tft
+from absl import logging
+
+from animerec import features as f
+from animerec.components.retrieval_evaluator import metrics as retrieval_metrics
+from animerec.config import TrainingConfig
+from animerec.model import data as model_data
+from animerec.model import export, retrieval
+
+HISTORY_FILE = "training_history.json"
+EMBEDDINGS_FILE = "catalog_embeddings.npz"
+
+
+def load_training_data(train_files, tf_transform_output: tft.TFTransformOutput) -> model_data.TrainingData:
+    columns = model_data.read_examples(train_files, tf_transform_output.transformed_feature_spec())
+    return model_data.build_training_data(
+        columns,
+        user_vocab_size=tf_transform_output.vocabulary_size_by_name(f.USER_VOCAB),
+        anime_vocab_size=tf_transform_output.vocabulary_size_by_name(f.ANIME_VOCAB),
+        text_vocab_sizes={name: tf_transform_output.vocabulary_size_by_name(v) + 1 for name, v in f.TEXT_VOCAB.items()},
+    )
+
+
+def evaluate_in_training(model, data: model_data.TrainingData, eval_columns: dict, ks=(10, 50, 100)) -> dict:
+    """Recall/NDCG@k on the eval split over the full catalog, training titles excluded."""
+    user_index = eval_columns[f.USER_INDEX].reshape(-1)
+    positions = data.catalog.positions(eval_columns[f.ANIME_ID].reshape(-1))
+    users, inverse = np.unique(user_index, return_inverse=True)
+    truth = [set() for _ in users]
+    for i, pos in zip(inverse, positions):
+        truth[i].add(int(pos))
+    queries = retrieval.query_embeddings(model, data, users)
+    scores = queries @ retrieval.catalog_embeddings(model, data).T
+    rows = np.repeat(np.arange(len(users)), np.diff(data.seen_splits)[users])
+    cols = np.concatenate([data.seen_values[data.seen_splits[u] : data.seen_splits[u + 1]] for u in users])
+    scores[rows, cols] = -np.inf
+    ranked = retrieval_metrics.top_k(scores, max(ks))
+    return retrieval_metrics.retrieval_metrics(ranked, truth, len(data.catalog.anime_id), ks)
+
+
+def run_fn(fn_args) -> None:
+    """TFX Trainer entry point (generic trainer)."""
+    config = TrainingConfig(**(fn_args.custom_config or {}))
+    tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
+    start = time.time()
+    data = load_training_data(fn_args.train_files, tf_transform_output)
+    logging.info(
+        "Loaded %d liked rows, %d users, %d catalog anime in %.1fs",
+        len(data.user_index), data.user_vocab_size, len(data.catalog.anime_id), time.time() - start,
+    )
+    model = retrieval.build_model(data, config.embedding_dim, config.temperature, config.learning_rate, config.use_user_embedding)
+    dataset = retrieval.training_dataset(data, config.batch_size)
+    steps_per_epoch = max(1, len(data.user_index) // config.batch_size)
+    epochs = config.epochs
+    if fn_args.train_steps:
+        epochs = max(1, math.ceil(fn_args.train_steps / steps_per_epoch))
+        steps_per_epoch = min(steps_per_epoch, fn_args.train_steps)
+        dataset = dataset.repeat()
+    tensorboard = tf.keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch")
+    start = time.time()
+    history = model.fit(dataset, epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=[tensorboard], verbose=2)
+    seconds = time.time() - start
+    examples_per_second = epochs * steps_per_epoch * config.batch_size / seconds
+
+    eval_columns = model_data.read_examples(fn_args.eval_files, tf_transform_output.transformed_feature_spec())
+    eval_metrics = evaluate_in_training(model, data, eval_columns)
+    with tf.summary.create_file_writer(os.path.join(fn_args.model_run_dir, "eval")).as_default():
+        for name, value in eval_metrics.items():
+            tf.summary.scalar(name, value, step=epochs)
+    logging.info("Eval over the full catalog: %s", eval_metrics)
+
+    embeddings = retrieval.catalog_embeddings(model, data)
+    export.export_serving_model(model, data, embeddings, config.top_k, fn_args.serving_model_dir)
+    os.makedirs(fn_args.model_run_dir, exist_ok=True)
+    with open(os.path.join(fn_args.model_run_dir, HISTORY_FILE), "w") as out:
+        json.dump(
+            {
+                "loss": [float(x) for x in history.history["loss"]],
+                "epochs": epochs,
+                "steps_per_epoch": steps_per_epoch,
+                "batch_size": config.batch_size,
+                "train_seconds": seconds,
+                "examples_per_second": examples_per_second,
+                "eval": eval_metrics,
+                "config": config.to_json_dict(),
+            },
+            out,
+            indent=2,
+        )
+    np.savez_compressed(
+        os.path.join(fn_args.model_run_dir, EMBEDDINGS_FILE),
+        anime_id=data.catalog.anime_id,
+        genres=data.catalog.genres,
+        embeddings=embeddings,
+    )

@@ -1,0 +1,41 @@
+"""Stops the run when ExampleValidator found anomalies, with a report a person can read."""
+
+import glob
+import os
+
+from tensorflow_metadata.proto.v0 import anomalies_pb2
+from tfx.dsl.component.experimental.annotations import InputArtifact
+from tfx.dsl.component.experimental.decorators import component
+from tfx.types.standard_artifacts import ExampleAnomalies
+
+
+class DataAnomaliesError(RuntimeError):
+    """The examples disagree with the schema; the message lists each anomaly."""
+
+
+def describe_anomalies(anomalies_uri: str) -> list:
+    """One line per anomalous feature and split, from ExampleValidator's output."""
+    lines = []
+    for path in sorted(glob.glob(os.path.join(anomalies_uri, "Split-*", "SchemaDiff.pb"))):
+        split = os.path.basename(os.path.dirname(path))[len("Split-") :]
+        anomalies = anomalies_pb2.Anomalies()
+        with open(path, "rb") as f:
+            anomalies.ParseFromString(f.read())
+        for feature, info in sorted(anomalies.anomaly_info.items()):
+            reasons = "; ".join(f"{r.short_description}: {r.description}" for r in info.reason)
+            lines.append(f"split {split}, feature {feature}: {reasons or info.description}")
+        if anomalies.HasField("dataset_anomaly_info"):
+            reasons = "; ".join(r.description for r in anomalies.dataset_anomaly_info.reason)
+            lines.append(f"split {split}, dataset: {reasons}")
+    return lines
+
+
+@component
+def AnomaliesGate(anomalies: InputArtifact[ExampleAnomalies]) -> None:  # noqa: N802 - TFX component naming
+    """Raises DataAnomaliesError listing every anomaly; passes clean data through."""
+    problems = describe_anomalies(anomalies.uri)
+    if problems:
+        raise DataAnomaliesError(
+            "ExampleValidator found anomalies; fix the data or the schema (schema/schema.pbtxt):\n  "
+            + "\n  ".join(problems)
+        )

@@ -1,0 +1,122 @@
+"""The one pipeline definition that every runner (local Beam, Kubeflow) compiles.
+
+create_pipeline has no side effects: runners differ only in paths, the
+metadata connection, beam_pipeline_args and the runner class.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+from tfx import v1 as tfx
+
+from animerec import features
+from animerec.components.anomalies_gate import AnomaliesGate
+from animerec.components.retrieval_evaluator.component import GateConfig, RetrievalEvaluator
+from animerec.config import TrainingConfig
+
+SCHEMA_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "schema", "schema.pbtxt")
+PREPROCESSING_FN = "animerec.preprocessing.preprocessing_fn"
+RUN_FN = "animerec.trainer.run_fn"
+
+
+def create_pipeline(
+    pipeline_name: str,
+    pipeline_root: str,
+    data_root: str,
+    serving_dir: str,
+    training: TrainingConfig = TrainingConfig(),
+    gate: GateConfig = GateConfig(),
+    train_steps: int | None = None,
+    schema_file: str | None = SCHEMA_FILE,
+    metadata_connection_config=None,
+    beam_pipeline_args: list[str] | None = None,
+    enable_cache: bool = True,
+) -> tfx.dsl.Pipeline:
+    """ExampleGen -> StatisticsGen -> schema -> ExampleValidator -> Transform -> Trainer -> Evaluator -> Pusher.
+
+    data_root holds the converted splits (train/, eval/, catalog/) written by
+    animerec.data.convert. With schema_file=None the schema is inferred by
+    SchemaGen (to regenerate schema/schema.pbtxt); otherwise it is imported.
+    train_steps caps the optimizer steps (tests use a handful).
+    """
+    example_gen = tfx.components.ImportExampleGen(
+        input_base=data_root,
+        input_config=tfx.proto.Input(
+            splits=[tfx.proto.Input.Split(name=split, pattern=f"{split}/*") for split in features.SPLITS]
+        ),
+    )
+    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    if schema_file:
+        schema_gen = tfx.components.ImportSchemaGen(schema_file=schema_file)
+    else:
+        schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True)
+    example_validator = tfx.components.ExampleValidator(
+        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"]
+    )
+    anomalies_gate = AnomaliesGate(anomalies=example_validator.outputs["anomalies"])
+
+    transform = tfx.components.Transform(
+        examples=example_gen.outputs["examples"],
+        schema=schema_gen.outputs["schema"],
+        preprocessing_fn=PREPROCESSING_FN,
+        splits_config=tfx.proto.SplitsConfig(
+            analyze=[features.TRAIN_SPLIT, features.CATALOG_SPLIT], transform=list(features.SPLITS)
+        ),
+    )
+    # Transform waits for the gate, so a run with anomalous data stops before training.
+    transform.add_upstream_node(anomalies_gate)
+
+    trainer = tfx.components.Trainer(
+        run_fn=RUN_FN,
+        examples=transform.outputs["transformed_examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        schema=schema_gen.outputs["schema"],
+        # The catalog split travels with train: the Trainer embeds every candidate.
+        train_args=tfx.proto.TrainArgs(splits=[features.TRAIN_SPLIT, features.CATALOG_SPLIT], num_steps=train_steps),
+        eval_args=tfx.proto.EvalArgs(splits=[features.EVAL_SPLIT], num_steps=None),
+        custom_config=training.to_json_dict(),
+    )
+
+    latest_blessed_model = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id("latest_blessed_model_resolver")
+
+    evaluator = RetrievalEvaluator(
+        examples=example_gen.outputs["examples"],
+        model=trainer.outputs["model"],
+        baseline_model=latest_blessed_model.outputs["model"],
+        gate_config=json.dumps(dataclasses.asdict(gate)),
+    )
+
+    pusher = tfx.components.Pusher(
+        model=trainer.outputs["model"],
+        model_blessing=evaluator.outputs["blessing"],
+        push_destination=tfx.proto.PushDestination(
+            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_dir)
+        ),
+    )
+
+    return tfx.dsl.Pipeline(
+        pipeline_name=pipeline_name,
+        pipeline_root=pipeline_root,
+        components=[
+            example_gen,
+            statistics_gen,
+            schema_gen,
+            example_validator,
+            anomalies_gate,
+            transform,
+            trainer,
+            latest_blessed_model,
+            evaluator,
+            pusher,
+        ],
+        enable_cache=enable_cache,
+        metadata_connection_config=metadata_connection_config,
+        beam_pipeline_args=beam_pipeline_args or [],
+    )
