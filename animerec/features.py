@@ -56,6 +56,8 @@ OUTPUT_TITLES = "titles"
 OUTPUT_GENRES = "genres"
 OUTPUT_IS_FALLBACK = "is_fallback"
 RECOMMEND_SIGNATURE = "recommend"
+# Excludes training titles only, not those held out for eval: for the Evaluator.
+EVAL_SIGNATURE = "recommend_for_eval"
 TF_EXAMPLE_SIGNATURE = "serving_tf_example"
 EMBED_CANDIDATES_SIGNATURE = "embed_candidates"
 

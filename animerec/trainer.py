@@ -78,6 +78,7 @@ def run_fn(fn_args) -> None:
 
     eval_columns = model_data.read_examples(fn_args.eval_files, tf_transform_output.transformed_feature_spec())
     eval_metrics = evaluate_in_training(model, data, eval_columns)
+    data = data.with_heldout(eval_columns[f.USER_INDEX].reshape(-1), eval_columns[f.ANIME_ID].reshape(-1))
     with tf.summary.create_file_writer(os.path.join(fn_args.model_run_dir, "eval")).as_default():
         for name, value in eval_metrics.items():
             tf.summary.scalar(name, value, step=epochs)

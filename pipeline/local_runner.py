@@ -67,7 +67,8 @@ class _ComponentProgress:
             start = time.time()
             result = original_launch(self_, *args, **kwargs)
             tracker.seconds[name] = time.time() - start
-            how = "cached" if tracker.cached[name] else "done"
+            system_node = getattr(self_, "_system_node_handler", None) is not None
+            how = "cached" if tracker.cached[name] and not system_node else "done"
             tracker.progress(f"[{time.strftime('%H:%M:%S')}] {name} {how} in {tracker.seconds[name]:.1f}s")
             return result
 

@@ -48,6 +48,14 @@ class TrainingData:
     history_values: np.ndarray
     seen_splits: np.ndarray  # catalog positions of every training row (liked or not)
     seen_values: np.ndarray
+    # Catalog positions held out for eval: seen by the user, so serving excludes them too.
+    heldout_splits: np.ndarray | None = None
+    heldout_values: np.ndarray | None = None
+
+    def with_heldout(self, user_index: np.ndarray, anime_id: np.ndarray) -> TrainingData:
+        """Adds the eval split's rows (raw anime ids by user index) as held-out seen titles."""
+        splits, values = _csr(user_index, self.catalog.positions(anime_id), self.user_vocab_size + 1)
+        return dataclasses.replace(self, heldout_splits=splits, heldout_values=values)
 
     @property
     def candidate_tokens_by_anime_index(self) -> dict:

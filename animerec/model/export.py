@@ -5,8 +5,10 @@ it. Signatures (names in animerec.features):
   serving_default(user_id[B] int64) -> anime_ids[B,K], scores[B,K], titles[B,K], genres[B,K], is_fallback[B]
   recommend(user_id[B], k scalar int32, exclude_anime_ids[B,M] int64, -1 padded) -> the same, top k
   serving_tf_example(examples[B] string: serialized tf.Example with user_id) -> the same as serving_default
+  recommend_for_eval: as recommend, but titles held out for evaluation are not excluded (the Evaluator's view)
 A user id the model has not seen, or one without a liked title, gets the most
-popular unseen titles with is_fallback=True instead of an error.
+popular unseen titles with is_fallback=True instead of an error. Slots beyond
+the titles left unseen are padded with anime id -1, score -inf and "".
 """
 
 from __future__ import annotations
@@ -39,6 +41,11 @@ class RecommenderModule(tf.Module):
         self.history_values = tf.Variable(data.history_values, trainable=False, name="history_values")
         self.seen_splits = tf.Variable(data.seen_splits, trainable=False, name="seen_splits")
         self.seen_values = tf.Variable(data.seen_values, trainable=False, name="seen_values")
+        n_rows = len(data.seen_splits)
+        heldout_splits = data.heldout_splits if data.heldout_splits is not None else np.zeros(n_rows, np.int64)
+        heldout_values = data.heldout_values if data.heldout_values is not None else np.zeros(0, np.int64)
+        self.heldout_splits = tf.Variable(heldout_splits, trainable=False, name="heldout_splits")
+        self.heldout_values = tf.Variable(heldout_values, trainable=False, name="heldout_values")
         self.empty_user_row = data.user_vocab_size
         known_users = np.flatnonzero(data.user_ids >= 0)
         self.user_table = tf.lookup.StaticHashTable(
@@ -54,7 +61,7 @@ class RecommenderModule(tf.Module):
             default_value=-1,
         )
 
-    def _recommend(self, user_id: tf.Tensor, k: tf.Tensor, exclude_anime_ids: tf.Tensor) -> dict:
+    def _recommend(self, user_id: tf.Tensor, k: tf.Tensor, exclude_anime_ids: tf.Tensor, exclude_heldout: bool = True) -> dict:
         k = tf.cast(k, tf.int32)
         checks = [
             tf.debugging.assert_positive(k, message="k must be positive"),
@@ -75,16 +82,22 @@ class RecommenderModule(tf.Module):
         )
         seen = tf.gather(tf.RaggedTensor.from_row_splits(self.seen_values, self.seen_splits), row)
         extra = tf.RaggedTensor.from_tensor(self.anime_table.lookup(exclude_anime_ids))
-        excluded = tf.concat([seen, extra], axis=1)
+        excluded = [seen, extra]
+        if exclude_heldout:
+            excluded.append(tf.gather(tf.RaggedTensor.from_row_splits(self.heldout_values, self.heldout_splits), row))
+        excluded = tf.concat(excluded, axis=1)
         excluded = tf.ragged.boolean_mask(excluded, excluded >= 0)
         indices = tf.stack([excluded.value_rowids(), excluded.flat_values], axis=1)
         scores = tf.tensor_scatter_nd_update(scores, indices, tf.fill([tf.shape(indices)[0]], float("-inf")))
         top = tf.math.top_k(scores, k=k)
+        # When fewer than k titles are left unseen, the rest of the list is padding
+        # (id -1, empty title), never a title the user has seen.
+        valid = tf.math.is_finite(top.values)
         return {
-            f.OUTPUT_ANIME_IDS: tf.gather(self.catalog_anime_ids, top.indices),
+            f.OUTPUT_ANIME_IDS: tf.where(valid, tf.gather(self.catalog_anime_ids, top.indices), tf.constant(-1, tf.int64)),
             f.OUTPUT_SCORES: top.values,
-            f.OUTPUT_TITLES: tf.gather(self.catalog_titles, top.indices),
-            f.OUTPUT_GENRES: tf.gather(self.catalog_genres, top.indices),
+            f.OUTPUT_TITLES: tf.where(valid, tf.gather(self.catalog_titles, top.indices), ""),
+            f.OUTPUT_GENRES: tf.where(valid, tf.gather(self.catalog_genres, top.indices), ""),
             f.OUTPUT_IS_FALLBACK: tf.logical_not(use_model),
         }
 
@@ -103,6 +116,16 @@ class RecommenderModule(tf.Module):
     def recommend(self, user_id, k, exclude_anime_ids):
         return self._recommend(user_id, k, exclude_anime_ids)
 
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None], tf.int64, name=f.SERVING_USER_ID),
+            tf.TensorSpec([], tf.int32, name=f.SERVING_K),
+            tf.TensorSpec([None, None], tf.int64, name=f.SERVING_EXCLUDE),
+        ]
+    )
+    def recommend_for_eval(self, user_id, k, exclude_anime_ids):
+        return self._recommend(user_id, k, exclude_anime_ids, exclude_heldout=False)
+
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def serve_tf_example(self, examples):
         parsed = tf.io.parse_example(examples, {f.USER_ID: tf.io.FixedLenFeature([1], tf.int64)})
@@ -115,6 +138,7 @@ class RecommenderModule(tf.Module):
             "serving_default": self.serve.get_concrete_function(),
             f.RECOMMEND_SIGNATURE: self.recommend.get_concrete_function(),
             f.TF_EXAMPLE_SIGNATURE: self.serve_tf_example.get_concrete_function(),
+            f.EVAL_SIGNATURE: self.recommend_for_eval.get_concrete_function(),
         }
 
 

@@ -98,9 +98,9 @@ def rank_ease(data: EvalData, k: int, l2: float = EASE_L2, max_items: int = EASE
 
 
 def rank_model(model_dir: str, data: EvalData, k: int) -> np.ndarray:
-    """Top k catalog positions from the SavedModel's `recommend` signature."""
+    """Top k catalog positions from the SavedModel's eval signature (training titles excluded)."""
     loaded = tf.saved_model.load(model_dir)
-    recommend = loaded.signatures[f.RECOMMEND_SIGNATURE]
+    recommend = loaded.signatures[f.EVAL_SIGNATURE]
     ranked = []
     for start in range(0, len(data.users), SCORE_BATCH):
         users = data.users[start : start + SCORE_BATCH]

@@ -1,0 +1,125 @@
+"""Towers, the TFRS model and the exported serving signatures on a hand-made dataset."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from animerec import features as f
+from animerec.model import export, retrieval
+from animerec.model.towers import CandidateTower, QueryTower
+from tests.model_fixtures import ANIME_IDS, small_training_data
+
+DIM = 8
+
+
+@pytest.fixture(scope="module")
+def data():
+    return small_training_data()
+
+
+@pytest.fixture(scope="module")
+def trained(data):
+    tf.keras.utils.set_random_seed(1)
+    model = retrieval.build_model(data, DIM, temperature=0.1, learning_rate=0.05)
+    history = model.fit(retrieval.training_dataset(data, batch_size=len(data.user_index)), epochs=20, verbose=0)
+    return model, history.history["loss"]
+
+
+def test_query_tower_shapes_and_target_exclusion():
+    tower = QueryTower(user_vocab_size=3, anime_vocab_size=4, dim=DIM)
+    history = tf.ragged.constant([[0, 1], [2], []], dtype=tf.int64)
+    out = tower(tf.constant([0, 1, 2], tf.int64), history, exclude=tf.constant([-1, -1, -1], tf.int64))
+    assert out.shape == (3, DIM)
+    np.testing.assert_allclose(np.linalg.norm(out.numpy(), axis=1), 1.0, rtol=1e-5)
+    # Taking the target out of a one-item history leaves the same query as an empty history.
+    with_target = tower(tf.constant([1], tf.int64), tf.ragged.constant([[2]], dtype=tf.int64), exclude=tf.constant([2], tf.int64))
+    empty = tower(tf.constant([1], tf.int64), tf.ragged.constant([[]], dtype=tf.int64, ragged_rank=1), exclude=tf.constant([-1], tf.int64))
+    np.testing.assert_allclose(with_target.numpy(), empty.numpy(), atol=1e-6)
+
+
+def test_candidate_tower_ignores_the_id_of_cold_start_titles(data):
+    tower = CandidateTower(anime_vocab_size=4, text_vocab_sizes=data.text_vocab_sizes, dim=DIM)
+    batch = {name: tf.constant(t) for name, t in data.catalog.tokens.items()}
+    batch[f.ANIME_INDEX] = tf.constant(data.catalog.anime_index)
+    before = tower(batch).numpy()
+    assert before.shape == (6, DIM)
+    weights = tower.id_embedding.get_weights()[0]
+    weights[4] = 100.0  # the out-of-vocabulary row
+    weights[0] = 100.0  # a known title's row
+    tower.id_embedding.set_weights([weights])
+    after = tower(batch).numpy()
+    np.testing.assert_allclose(after[4:], before[4:], atol=1e-6)
+    assert not np.allclose(after[0], before[0])
+
+
+def test_training_loss_is_finite_and_falls(trained):
+    _, losses = trained
+    assert all(np.isfinite(losses))
+    assert losses[-1] < losses[0]
+
+
+@pytest.fixture(scope="module")
+def serving(trained, data, tmp_path_factory):
+    model, _ = trained
+    path = str(tmp_path_factory.mktemp("model"))
+    # User 102 liked anime 40 too, but that row was held out for eval.
+    with_heldout = data.with_heldout(np.array([2]), np.array([40]))
+    export.export_serving_model(model, with_heldout, retrieval.catalog_embeddings(model, data), top_k=3, path=path)
+    return tf.saved_model.load(path)
+
+
+def test_serving_default_excludes_seen_and_sorts(serving):
+    out = serving.signatures["serving_default"](user_id=tf.constant([100, 101, 102], tf.int64))
+    ids = out[f.OUTPUT_ANIME_IDS].numpy()
+    scores = out[f.OUTPUT_SCORES].numpy()
+    assert ids.shape == scores.shape == (3, 3)
+    seen = {100: {10, 20, 30}, 101: {20, 30, 40}, 102: {10, 40}}
+    for row, user in enumerate([100, 101, 102]):
+        assert not set(ids[row]) & seen[user], f"user {user} was recommended a title already seen"
+        assert np.all(np.diff(scores[row]) <= 0)
+    # User 100 has seen three of six titles: exactly the other three come back, cold-start titles included.
+    assert set(ids[0]) == {40, 50, 60}
+    assert not out[f.OUTPUT_IS_FALLBACK].numpy().any()
+    titles = out[f.OUTPUT_TITLES].numpy()
+    assert titles[0][0] == f"Title {ids[0][0]}".encode()
+
+
+def test_unknown_user_gets_popular_titles_flagged(serving):
+    out = serving.signatures["serving_default"](user_id=tf.constant([999], tf.int64))
+    assert out[f.OUTPUT_IS_FALLBACK].numpy().tolist() == [True]
+    # Liked counts: 20 twice, 10 twice, 30 and 40 once; ties go to the catalog's first.
+    assert out[f.OUTPUT_ANIME_IDS].numpy()[0].tolist()[:2] == [10, 20]
+
+
+def test_recommend_takes_k_and_exclusions(serving):
+    recommend = serving.signatures[f.RECOMMEND_SIGNATURE]
+    out = recommend(user_id=tf.constant([102, 102], tf.int64), k=tf.constant(4), exclude_anime_ids=tf.constant([[-1, -1], [50, 60]], tf.int64))
+    ids = out[f.OUTPUT_ANIME_IDS].numpy()
+    assert ids.shape == (2, 4)
+    # User 102 has seen anime 10 and 40 (held out); request 2 also excludes 50 and 60, leaving two titles.
+    assert set(ids[0]) == {20, 30, 50, 60}
+    assert sorted(ids[1][:2]) == [20, 30]
+    assert ids[1][2:].tolist() == [-1, -1] and out[f.OUTPUT_TITLES].numpy()[1][3] == b""
+    assert np.isneginf(out[f.OUTPUT_SCORES].numpy()[1][2:]).all()
+
+
+def test_eval_signature_keeps_heldout_titles(serving):
+    out = serving.signatures[f.EVAL_SIGNATURE](user_id=tf.constant([102], tf.int64), k=tf.constant(5), exclude_anime_ids=tf.zeros([1, 0], tf.int64))
+    assert set(out[f.OUTPUT_ANIME_IDS].numpy()[0]) == {20, 30, 40, 50, 60}
+
+
+@pytest.mark.parametrize("k", [0, len(ANIME_IDS) + 1])
+def test_recommend_rejects_bad_k(serving, k):
+    with pytest.raises(tf.errors.InvalidArgumentError, match="k must be"):
+        serving.signatures[f.RECOMMEND_SIGNATURE](user_id=tf.constant([100], tf.int64), k=tf.constant(k), exclude_anime_ids=tf.zeros([1, 0], tf.int64))
+
+
+def test_tf_example_signature_matches_default(serving):
+    examples = []
+    for user in (100, 101):
+        example = tf.train.Example()
+        example.features.feature[f.USER_ID].int64_list.value.append(user)
+        examples.append(example.SerializeToString())
+    by_example = serving.signatures[f.TF_EXAMPLE_SIGNATURE](examples=tf.constant(examples))
+    by_id = serving.signatures["serving_default"](user_id=tf.constant([100, 101], tf.int64))
+    np.testing.assert_array_equal(by_example[f.OUTPUT_ANIME_IDS].numpy(), by_id[f.OUTPUT_ANIME_IDS].numpy())
