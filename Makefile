@@ -21,9 +21,12 @@ $(STAMP): requirements.txt constraints.txt setup.py
 	$(PY) -m pip install -q --no-deps -e .
 	@touch $(STAMP)
 
+# Generates the default dataset, runs the whole pipeline, then asks the pushed model for user 0's top 10.
 demo: $(STAMP)
 	$(VENV)/bin/animerec data synth --out $(DEMO_DIR)/data
 	$(VENV)/bin/animerec data summary --data-dir $(DEMO_DIR)/data
+	$(VENV)/bin/animerec run --data-dir $(DEMO_DIR)/data --output-dir $(DEMO_DIR)
+	$(VENV)/bin/animerec recommend --user 0 -k 10 --model-dir $(DEMO_DIR)/serving
 
 test: $(STAMP)
 	$(PY) -m ruff check .

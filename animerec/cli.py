@@ -10,8 +10,6 @@ import warnings
 
 from animerec.data import interactions, kaggle
 
-DEFAULT_K = 10
-
 
 def _add_filter_args(parser: argparse.ArgumentParser) -> None:
     defaults = interactions.LikedFilter()
@@ -115,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # TensorFlow's C++ start-up lines (CUDA probing on a CPU machine) are noise here.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     # The Google client libraries warn about Python 3.10 on every import; TFX 1.16 needs 3.10.
     warnings.filterwarnings("ignore", category=FutureWarning)
     parser = build_parser()

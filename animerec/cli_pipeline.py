@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+DEFAULT_K = 10
+
 
 def _run(args) -> int:
     from animerec.components.retrieval_evaluator.metrics import GateConfig
@@ -46,6 +48,38 @@ def _run(args) -> int:
     return 0
 
 
+def _serve(args) -> int:
+    from animerec.serving import server
+
+    server.serve_forever(args.model_dir, args.port, args.model_name)
+    return 0
+
+
+def _recommend(args) -> int:
+    from animerec.serving import client, server
+
+    running = None
+    target = args.server
+    if target is None:
+        # The same gRPC client, against the stand-in server started here on a free port.
+        running = server.start_server(args.model_dir, port=0, model_name=args.model_name)
+        target = running.target
+    recommender = client.RecommenderClient(target, model_name=args.model_name)
+    try:
+        exclude = [[int(x) for x in args.exclude.split(",")]] if args.exclude else None
+        k = args.k if (args.k != DEFAULT_K or exclude) else None
+        results = recommender.recommend([args.user], k=k, exclude_anime_ids=exclude)
+        result = results[0]
+        if k is None:
+            result.items = result.items[: args.k]
+        print(client.format_recommendations(result))
+    finally:
+        recommender.close()
+        if running:
+            running.stop()
+    return 0
+
+
 def add_commands(commands, add_filter_args, filter_and_split) -> None:
     from animerec.components.retrieval_evaluator.metrics import GateConfig
     from animerec.config import TrainingConfig
@@ -67,3 +101,19 @@ def add_commands(commands, add_filter_args, filter_and_split) -> None:
     run.add_argument("--json", action="store_true", help="also print the result as JSON")
     add_filter_args(run)
     run.set_defaults(func=_run, filter_and_split=filter_and_split)
+
+    serve = commands.add_parser("serve", help="serve the newest pushed model over TF Serving's gRPC API")
+    serve.add_argument("--model-dir", required=True, help="the serving dir Pusher writes (numbered versions)")
+    serve.add_argument("--port", type=int, default=8500, help="gRPC port (default %(default)s, as TF Serving)")
+    serve.add_argument("--model-name", default="animerec", help="model name clients ask for (default %(default)s)")
+    serve.set_defaults(func=_serve)
+
+    recommend = commands.add_parser("recommend", help="ask a TF Serving gRPC endpoint for a user's top titles")
+    recommend.add_argument("--user", type=int, required=True, help="MyAnimeList user_id")
+    recommend.add_argument("-k", type=int, default=DEFAULT_K, help="how many titles (default %(default)s)")
+    recommend.add_argument("--exclude", default=None, help="comma-separated anime ids to leave out on this request")
+    where = recommend.add_mutually_exclusive_group(required=True)
+    where.add_argument("--server", help="HOST:PORT of tensorflow/serving or `animerec serve`")
+    where.add_argument("--model-dir", help="a serving dir: starts the stand-in server in-process")
+    recommend.add_argument("--model-name", default="animerec", help="default %(default)s")
+    recommend.set_defaults(func=_recommend)

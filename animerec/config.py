@@ -18,6 +18,7 @@ class TrainingConfig:
     # On the real sample a history-only query tower generalizes better than one with a user-id embedding.
     use_user_embedding: bool = False
     top_k: int = 100
+    seed: int = 0
 
     def to_json_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

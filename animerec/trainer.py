@@ -55,6 +55,7 @@ def evaluate_in_training(model, data: model_data.TrainingData, eval_columns: dic
 def run_fn(fn_args) -> None:
     """TFX Trainer entry point (generic trainer)."""
     config = TrainingConfig(**(fn_args.custom_config or {}))
+    tf.keras.utils.set_random_seed(config.seed)
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
     start = time.time()
     data = load_training_data(fn_args.train_files, tf_transform_output)
@@ -63,7 +64,7 @@ def run_fn(fn_args) -> None:
         len(data.user_index), data.user_vocab_size, len(data.catalog.anime_id), time.time() - start,
     )
     model = retrieval.build_model(data, config.embedding_dim, config.temperature, config.learning_rate, config.use_user_embedding)
-    dataset = retrieval.training_dataset(data, config.batch_size)
+    dataset = retrieval.training_dataset(data, config.batch_size, seed=config.seed)
     steps_per_epoch = max(1, len(data.user_index) // config.batch_size)
     epochs = config.epochs
     if fn_args.train_steps:

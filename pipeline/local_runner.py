@@ -87,14 +87,14 @@ class _ComponentProgress:
 
 @contextlib.contextmanager
 def _logs_to_file(path: str):
-    """Sends INFO logs to a file and only warnings (and progress lines) to the console."""
+    """Sends logs to a file; the console gets errors and the progress lines."""
     root = std_logging.getLogger()
     file_handler = std_logging.FileHandler(path)
     file_handler.setLevel(std_logging.INFO)
     file_handler.setFormatter(std_logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     console_levels = [(h, h.level) for h in root.handlers]
     for h, _ in console_levels:
-        h.setLevel(std_logging.WARNING)
+        h.setLevel(std_logging.ERROR)
     previous_level = root.level
     root.setLevel(std_logging.INFO)
     root.addHandler(file_handler)

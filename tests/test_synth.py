@@ -32,6 +32,7 @@ def test_value_conventions(tiny_synth_dir):
     assert not animelist.duplicated(["user_id", "anime_id"]).any()
     assert animelist["user_id"].is_monotonic_increasing, "grouped by user, as Kaggle ships it"
     assert animelist["user_id"].max() + 1 > animelist["user_id"].nunique(), "user ids have gaps"
+    assert animelist["user_id"].iloc[0] == 0
     synopses = pd.read_csv(os.path.join(tiny_synth_dir, kaggle.ANIME_WITH_SYNOPSIS_CSV), keep_default_na=False)
     anime = pd.read_csv(os.path.join(tiny_synth_dir, kaggle.ANIME_CSV), keep_default_na=False)
     assert (synopses["Score"] == "Unknown").any()
@@ -49,7 +50,11 @@ def test_same_seed_same_files(tmp_path):
     synth.synthesize(str(tmp_path / "a"), config, progress=lambda _: None)
     synth.synthesize(str(tmp_path / "b"), config, progress=lambda _: None)
     synth.synthesize(str(tmp_path / "c"), synth.SynthConfig(users=150, anime=120, seed=4, chunk_users=40), progress=lambda _: None)
-    for name in os.listdir(tmp_path / "a"):
+    # Asked again with the same settings, the files are kept, not rewritten.
+    mtime = os.stat(tmp_path / "a" / kaggle.ANIMELIST_CSV).st_mtime_ns
+    synth.synthesize(str(tmp_path / "a"), config, progress=lambda _: None)
+    assert os.stat(tmp_path / "a" / kaggle.ANIMELIST_CSV).st_mtime_ns == mtime
+    for name in synth.KAGGLE_FILES:
         assert filecmp.cmp(tmp_path / "a" / name, tmp_path / "b" / name, shallow=False), name
     assert not filecmp.cmp(tmp_path / "a" / kaggle.ANIMELIST_CSV, tmp_path / "c" / kaggle.ANIMELIST_CSV, shallow=False)
 

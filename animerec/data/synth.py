@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import os
 import time
 from collections.abc import Callable
@@ -73,6 +74,14 @@ GENRES = (
     "Supernatural",
     "Thriller",
     "Vampire",
+)
+SYNTH_MARKER = "synth_settings.json"
+KAGGLE_FILES = (
+    kaggle.ANIME_WITH_SYNOPSIS_CSV,
+    kaggle.ANIME_CSV,
+    kaggle.ANIMELIST_CSV,
+    kaggle.RATING_COMPLETE_CSV,
+    kaggle.WATCHING_STATUS_CSV,
 )
 HIDDEN_GENRE = "Hentai"  # titles of this genre are left out of the synopsis file, as in Kaggle's
 TYPES = ("TV", "Movie", "OVA", "ONA", "Special", "Music")
@@ -316,8 +325,21 @@ def _write_rows(f, block: np.ndarray) -> None:
 
 
 def synthesize(out_dir: str, config: SynthConfig = SynthConfig(), progress: Callable[[str], None] = print) -> dict:
-    """Writes the five Kaggle files to `out_dir`; returns row counts."""
+    """Writes the five Kaggle files to `out_dir`; returns row counts.
+
+    When out_dir already holds files written with the same settings, they are
+    kept as they are, so a pipeline run over them hits its caches.
+    """
     os.makedirs(out_dir, exist_ok=True)
+    marker = os.path.join(out_dir, SYNTH_MARKER)
+    settings = json.dumps(dataclasses.asdict(config), sort_keys=True)
+    if os.path.exists(marker):
+        with open(marker) as fh:
+            previous = json.load(fh)
+        if previous["settings"] == settings and all(os.path.exists(os.path.join(out_dir, n)) for n in KAGGLE_FILES):
+            progress(f"{out_dir} already holds this dataset ({previous['summary']['animelist_rows']:,} rows); keeping it.")
+            return previous["summary"]
+        os.remove(marker)
     start = time.time()
     world = _World(config)
     write_catalog(world, config, out_dir)
@@ -338,6 +360,8 @@ def synthesize(out_dir: str, config: SynthConfig = SynthConfig(), progress: Call
             n = min(config.chunk_users, config.users - chunk_start)
             # User ids have gaps, as in the real file.
             gaps = id_rng.geometric(0.92, n) - 1
+            if chunk_start == 0:
+                gaps[0] = 0  # user 0 exists, as in the real file
             user_ids = next_user_id + np.cumsum(gaps + 1) - 1
             next_user_id = int(user_ids[-1]) + 1
             rng = np.random.default_rng([config.seed, chunk_start])
@@ -360,6 +384,8 @@ def synthesize(out_dir: str, config: SynthConfig = SynthConfig(), progress: Call
         "rating_complete_rows": rated,
         "seconds": round(time.time() - start, 1),
     }
+    with open(marker, "w") as fh:
+        json.dump({"settings": settings, "summary": summary}, fh)
     progress(
         f"Wrote {config.users:,} users, {config.anime:,} anime, {rows:,} animelist rows, "
         f"{rated:,} rating_complete rows to {out_dir} in {summary['seconds']}s"

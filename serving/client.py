@@ -1,0 +1,100 @@
+"""A TF Serving gRPC client (PredictionServiceStub) for the recommender signatures.
+
+It speaks only TF Serving's public API, so the same code talks to
+tensorflow/serving in production and to animerec's stand-in server here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+from animerec import features as f
+
+DEFAULT_MODEL_NAME = "animerec"
+
+
+@dataclasses.dataclass
+class Recommendation:
+    anime_id: int
+    title: str
+    genres: str
+    score: float
+
+
+@dataclasses.dataclass
+class UserRecommendations:
+    user_id: int
+    is_fallback: bool
+    items: list
+
+
+class RecommenderClient:
+    def __init__(self, target: str, model_name: str = DEFAULT_MODEL_NAME, timeout: float = 10.0):
+        self.channel = grpc.insecure_channel(target)
+        self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+        self.model_name = model_name
+        self.timeout = timeout
+
+    def request(self, user_ids, k: int | None = None, exclude_anime_ids=None) -> predict_pb2.PredictRequest:
+        """serving_default when only users are given, the `recommend` signature with k or exclusions."""
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = self.model_name
+        user_ids = np.asarray(user_ids, dtype=np.int64)
+        request.inputs[f.SERVING_USER_ID].CopyFrom(tf.make_tensor_proto(user_ids))
+        if k is None and exclude_anime_ids is None:
+            request.model_spec.signature_name = "serving_default"
+            return request
+        request.model_spec.signature_name = f.RECOMMEND_SIGNATURE
+        request.inputs[f.SERVING_K].CopyFrom(tf.make_tensor_proto(np.int32(k if k is not None else 10)))
+        exclude = _pad(exclude_anime_ids or [[] for _ in user_ids], len(user_ids))
+        request.inputs[f.SERVING_EXCLUDE].CopyFrom(tf.make_tensor_proto(exclude))
+        return request
+
+    def recommend(self, user_ids, k: int | None = None, exclude_anime_ids=None) -> list[UserRecommendations]:
+        response = self.stub.Predict(self.request(user_ids, k, exclude_anime_ids), timeout=self.timeout)
+        return parse_response(response, user_ids)
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+def _pad(rows, n_users: int) -> np.ndarray:
+    if len(rows) != n_users:
+        raise ValueError(f"exclude_anime_ids has {len(rows)} rows for {n_users} users")
+    width = max((len(r) for r in rows), default=0)
+    out = np.full((n_users, width), -1, dtype=np.int64)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = row
+    return out
+
+
+def parse_response(response, user_ids) -> list[UserRecommendations]:
+    ids = tf.make_ndarray(response.outputs[f.OUTPUT_ANIME_IDS])
+    scores = tf.make_ndarray(response.outputs[f.OUTPUT_SCORES])
+    titles = tf.make_ndarray(response.outputs[f.OUTPUT_TITLES])
+    genres = tf.make_ndarray(response.outputs[f.OUTPUT_GENRES])
+    fallback = tf.make_ndarray(response.outputs[f.OUTPUT_IS_FALLBACK])
+    results = []
+    for row, user in enumerate(user_ids):
+        items = [
+            Recommendation(int(a), t.decode("utf-8"), g.decode("utf-8"), float(s))
+            for a, t, g, s in zip(ids[row], titles[row], genres[row], scores[row])
+            if a >= 0
+        ]
+        results.append(UserRecommendations(int(user), bool(fallback[row]), items))
+    return results
+
+
+def format_recommendations(result: UserRecommendations) -> str:
+    header = f"Top {len(result.items)} for user {result.user_id}" + (
+        " (unknown user or no history: most popular titles)" if result.is_fallback else ""
+    )
+    lines = [header, f"{'#':>3}  {'score':>7}  {'anime_id':>8}  title  [genres]"]
+    for rank, item in enumerate(result.items, start=1):
+        lines.append(f"{rank:>3}  {item.score:7.3f}  {item.anime_id:>8}  {item.title}  [{item.genres}]")
+    return "\n".join(lines)

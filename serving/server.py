@@ -1,0 +1,335 @@
+"""A gRPC server that speaks TF Serving's API, for development and CI.
+
+TF Serving's binary cannot be installed on every machine; this stand-in
+implements the same services (tensorflow.serving.PredictionService: Predict,
+GetModelMetadata; tensorflow.serving.ModelService: GetModelStatus) with the
+protos from tensorflow-serving-api, the same status codes, and TF Serving's
+default version policy: the newest complete version under the model base path
+is served, and a newly pushed one replaces it atomically without dropping
+requests in flight. Production runs tensorflow/serving (see serving/*.config).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import os
+import threading
+import time
+
+import grpc
+import tensorflow as tf
+from absl import logging
+from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+from tensorflow_serving.apis import status_pb2 as serving_status_pb2
+
+DEFAULT_MODEL_NAME = "animerec"
+DEFAULT_PORT = 8500
+# Requests over this many users are refused (TF Serving's batching config caps batches the same way).
+MAX_BATCH = 1024
+MAX_CONCURRENT_RPCS = 64
+WORKERS = 8
+POLL_SECONDS = 2.0
+
+
+class RequestError(Exception):
+    """A request TF Serving would refuse, with the gRPC code it would use."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclasses.dataclass
+class LoadedVersion:
+    version: int
+    path: str
+    model: object
+    signature_defs: dict  # name -> SignatureDef proto
+
+    def signature(self, name: str):
+        return self.model.signatures[name]
+
+
+def complete_versions(base_path: str) -> list[int]:
+    """Version folders that hold a saved_model.pb (Pusher copies that file last)."""
+    if not os.path.isdir(base_path):
+        return []
+    return sorted(
+        int(name)
+        for name in os.listdir(base_path)
+        if name.isdigit() and os.path.exists(os.path.join(base_path, name, "saved_model.pb"))
+    )
+
+
+def load_version(base_path: str, version: int) -> LoadedVersion:
+    path = os.path.join(base_path, str(version))
+    model = tf.saved_model.load(path)
+    proto = saved_model_pb2.SavedModel()
+    with open(os.path.join(path, "saved_model.pb"), "rb") as fh:
+        proto.ParseFromString(fh.read())
+    signature_defs = dict(proto.meta_graphs[0].signature_def)
+    signature_defs.pop("__saved_model_init_op", None)
+    return LoadedVersion(version, path, model, signature_defs)
+
+
+def _warm_up(loaded: LoadedVersion) -> None:
+    """One request before the swap, so the first real request after it is not slow."""
+    signature = loaded.signature_defs.get("serving_default")
+    if signature is not None and list(signature.inputs) == ["user_id"]:
+        loaded.signature("serving_default")(user_id=tf.constant([0], tf.int64))
+
+
+class ModelManager:
+    """Holds the served version; a poller swaps in newer versions as they appear."""
+
+    def __init__(self, name: str, base_path: str, poll_seconds: float = POLL_SECONDS):
+        self.name = name
+        self.base_path = base_path
+        self.poll_seconds = poll_seconds
+        self._current: LoadedVersion | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = None
+
+    @property
+    def current(self) -> LoadedVersion | None:
+        return self._current
+
+    def refresh(self) -> bool:
+        """Loads the newest complete version if it is newer; True if it switched."""
+        versions = complete_versions(self.base_path)
+        if not versions or (self._current and versions[-1] <= self._current.version):
+            return False
+        loaded = load_version(self.base_path, versions[-1])
+        _warm_up(loaded)
+        with self._lock:
+            previous, self._current = self._current, loaded
+        logging.info("Serving %s version %d (was %s)", self.name, loaded.version, previous and previous.version)
+        return True
+
+    def start(self) -> None:
+        self.refresh()
+        self._thread = threading.Thread(target=self._poll, name="version-poller", daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.poll_seconds):
+            try:
+                self.refresh()
+            except (OSError, ValueError, tf.errors.OpError) as error:
+                # A version that fails to load is skipped; the current one keeps serving.
+                logging.error("Could not load a new version from %s: %s", self.base_path, error)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def resolve(self, model_spec) -> LoadedVersion:
+        """The loaded version a request's ModelSpec names, or TF Serving's NOT_FOUND."""
+        current = self._current
+        if model_spec.name != self.name or current is None:
+            raise RequestError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Latest({model_spec.name})")
+        which = model_spec.WhichOneof("version_choice")
+        if which == "version" and model_spec.version.value != current.version:
+            raise RequestError(
+                grpc.StatusCode.NOT_FOUND,
+                f"Servable not found for request: Specific({model_spec.name}, {model_spec.version.value})",
+            )
+        if which == "version_label":
+            raise RequestError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"Unrecognized servable version label: {model_spec.version_label}",
+            )
+        return current
+
+
+def _dtype_name(dtype: tf.DType) -> str:
+    return dtype.name
+
+
+def run_predict(loaded: LoadedVersion, request: predict_pb2.PredictRequest, max_batch: int = MAX_BATCH) -> predict_pb2.PredictResponse:
+    """Validates a PredictRequest against the signature and runs it."""
+    name = request.model_spec.signature_name or "serving_default"
+    if name not in loaded.signature_defs:
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f'Serving signature name: "{name}" not found in signature def')
+    function = loaded.signature(name)
+    specs = function.structured_input_signature[1]
+    expected = set(specs)
+    given = set(request.inputs)
+    if given != expected:
+        missing = sorted(expected - given)
+        extra = sorted(given - expected)
+        detail = f"input tensor alias not found in signature: {', '.join(extra)}. " if extra else ""
+        raise RequestError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"{detail}Missing inputs: {missing}. Inputs expected to be in the set {{{', '.join(sorted(expected))}}}.",
+        )
+    inputs = {}
+    for key, spec in specs.items():
+        proto = request.inputs[key]
+        if proto.dtype != spec.dtype.as_datatype_enum:
+            raise RequestError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"Expects arg[{key}] to be {_dtype_name(spec.dtype)} but {_dtype_name(tf.dtypes.as_dtype(proto.dtype))} is provided",
+            )
+        try:
+            value = tf.make_ndarray(proto)
+        except (TypeError, ValueError) as error:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"input {key}: {error}") from None
+        if not spec.shape.is_compatible_with(value.shape):
+            raise RequestError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"input {key}: shape {list(value.shape)} is not compatible with {spec.shape}",
+            )
+        if spec.shape.rank and spec.shape.rank >= 1:
+            if value.shape[0] == 0:
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"input {key}: the batch is empty")
+            if value.shape[0] > max_batch:
+                raise RequestError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"input {key}: batch of {value.shape[0]} is larger than the maximum of {max_batch}",
+                )
+        inputs[key] = tf.constant(value, dtype=spec.dtype)
+    try:
+        outputs = function(**inputs)
+    except tf.errors.InvalidArgumentError as error:
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, error.message) from None
+    wanted = set(request.output_filter) or set(outputs)
+    unknown = wanted - set(outputs)
+    if unknown:
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"output tensor alias not found in signature: {sorted(unknown)}")
+    response = predict_pb2.PredictResponse()
+    response.model_spec.name = request.model_spec.name
+    response.model_spec.version.value = loaded.version
+    response.model_spec.signature_name = name
+    for key in wanted:
+        response.outputs[key].CopyFrom(tf.make_tensor_proto(outputs[key].numpy()))
+    return response
+
+
+class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    def __init__(self, manager: ModelManager, max_batch: int = MAX_BATCH):
+        self.manager = manager
+        self.max_batch = max_batch
+
+    def Predict(self, request, context):  # noqa: N802 - gRPC method name
+        try:
+            return run_predict(self.manager.resolve(request.model_spec), request, self.max_batch)
+        except RequestError as error:
+            context.abort(error.code, str(error))
+
+    def GetModelMetadata(self, request, context):  # noqa: N802
+        try:
+            loaded = self.manager.resolve(request.model_spec)
+            fields = set(request.metadata_field)
+            if fields != {"signature_def"}:
+                raise RequestError(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"Metadata field {sorted(fields - {'signature_def'}) or '(none)'} is not supported"
+                )
+            signature_map = get_model_metadata_pb2.SignatureDefMap()
+            for name, signature in loaded.signature_defs.items():
+                signature_map.signature_def[name].CopyFrom(signature)
+            response = get_model_metadata_pb2.GetModelMetadataResponse()
+            response.model_spec.name = self.manager.name
+            response.model_spec.version.value = loaded.version
+            response.metadata["signature_def"].Pack(signature_map)
+            return response
+        except RequestError as error:
+            context.abort(error.code, str(error))
+
+    def Classify(self, request, context):  # noqa: N802
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "Classify is not supported by this retrieval model; use Predict")
+
+    def Regress(self, request, context):  # noqa: N802
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "Regress is not supported by this retrieval model; use Predict")
+
+    def MultiInference(self, request, context):  # noqa: N802
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "MultiInference is not supported by this retrieval model; use Predict")
+
+
+class ModelService(model_service_pb2_grpc.ModelServiceServicer):
+    def __init__(self, manager: ModelManager):
+        self.manager = manager
+
+    def GetModelStatus(self, request, context):  # noqa: N802
+        from tensorflow_serving.apis import get_model_status_pb2 as status  # noqa: PLC0415
+
+        current = self.manager.current
+        if request.model_spec.name != self.manager.name or current is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {request.model_spec.name}")
+        if request.model_spec.HasField("version") and request.model_spec.version.value != current.version:
+            context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"Could not find version {request.model_spec.version.value} of model {request.model_spec.name}",
+            )
+        response = get_model_status_pb2.GetModelStatusResponse()
+        version_status = response.model_version_status.add()
+        version_status.version = current.version
+        version_status.state = status.ModelVersionStatus.AVAILABLE
+        version_status.status.CopyFrom(serving_status_pb2.StatusProto())
+        return response
+
+    def HandleReloadConfigRequest(self, request, context):  # noqa: N802
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "model config reloads are not supported; the server follows the base path")
+
+
+@dataclasses.dataclass
+class RunningServer:
+    server: grpc.Server
+    manager: ModelManager
+    port: int
+
+    @property
+    def target(self) -> str:
+        return f"localhost:{self.port}"
+
+    def stop(self, grace: float = 1.0) -> None:
+        self.manager.stop()
+        self.server.stop(grace).wait()
+
+
+def start_server(
+    model_base_path: str,
+    port: int = DEFAULT_PORT,
+    model_name: str = DEFAULT_MODEL_NAME,
+    host: str = "127.0.0.1",
+    max_batch: int = MAX_BATCH,
+    workers: int = WORKERS,
+    max_concurrent_rpcs: int = MAX_CONCURRENT_RPCS,
+    poll_seconds: float = POLL_SECONDS,
+) -> RunningServer:
+    """Starts serving; port 0 picks a free port. Fails if no complete version exists."""
+    manager = ModelManager(model_name, model_base_path, poll_seconds)
+    manager.start()
+    if manager.current is None:
+        manager.stop()
+        raise FileNotFoundError(f"{model_base_path}: no complete model version (a numbered folder with saved_model.pb)")
+    server = grpc.server(
+        concurrent.futures.ThreadPoolExecutor(max_workers=workers),
+        maximum_concurrent_rpcs=max_concurrent_rpcs,
+        options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)],
+    )
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(manager, max_batch), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager), server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    server.start()
+    return RunningServer(server, manager, bound)
+
+
+def serve_forever(model_base_path: str, port: int, model_name: str = DEFAULT_MODEL_NAME) -> None:
+    running = start_server(model_base_path, port=port, model_name=model_name, host="0.0.0.0")
+    print(f"Serving model {model_name} version {running.manager.current.version} from {model_base_path} on port {running.port}")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        running.stop()
+
+

@@ -1,0 +1,106 @@
+"""The real pipeline with LocalDagRunner on Beam, end to end (minutes: marked e2e).
+
+Each pushed model is then loaded in a fresh process, as a server would, and
+asked for recommendations for real users of the input data.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from animerec.components.retrieval_evaluator.metrics import GateConfig
+from animerec.config import TrainingConfig
+from animerec.data import kaggle, synth
+from animerec.pipeline import local_runner
+
+pytestmark = pytest.mark.e2e
+
+PERMISSIVE_GATE = GateConfig(min_value=0.0, min_lift_over_popularity=-1.0, max_regression=1.0)
+RECOMMEND_SCRIPT = """
+import json, os, sys
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
+import tensorflow as tf
+model = tf.saved_model.load(sys.argv[1])
+users = json.loads(sys.argv[2])
+out = model.signatures["serving_default"](user_id=tf.constant(users, tf.int64))
+print(json.dumps({k: v.numpy().tolist() for k, v in out.items() if k in ("anime_ids", "is_fallback")}))
+"""
+
+
+def recommend_in_fresh_process(model_dir: str, users: list[int]) -> dict:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONWARNINGS="ignore")
+    result = subprocess.run(
+        [sys.executable, "-c", RECOMMEND_SCRIPT, model_dir, json.dumps(users)],
+        capture_output=True, text=True, env=env, timeout=300, check=True,
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def seen_by_user(data_dir: str) -> dict[int, set]:
+    rows = pd.read_csv(os.path.join(data_dir, kaggle.ANIMELIST_CSV))
+    return {int(u): set(g["anime_id"].tolist()) for u, g in rows.groupby("user_id")}
+
+
+def assert_never_recommends_seen(model_dir: str, data_dir: str, n_users: int = 25) -> dict:
+    seen = seen_by_user(data_dir)
+    users = sorted(seen)[:n_users]
+    out = recommend_in_fresh_process(model_dir, users + [10**9])
+    for user, ids in zip(users, out["anime_ids"]):
+        assert len(ids) == 100 or min(ids) == -1
+        overlap = set(ids) & seen[user]
+        assert not overlap, f"user {user} was recommended titles already in animelist.csv: {sorted(overlap)[:5]}"
+    assert out["is_fallback"][-1] is True, "an unknown user gets the popularity fallback"
+    return out
+
+
+def test_pipeline_on_synthetic_data_caches_and_gates(tmp_path):
+    data_dir = str(tmp_path / "data")
+    synth.synthesize(data_dir, synth.SynthConfig(users=300, anime=200, seed=11), progress=lambda _: None)
+    out_dir = str(tmp_path / "out")
+    training = TrainingConfig(epochs=1, batch_size=256)
+
+    first = local_runner.run_local(data_dir, out_dir, training=training, gate=PERMISSIVE_GATE, train_steps=20, progress=print)
+    assert first["pushed_model"], "a blessed model is pushed"
+    assert first["evaluation"]["blessed"]
+    metrics = first["evaluation"]["metrics"]
+    assert set(metrics) == {"model", "popularity", "ease"}
+    assert 0.0 <= metrics["model"]["recall@50"] <= 1.0
+    assert os.path.exists(os.path.join(os.path.dirname(first["evaluation"]["report"]), "recall_at_k.png"))
+    assert_never_recommends_seen(first["pushed_model"], data_dir)
+
+    # The same inputs again: every component comes from the cache, nothing new is pushed.
+    second = local_runner.run_local(data_dir, out_dir, training=training, gate=PERMISSIVE_GATE, train_steps=20, progress=print)
+    for component in ("ImportExampleGen", "StatisticsGen", "Transform", "Trainer", "RetrievalEvaluator", "Pusher"):
+        assert second["cached"][component], f"{component} should have been cached"
+    assert second["pushed_model"] == first["pushed_model"]
+
+    # A gate the model cannot pass: the Evaluator runs again (now against the last blessed
+    # model), does not bless, and Pusher pushes nothing.
+    strict = GateConfig(min_value=1.01)
+    third = local_runner.run_local(data_dir, out_dir, training=training, gate=strict, train_steps=20, progress=print)
+    assert not third["cached"]["RetrievalEvaluator"]
+    assert third["cached"]["Trainer"]
+    assert not third["evaluation"]["blessed"]
+    assert "last_blessed" in third["evaluation"]["metrics"]
+    assert os.listdir(third["paths"]["serving_dir"]) == [os.path.basename(first["pushed_model"])]
+    with open(third["evaluation"]["report"]) as fh:
+        assert "NOT BLESSED" in fh.read()
+
+
+def test_pipeline_on_real_sample_beats_popularity(tmp_path, real_data_dir):
+    result = local_runner.run_local(real_data_dir, str(tmp_path / "out"), progress=print)
+    metrics = result["evaluation"]["metrics"]
+    print(json.dumps({k: {m: round(v, 4) for m, v in d.items()} for k, d in metrics.items()}))
+    # The default gate: recall@50 above popularity by 10% at least.
+    assert result["evaluation"]["blessed"], metrics
+    assert metrics["model"]["recall@50"] > 1.1 * metrics["popularity"]["recall@50"]
+    assert result["pushed_model"]
+    out = assert_never_recommends_seen(result["pushed_model"], real_data_dir, n_users=40)
+    assert not any(out["is_fallback"][:-1]), "every real user with history gets model recommendations"
+    assert len({tuple(ids[:10]) for ids in out["anime_ids"][:-1]}) > 30, "recommendations are personal, not one list"
+    assert np.isfinite(metrics["ease"]["recall@50"])
