@@ -14,6 +14,7 @@ import glob
 import json
 import logging as std_logging
 import os
+import sys
 import time
 from collections.abc import Callable
 
@@ -83,6 +84,18 @@ class _ComponentProgress:
         finally:
             launcher.Launcher.launch = original_launch
             launcher.Launcher._run_executor = original_run_executor
+
+
+@contextlib.contextmanager
+def _program_name_only():
+    """TFX's Beam executors parse sys.argv with absl flags; the caller's own
+    arguments (pytest's -v, say) must not be read as theirs."""
+    saved = sys.argv
+    sys.argv = saved[:1]
+    try:
+        yield
+    finally:
+        sys.argv = saved
 
 
 @contextlib.contextmanager
@@ -175,7 +188,7 @@ def run_local(
     tracker = _ComponentProgress(progress)
     log_path = os.path.join(output_dir, "pipeline.log")
     progress(f"Full log: {log_path}")
-    with _logs_to_file(log_path), tracker.installed():
+    with _logs_to_file(log_path), tracker.installed(), _program_name_only():
         tfx.orchestration.LocalDagRunner().run(pipeline)
     timings.update(tracker.seconds)
     timings["total"] = time.time() - start
