@@ -39,12 +39,21 @@ def _run(args) -> int:
                 f"  {system:13s} recall@10 {values['recall@10']:.4f}  recall@50 {values['recall@50']:.4f}  "
                 f"recall@100 {values['recall@100']:.4f}  ndcg@50 {values['ndcg@50']:.4f}  coverage@50 {values['coverage@50']:.3f}"
             )
+    if result.get("report"):
+        print(f"Run report: {result['report']}")
     if result["pushed_model"]:
         print(f"Pushed model: {result['pushed_model']}")
     else:
         print("No model has been pushed (none blessed yet).")
     if args.json:
         print(json.dumps(result, default=str))
+    return 0
+
+
+def _report(args) -> int:
+    from animerec import report
+
+    print(f"Report: {report.write_report(args.output_dir)}")
     return 0
 
 
@@ -101,6 +110,10 @@ def add_commands(commands, add_filter_args, filter_and_split) -> None:
     run.add_argument("--json", action="store_true", help="also print the result as JSON")
     add_filter_args(run)
     run.set_defaults(func=_run, filter_and_split=filter_and_split)
+
+    report = commands.add_parser("report", help="regenerate the run report (metrics.json, plots) under OUTPUT_DIR/report")
+    report.add_argument("--output-dir", required=True, help="the --output-dir of `animerec run`")
+    report.set_defaults(func=_report)
 
     serve = commands.add_parser("serve", help="serve the newest pushed model over TF Serving's gRPC API")
     serve.add_argument("--model-dir", required=True, help="the serving dir Pusher writes (numbered versions)")

@@ -106,6 +106,6 @@ def run_fn(fn_args) -> None:
     np.savez_compressed(
         os.path.join(fn_args.model_run_dir, EMBEDDINGS_FILE),
         anime_id=data.catalog.anime_id,
-        genres=data.catalog.genres,
+        genres=data.catalog.genres.astype("S"),
         embeddings=embeddings,
     )

@@ -192,7 +192,11 @@ def run_local(
         tfx.orchestration.LocalDagRunner().run(pipeline)
     timings.update(tracker.seconds)
     timings["total"] = time.time() - start
+    from animerec import report  # noqa: PLC0415
+
+    report_path = report.write_report(output_dir)
     return {
+        "report": report_path,
         "paths": paths,
         "pushed_model": newest_pushed_model(paths["serving_dir"]),
         "evaluation": latest_evaluation(paths["pipeline_root"]),

@@ -1,0 +1,134 @@
+"""The run report: metrics.json and a Markdown page with plots, under <output>/report/.
+
+Plots: training loss per epoch, recall@k of the model against the baselines,
+and a 2-D map of the anime embeddings coloured by main genre.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+
+import numpy as np
+
+MAP_POINTS = 2000
+MAP_GENRES = 10
+
+
+def _newest(pattern: str) -> str | None:
+    paths = glob.glob(pattern)
+    return max(paths, key=lambda p: int(p.split(os.sep)[-2])) if paths else None
+
+
+def _plt():
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    return plt
+
+
+def plot_loss(history: dict, path: str) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(range(1, len(history["loss"]) + 1), history["loss"], marker="o")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss (in-batch softmax, logQ-corrected)")
+    ax.set_title("Training loss")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_recall(curves: dict, path: str) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, values in curves.items():
+        if name != "k":
+            ax.plot(curves["k"], values, marker="o", label=name)
+    ax.set_xlabel("k")
+    ax.set_ylabel("recall@k")
+    ax.set_title("Recall@k on the eval split (full catalog)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def embedding_map(embeddings: np.ndarray, seed: int = 0) -> np.ndarray:
+    """2-D t-SNE of the embeddings (cosine), PCA-initialised."""
+    from sklearn.manifold import TSNE  # noqa: PLC0415
+
+    perplexity = float(min(30, max(2, len(embeddings) // 4)))
+    return TSNE(n_components=2, metric="cosine", init="pca", perplexity=perplexity, random_state=seed).fit_transform(embeddings)
+
+
+def plot_embeddings(anime_embeddings: dict, path: str, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    n = len(anime_embeddings["anime_id"])
+    pick = np.sort(rng.choice(n, size=min(n, MAP_POINTS), replace=False))
+    genres = np.array([g.decode() if isinstance(g, bytes) else str(g) for g in anime_embeddings["genres"][pick]])
+    main = np.array([g.split(",")[0].strip() or "(none)" for g in genres])
+    points = embedding_map(anime_embeddings["embeddings"][pick], seed)
+    names, counts = np.unique(main, return_counts=True)
+    top = names[np.argsort(-counts)][:MAP_GENRES]
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 6))
+    other = ~np.isin(main, top)
+    ax.scatter(points[other, 0], points[other, 1], s=4, c="lightgrey", label="other")
+    for genre in top:
+        sel = main == genre
+        ax.scatter(points[sel, 0], points[sel, 1], s=6, label=genre)
+    ax.set_title("Anime embeddings (t-SNE), coloured by main genre")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(markerscale=3, fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(output_dir: str) -> str:
+    """Regenerates <output_dir>/report from the newest Trainer and Evaluator outputs."""
+    root = os.path.join(output_dir, "pipeline")
+    metrics_path = _newest(os.path.join(root, "RetrievalEvaluator", "evaluation", "*", "metrics.json"))
+    history_path = _newest(os.path.join(root, "Trainer", "model_run", "*", "training_history.json"))
+    if metrics_path is None or history_path is None:
+        raise FileNotFoundError(f"{output_dir}: no finished Trainer and RetrievalEvaluator outputs to report on")
+    report_dir = os.path.join(output_dir, "report")
+    os.makedirs(report_dir, exist_ok=True)
+    evaluation_dir = os.path.dirname(metrics_path)
+    with open(history_path) as fh:
+        history = json.load(fh)
+    with open(os.path.join(evaluation_dir, "curves.json")) as fh:
+        curves = json.load(fh)
+    shutil.copy(metrics_path, os.path.join(report_dir, "metrics.json"))
+    plot_loss(history, os.path.join(report_dir, "loss.png"))
+    plot_recall(curves, os.path.join(report_dir, "recall_at_k.png"))
+    embeddings = np.load(os.path.join(os.path.dirname(history_path), "catalog_embeddings.npz"), allow_pickle=False)
+    plot_embeddings(dict(embeddings), os.path.join(report_dir, "embeddings.png"))
+    with open(os.path.join(evaluation_dir, "report.md")) as fh:
+        evaluation_text = fh.read().replace("![recall@k](recall_at_k.png)", "")
+    lines = [
+        "# animerec run report",
+        "",
+        f"Trainer: {history['epochs']} epochs of {history['steps_per_epoch']} steps, batch {history['batch_size']}, "
+        f"{history['examples_per_second']:,.0f} training examples/s, config {json.dumps(history['config'])}.",
+        "",
+        evaluation_text.replace("# Retrieval evaluation", "## Retrieval evaluation"),
+        "![training loss](loss.png)",
+        "",
+        "![recall@k](recall_at_k.png)",
+        "",
+        "![anime embeddings](embeddings.png)",
+        "",
+    ]
+    path = os.path.join(report_dir, "report.md")
+    with open(path, "w") as fh:
+        fh.write("\n".join(lines))
+    return path
