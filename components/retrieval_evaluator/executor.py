@@ -196,10 +196,16 @@ class Executor(base_executor.BaseExecutor):
         model = artifact_utils.get_single_instance(input_dict[MODEL_KEY])
         baselines = input_dict.get(BASELINE_MODEL_KEY) or []
         baseline = baselines[0] if baselines else None
-        baseline_dir = path_utils.serving_model_path(baseline.uri) if baseline is not None else None
+        # A rerun over cached inputs resolves the model under evaluation as the last
+        # blessed one: it was pushed already, so there is nothing new to bless.
+        same_model = baseline is not None and baseline.id == model.id
+        baseline_dir = path_utils.serving_model_path(baseline.uri) if baseline is not None and not same_model else None
 
         results, curves = evaluate(examples, path_utils.serving_model_path(model.uri), baseline_dir)
         blessed, reasons = m.decide_blessing(results, gate)
+        if same_model:
+            blessed = False
+            reasons.append(f"NOT PUSHED AGAIN: this model (artifact {model.id}) is already the last blessed model")
         evaluation = artifact_utils.get_single_instance(output_dict[EVALUATION_KEY])
         write_report(evaluation.uri, results, curves, blessed, reasons)
 
