@@ -57,6 +57,24 @@ def _report(args) -> int:
     return 0
 
 
+def _kubeflow_compile(args) -> int:
+    from animerec.config import TrainingConfig
+    from animerec.kubeflow import runner
+
+    training = TrainingConfig(epochs=args.epochs, batch_size=args.batch_size)
+    runner.compile_pipeline(
+        args.output,
+        pipeline_root=args.pipeline_root,
+        data_root=args.data_root,
+        serving_dir=args.serving_dir,
+        image=args.image,
+        beam_pipeline_args=args.beam_arg,
+        training=training,
+    )
+    print(f"Wrote the KFP v2 pipeline job to {args.output}")
+    return 0
+
+
 def _serve(args) -> int:
     from animerec.serving import server
 
@@ -114,6 +132,19 @@ def add_commands(commands, add_filter_args, filter_and_split) -> None:
     report = commands.add_parser("report", help="regenerate the run report (metrics.json, plots) under OUTPUT_DIR/report")
     report.add_argument("--output-dir", required=True, help="the --output-dir of `animerec run`")
     report.set_defaults(func=_report)
+
+    kubeflow = commands.add_parser("kubeflow", help="Kubeflow Pipelines integration")
+    kubeflow_commands = kubeflow.add_subparsers(dest="kubeflow_command", metavar="SUBCOMMAND", required=True)
+    compile_ = kubeflow_commands.add_parser("compile", help="compile the pipeline into a KFP v2 pipeline job (JSON)")
+    compile_.add_argument("--output", required=True, help="path of the JSON pipeline job to write")
+    compile_.add_argument("--pipeline-root", default="gs://YOUR_BUCKET/animerec/pipeline_root", help="default pipeline root (a run may override it)")
+    compile_.add_argument("--data-root", default="gs://YOUR_BUCKET/animerec/examples_input", help="default of the data_root runtime parameter: the converted splits")
+    compile_.add_argument("--serving-dir", default="gs://YOUR_BUCKET/animerec/serving", help="where Pusher writes versions for TF Serving")
+    compile_.add_argument("--image", default="animerec-pipeline:0.1.0", help="the pipeline image built from kubeflow/Dockerfile")
+    compile_.add_argument("--beam-arg", action="append", default=[], help="a Beam pipeline argument, repeatable (e.g. --beam-arg=--runner=DataflowRunner)")
+    compile_.add_argument("--epochs", type=int, default=defaults.epochs, help="default epochs in the training_config parameter")
+    compile_.add_argument("--batch-size", type=int, default=defaults.batch_size, help="default batch size in the training_config parameter")
+    compile_.set_defaults(func=_kubeflow_compile)
 
     serve = commands.add_parser("serve", help="serve the newest pushed model over TF Serving's gRPC API")
     serve.add_argument("--model-dir", required=True, help="the serving dir Pusher writes (numbered versions)")

@@ -25,9 +25,9 @@ RUN_FN = "animerec.trainer.run_fn"
 def create_pipeline(
     pipeline_name: str,
     pipeline_root: str,
-    data_root: str,
+    data_root: str | tfx.dsl.experimental.RuntimeParameter,
     serving_dir: str,
-    training: TrainingConfig = TrainingConfig(),
+    training: TrainingConfig | tfx.dsl.experimental.RuntimeParameter = TrainingConfig(),
     gate: GateConfig = GateConfig(),
     train_steps: int | None = None,
     schema_file: str | None = SCHEMA_FILE,
@@ -38,7 +38,8 @@ def create_pipeline(
     """ExampleGen -> StatisticsGen -> schema -> ExampleValidator -> Transform -> Trainer -> Evaluator -> Pusher.
 
     data_root holds the converted splits (train/, eval/, catalog/) written by
-    animerec.data.convert. With schema_file=None the schema is inferred by
+    animerec.data.convert. data_root and training may be RuntimeParameters
+    (the Kubeflow runner makes them so). With schema_file=None the schema is inferred by
     SchemaGen (to regenerate schema/schema.pbtxt); otherwise it is imported.
     train_steps caps the optimizer steps (tests use a handful).
     """
@@ -77,7 +78,7 @@ def create_pipeline(
         # The catalog split travels with train: the Trainer embeds every candidate.
         train_args=tfx.proto.TrainArgs(splits=[features.TRAIN_SPLIT, features.CATALOG_SPLIT], num_steps=train_steps),
         eval_args=tfx.proto.EvalArgs(splits=[features.EVAL_SPLIT], num_steps=None),
-        custom_config=training.to_json_dict(),
+        custom_config=training.to_json_dict() if isinstance(training, TrainingConfig) else training,
     )
 
     latest_blessed_model = tfx.dsl.Resolver(

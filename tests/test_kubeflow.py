@@ -1,0 +1,80 @@
+"""The KFP v2 pipeline compiled from the same create_pipeline is valid and wired as intended."""
+
+import json
+
+import pytest
+import yaml
+from google.protobuf import json_format
+from kfp import components
+from kfp.pipeline_spec import pipeline_spec_pb2
+
+from animerec.config import TrainingConfig
+from animerec.kubeflow import runner
+
+IMAGE = "registry.example/animerec-pipeline:test"
+BEAM_ARGS = ["--runner=DataflowRunner", "--project=demo-project", "--region=europe-west1"]
+COMPONENTS = {
+    "ImportExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "AnomaliesGate",
+    "Transform", "Trainer", "RetrievalEvaluator", "Pusher",
+}
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("kfp") / "animerec.json")
+    runner.compile_pipeline(
+        path, pipeline_root="gs://b/root", data_root="gs://b/data", serving_dir="gs://b/serving",
+        image=IMAGE, beam_pipeline_args=BEAM_ARGS, training=TrainingConfig(epochs=3),
+    )
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def test_kfp_loaders_accept_it(job):
+    json_format.ParseDict(job, pipeline_spec_pb2.PipelineJob())  # strict: unknown fields fail
+    component = components.load_component_from_text(yaml.safe_dump(job["pipelineSpec"]))
+    assert component.name == runner.PIPELINE_NAME
+    assert set(component.component_spec.inputs) == {runner.DATA_ROOT_PARAMETER, runner.TRAINING_PARAMETER}
+
+
+def test_every_component_is_a_task_with_the_image_and_entrypoint(job):
+    spec = job["pipelineSpec"]
+    tasks = spec["root"]["dag"]["tasks"]
+    assert COMPONENTS <= set(tasks)
+    executors = spec["deploymentSpec"]["executors"]
+    for name in COMPONENTS:
+        container = executors[f"{name}_executor"]["container"]
+        assert container["image"] == IMAGE, name
+        assert container["command"] == ["python", "-m", "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"], name
+    # The latest-blessed-model lookup runs in KFP's own resolver, not in a container.
+    assert "resolver" in executors["latest_blessed_model_resolver-model-resolver_executor"]
+    evaluator_args = executors["RetrievalEvaluator_executor"]["container"]["args"]
+    assert "animerec.components.retrieval_evaluator.executor.Executor" in evaluator_args
+    # Beam-based components get the distributed runner's arguments.
+    for name in ("Transform", "StatisticsGen"):
+        args = executors[f"{name}_executor"]["container"]["args"]
+        assert all(arg in args for arg in BEAM_ARGS), name
+
+
+def test_dependencies_follow_the_pipeline(job):
+    tasks = job["pipelineSpec"]["root"]["dag"]["tasks"]
+    depends = {name: set(task.get("dependentTasks", [])) for name, task in tasks.items()}
+    assert {"ImportExampleGen", "ImportSchemaGen", "AnomaliesGate"} <= depends["Transform"]
+    assert "ExampleValidator" in depends["AnomaliesGate"]
+    assert {"Transform", "ImportSchemaGen"} <= depends["Trainer"]
+    assert {"Trainer", "ImportExampleGen"} <= depends["RetrievalEvaluator"]
+    assert {"Trainer", "RetrievalEvaluator"} <= depends["Pusher"]
+
+
+def test_runtime_parameters_are_wired(job):
+    tasks = job["pipelineSpec"]["root"]["dag"]["tasks"]
+    assert tasks["ImportExampleGen"]["inputs"]["parameters"]["input_base"] == {"componentInputParameter": runner.DATA_ROOT_PARAMETER}
+    assert tasks["Trainer"]["inputs"]["parameters"]["custom_config"] == {"componentInputParameter": runner.TRAINING_PARAMETER}
+    runtime = job["runtimeConfig"]
+    assert runtime["gcsOutputDirectory"] == "gs://b/root"
+    assert runtime["parameterValues"][runner.DATA_ROOT_PARAMETER] == "gs://b/data"
+    assert json.loads(runtime["parameterValues"][runner.TRAINING_PARAMETER])["epochs"] == 3
+    pusher = json.loads(tasks["Pusher"]["inputs"]["parameters"]["push_destination"]["runtimeValue"]["constant"])
+    assert pusher["filesystem"]["base_directory"] == "gs://b/serving"
+    schema = tasks["ImportSchemaGen"]["inputs"]["parameters"]["schema_file"]["runtimeValue"]["constant"]
+    assert schema == runner.IMAGE_SCHEMA_FILE
