@@ -146,6 +146,17 @@ def add_commands(commands, add_filter_args, filter_and_split) -> None:
     compile_.add_argument("--batch-size", type=int, default=defaults.batch_size, help="default batch size in the training_config parameter")
     compile_.set_defaults(func=_kubeflow_compile)
 
+    bench = commands.add_parser("bench", help="benchmarks that print figures")
+    bench_commands = bench.add_subparsers(dest="bench_command", metavar="SUBCOMMAND", required=True)
+    bench_serve = bench_commands.add_parser("serve", help="gRPC serving throughput and latency on a full-size model")
+    bench_serve.add_argument("--users", type=int, default=325_000, help="default %(default)s")
+    bench_serve.add_argument("--anime", type=int, default=17_500, help="default %(default)s")
+    bench_serve.add_argument("--dim", type=int, default=64, help="embedding size (default %(default)s)")
+    bench_serve.add_argument("--seconds", type=float, default=10.0, help="duration of each concurrency level (default %(default)s)")
+    bench_serve.add_argument("--levels", type=int, nargs="+", default=[1, 4, 16], help="concurrent clients (default 1 4 16)")
+    bench_serve.add_argument("--json", action="store_true", help="print only the JSON summary line")
+    bench_serve.set_defaults(func=lambda args: __import__("animerec.bench", fromlist=["main_serve"]).main_serve(args))
+
     serve = commands.add_parser("serve", help="serve the newest pushed model over TF Serving's gRPC API")
     serve.add_argument("--model-dir", required=True, help="the serving dir Pusher writes (numbered versions)")
     serve.add_argument("--port", type=int, default=8500, help="gRPC port (default %(default)s, as TF Serving)")

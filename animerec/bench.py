@@ -1,0 +1,197 @@
+"""Benchmarks that print figures (no timed assertions anywhere).
+
+`animerec bench serve`: a full-size model (17.5k anime, 325k users, embedding 64)
+is built from synthetic arrays without training, served by `animerec serve` in
+its own process, and driven over loopback gRPC by 1, 4 and 16 concurrent
+clients for a fixed time each.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+from animerec import features as f
+
+
+def synthetic_training_data(users: int, anime: int, history: int, seen: int, seed: int = 0):
+    """TrainingData of the real size with random ids: for serving benchmarks only."""
+    from animerec.model.data import Catalog, TrainingData  # noqa: PLC0415
+
+    rng = np.random.default_rng(seed)
+    catalog = Catalog(
+        anime_id=np.sort(rng.choice(np.arange(1, anime * 3), anime, replace=False)),
+        anime_index=np.arange(anime),
+        titles=np.array([f"Anime {i}".encode() for i in range(anime)]),
+        genres=np.array([b"Action, Drama"] * anime),
+        tokens={name: rng.integers(0, 1000, (anime, length)) for name, length in f.TEXT_MAX_TOKENS.items()},
+    )
+
+    def csr(mean: int):
+        lengths = np.minimum(rng.geometric(1.0 / mean, users), anime // 2)
+        splits = np.zeros(users + 2, np.int64)
+        np.cumsum(lengths, out=splits[1:-1])
+        splits[-1] = splits[-2]  # the empty row for unknown users
+        return splits, rng.integers(0, anime, int(splits[-1]))
+
+    history_splits, history_values = csr(history)
+    seen_splits, seen_values = csr(seen)
+    return TrainingData(
+        user_vocab_size=users,
+        anime_vocab_size=anime,
+        text_vocab_sizes={name: 1000 for name in f.TEXT_MAX_TOKENS},
+        catalog=catalog,
+        user_index=history_values[:1000] * 0,
+        anime_index=history_values[:1000],
+        weight=np.ones(1000, np.float32),
+        user_ids=np.append(np.arange(users), -1),
+        history_splits=history_splits,
+        history_values=history_values,
+        seen_splits=seen_splits,
+        seen_values=seen_values,
+    )
+
+
+def build_serving_model(out_dir: str, users: int, anime: int, dim: int, history: int, seen: int) -> str:
+    """Exports an untrained full-size model as version 1 under out_dir."""
+    from animerec.model import export, retrieval  # noqa: PLC0415
+
+    data = synthetic_training_data(users, anime, history, seen)
+    model = retrieval.RetrievalModel(data, dim, temperature=0.05)
+    embeddings = retrieval.catalog_embeddings(model, data)
+    path = os.path.join(out_dir, "1")
+    export.export_serving_model(model, data, embeddings, top_k=100, path=path)
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_server(target: str, timeout: float = 300.0) -> None:
+    import grpc  # noqa: PLC0415
+
+    channel = grpc.insecure_channel(target)
+    grpc.channel_ready_future(channel).result(timeout=timeout)
+    channel.close()
+
+
+def drive(target: str, clients: int, seconds: float, users: int, seed: int = 0) -> dict:
+    """`clients` threads, each one request at a time for one user, for `seconds`."""
+    from animerec.serving.client import RecommenderClient  # noqa: PLC0415
+
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    errors = [0] * clients
+    deadline = time.perf_counter() + seconds
+
+    def worker(i: int) -> None:
+        client = RecommenderClient(target, timeout=10)
+        stub, rng = client.stub, np.random.default_rng(seed + i)
+        while time.perf_counter() < deadline:
+            request = client.request([int(rng.integers(0, users))])
+            start = time.perf_counter()
+            try:
+                stub.Predict(request, timeout=10)
+                latencies[i].append(time.perf_counter() - start)
+            except Exception:  # noqa: BLE001 - counted and reported, a benchmark keeps going
+                errors[i] += 1
+        client.close()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    all_ms = np.array([x for per in latencies for x in per]) * 1000
+    return {
+        "clients": clients,
+        "requests": int(len(all_ms)),
+        "errors": int(sum(errors)),
+        "qps": round(len(all_ms) / elapsed, 1),
+        "p50_ms": round(float(np.percentile(all_ms, 50)), 3),
+        "p95_ms": round(float(np.percentile(all_ms, 95)), 3),
+        "p99_ms": round(float(np.percentile(all_ms, 99)), 3),
+    }
+
+
+def model_only_ms(model_dir: str, users: int, calls: int = 300) -> float:
+    """Median in-process latency of one serving_default call for one user."""
+    import tensorflow as tf  # noqa: PLC0415
+
+    signature = tf.saved_model.load(model_dir).signatures["serving_default"]
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        signature(user_id=tf.constant([int(rng.integers(0, users))], tf.int64))
+    times = []
+    for _ in range(calls):
+        user = tf.constant([int(rng.integers(0, users))], tf.int64)
+        start = time.perf_counter()
+        signature(user_id=user)
+        times.append(time.perf_counter() - start)
+    return round(float(np.median(times)) * 1000, 3)
+
+
+def bench_serve(
+    users: int = 325_000,
+    anime: int = 17_500,
+    dim: int = 64,
+    history: int = 100,
+    seen: int = 300,
+    seconds: float = 10.0,
+    levels: tuple[int, ...] = (1, 4, 16),
+    progress=print,
+) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        serving_dir = os.path.join(tmp, "serving")
+        start = time.time()
+        model_dir = build_serving_model(serving_dir, users, anime, dim, history, seen)
+        size_mb = sum(os.path.getsize(os.path.join(d, n)) for d, _, ns in os.walk(model_dir) for n in ns) / 1e6
+        progress(f"Built a {users:,}-user, {anime:,}-anime, dim-{dim} model ({size_mb:,.0f} MB) in {time.time() - start:.0f}s")
+        port = _free_port()
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONWARNINGS="ignore")
+        server = subprocess.Popen(
+            [sys.executable, "-m", "animerec.cli", "serve", "--model-dir", serving_dir, "--port", str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            target = f"localhost:{port}"
+            _wait_for_server(target)
+            drive(target, 1, 2.0, users)  # warm-up
+            results = []
+            for clients in levels:
+                result = drive(target, clients, seconds, users)
+                results.append(result)
+                progress(
+                    f"{clients:>3} clients: {result['qps']:>8.1f} req/s  p50 {result['p50_ms']:.2f} ms  "
+                    f"p95 {result['p95_ms']:.2f} ms  p99 {result['p99_ms']:.2f} ms  errors {result['errors']}"
+                )
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+        in_process = model_only_ms(model_dir, users)
+        progress(f"model only (in-process signature call, one user): {in_process:.2f} ms")
+    return {"levels": results, "model_only_ms": in_process}
+
+
+def main_serve(args) -> int:
+    result = bench_serve(
+        users=args.users, anime=args.anime, dim=args.dim, seconds=args.seconds, levels=tuple(args.levels),
+        progress=(lambda _: None) if args.json else print,
+    )
+    if args.json:
+        print(json.dumps(result))
+    return 0
