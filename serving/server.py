@@ -18,8 +18,10 @@ import threading
 import time
 
 import grpc
+import numpy as np
 import tensorflow as tf
 from absl import logging
+from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
@@ -56,6 +58,9 @@ class LoadedVersion:
 
     def signature(self, name: str):
         return self.model.signatures[name]
+
+    def input_specs(self, name: str) -> dict:
+        return self.signature(name).structured_input_signature[1]
 
 
 def complete_versions(base_path: str) -> list[int]:
@@ -150,17 +155,27 @@ class ModelManager:
         return current
 
 
+def tensor_proto(value: np.ndarray):
+    """TensorProto of an output; strings go straight into string_val (make_tensor_proto
+    converts them one by one and costs more than the model call)."""
+    if value.dtype.kind in ("S", "O"):
+        proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING)
+        proto.tensor_shape.CopyFrom(tf.TensorShape(value.shape).as_proto())
+        proto.string_val.extend(value.reshape(-1).tolist())
+        return proto
+    return tf.make_tensor_proto(value)
+
+
 def _dtype_name(dtype: tf.DType) -> str:
     return dtype.name
 
 
-def run_predict(loaded: LoadedVersion, request: predict_pb2.PredictRequest, max_batch: int = MAX_BATCH) -> predict_pb2.PredictResponse:
-    """Validates a PredictRequest against the signature and runs it."""
+def validate_predict(loaded: LoadedVersion, request: predict_pb2.PredictRequest, max_batch: int = MAX_BATCH) -> tuple[str, dict]:
+    """The signature name and input arrays of a PredictRequest, or TF Serving's error."""
     name = request.model_spec.signature_name or "serving_default"
     if name not in loaded.signature_defs:
         raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f'Serving signature name: "{name}" not found in signature def')
-    function = loaded.signature(name)
-    specs = function.structured_input_signature[1]
+    specs = loaded.input_specs(name)
     expected = set(specs)
     given = set(request.inputs)
     if given != expected:
@@ -196,32 +211,143 @@ def run_predict(loaded: LoadedVersion, request: predict_pb2.PredictRequest, max_
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"input {key}: batch of {value.shape[0]} is larger than the maximum of {max_batch}",
                 )
-        inputs[key] = tf.constant(value, dtype=spec.dtype)
-    try:
-        outputs = function(**inputs)
-    except tf.errors.InvalidArgumentError as error:
-        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, error.message) from None
-    wanted = set(request.output_filter) or set(outputs)
-    unknown = wanted - set(outputs)
+        inputs[key] = value
+    unknown = set(request.output_filter) - set(loaded.signature_defs[name].outputs)
     if unknown:
         raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"output tensor alias not found in signature: {sorted(unknown)}")
+    return name, inputs
+
+
+def call_signature(loaded: LoadedVersion, name: str, inputs: dict) -> dict:
+    specs = loaded.input_specs(name)
+    try:
+        outputs = loaded.signature(name)(**{k: tf.constant(v, dtype=specs[k].dtype) for k, v in inputs.items()})
+    except tf.errors.InvalidArgumentError as error:
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, error.message) from None
+    return {k: v.numpy() for k, v in outputs.items()}
+
+
+def build_response(loaded: LoadedVersion, request, name: str, outputs: dict) -> predict_pb2.PredictResponse:
     response = predict_pb2.PredictResponse()
     response.model_spec.name = request.model_spec.name
     response.model_spec.version.value = loaded.version
     response.model_spec.signature_name = name
-    for key in wanted:
-        response.outputs[key].CopyFrom(tf.make_tensor_proto(outputs[key].numpy()))
+    for key in set(request.output_filter) or set(outputs):
+        response.outputs[key].CopyFrom(tensor_proto(outputs[key]))
     return response
 
 
+def run_predict(loaded: LoadedVersion, request: predict_pb2.PredictRequest, max_batch: int = MAX_BATCH) -> predict_pb2.PredictResponse:
+    """Validates a PredictRequest against the signature and runs it."""
+    name, inputs = validate_predict(loaded, request, max_batch)
+    return build_response(loaded, request, name, call_signature(loaded, name, inputs))
+
+
+class _Pending:
+    __slots__ = ("loaded", "request", "name", "inputs", "done", "response", "error")
+
+    def __init__(self, loaded, request, name, inputs):
+        self.loaded, self.request, self.name, self.inputs = loaded, request, name, inputs
+        self.done = threading.Event()
+        self.response = None
+        self.error = None
+
+
+class Batcher:
+    """Greedy server-side batching of one-input signatures (serving_default: user_id).
+
+    A worker takes every request queued for the same version and signature and
+    runs them as one call, then splits the outputs. Nothing waits for a batch to
+    fill: under light load a request runs alone at once; under load, requests
+    that arrive while the model is busy share the next call (TF Serving's
+    --enable_batching does the same job in production).
+    """
+
+    def __init__(self, max_batch: int = MAX_BATCH, workers: int = 2):
+        self.max_batch = max_batch
+        self._queue: list[_Pending] = []
+        self._cond = threading.Condition()
+        self._stop = False
+        self._threads = [threading.Thread(target=self._work, name=f"batcher-{i}", daemon=True) for i in range(workers)]
+        for t in self._threads:
+            t.start()
+
+    def submit(self, pending: _Pending) -> _Pending:
+        with self._cond:
+            self._queue.append(pending)
+            self._cond.notify()
+        pending.done.wait()
+        return pending
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+
+    def _take(self) -> list[_Pending]:
+        with self._cond:
+            while not self._queue and not self._stop:
+                self._cond.wait()
+            if self._stop:
+                return []
+            first = self._queue[0]
+            batch, rest, size = [], [], 0
+            for p in self._queue:
+                rows = len(next(iter(p.inputs.values())))
+                if p.loaded is first.loaded and p.name == first.name and size + rows <= self.max_batch:
+                    batch.append(p)
+                    size += rows
+                else:
+                    rest.append(p)
+            self._queue = rest
+            return batch
+
+    def _work(self) -> None:
+        while True:
+            batch = self._take()
+            if not batch:
+                return
+            first = batch[0]
+            key = next(iter(first.inputs))
+            sizes = [len(p.inputs[key]) for p in batch]
+            try:
+                outputs = call_signature(first.loaded, first.name, {key: np.concatenate([p.inputs[key] for p in batch])})
+            except RequestError:
+                # One bad member fails a merged call: run each alone to give each its own answer.
+                for p in batch:
+                    try:
+                        p.response = build_response(p.loaded, p.request, p.name, call_signature(p.loaded, p.name, p.inputs))
+                    except RequestError as error:
+                        p.error = error
+                    p.done.set()
+                continue
+            offset = 0
+            for p, n in zip(batch, sizes):
+                part = {k: v[offset : offset + n] for k, v in outputs.items()}
+                offset += n
+                try:
+                    p.response = build_response(p.loaded, p.request, p.name, part)
+                except (RequestError, ValueError) as error:
+                    p.error = error if isinstance(error, RequestError) else RequestError(grpc.StatusCode.INTERNAL, str(error))
+                p.done.set()
+
+
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, manager: ModelManager, max_batch: int = MAX_BATCH):
+    def __init__(self, manager: ModelManager, max_batch: int = MAX_BATCH, batcher: Batcher | None = None):
         self.manager = manager
         self.max_batch = max_batch
+        self.batcher = batcher
 
     def Predict(self, request, context):  # noqa: N802 - gRPC method name
         try:
-            return run_predict(self.manager.resolve(request.model_spec), request, self.max_batch)
+            loaded = self.manager.resolve(request.model_spec)
+            name, inputs = validate_predict(loaded, request, self.max_batch)
+            if self.batcher is None or len(inputs) != 1:
+                return build_response(loaded, request, name, call_signature(loaded, name, inputs))
+            done = self.batcher.submit(_Pending(loaded, request, name, inputs))
+            if done.error is not None:
+                raise done.error
+            return done.response
         except RequestError as error:
             context.abort(error.code, str(error))
 
@@ -285,6 +411,7 @@ class RunningServer:
     server: grpc.Server
     manager: ModelManager
     port: int
+    batcher: Batcher | None = None
 
     @property
     def target(self) -> str:
@@ -293,6 +420,8 @@ class RunningServer:
     def stop(self, grace: float = 1.0) -> None:
         self.manager.stop()
         self.server.stop(grace).wait()
+        if self.batcher:
+            self.batcher.stop()
 
 
 def start_server(
@@ -304,6 +433,7 @@ def start_server(
     workers: int = WORKERS,
     max_concurrent_rpcs: int = MAX_CONCURRENT_RPCS,
     poll_seconds: float = POLL_SECONDS,
+    batching: bool = True,
 ) -> RunningServer:
     """Starts serving; port 0 picks a free port. Fails if no complete version exists."""
     manager = ModelManager(model_name, model_base_path, poll_seconds)
@@ -316,11 +446,12 @@ def start_server(
         maximum_concurrent_rpcs=max_concurrent_rpcs,
         options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)],
     )
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(manager, max_batch), server)
+    batcher = Batcher(max_batch) if batching else None
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(manager, max_batch, batcher), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager), server)
     bound = server.add_insecure_port(f"{host}:{port}")
     server.start()
-    return RunningServer(server, manager, bound)
+    return RunningServer(server, manager, bound, batcher)
 
 
 def serve_forever(model_base_path: str, port: int, model_name: str = DEFAULT_MODEL_NAME) -> None:

@@ -21,6 +21,12 @@ from animerec.model.data import TrainingData
 from animerec.model.retrieval import RetrievalModel
 
 
+def _rows(values: tf.Variable, splits: tf.Variable, row: tf.Tensor) -> tf.RaggedTensor:
+    """Rows `row` of a CSR table, touching only those rows (not the whole table)."""
+    positions = tf.ragged.range(tf.gather(splits, row), tf.gather(splits, row + 1))
+    return tf.gather(values, positions)
+
+
 class RecommenderModule(tf.Module):
     def __init__(self, model: RetrievalModel, data: TrainingData, catalog_embeddings: np.ndarray, top_k: int):
         super().__init__()
@@ -72,7 +78,7 @@ class RecommenderModule(tf.Module):
             user_index = self.user_table.lookup(user_id)
         known = user_index >= 0
         row = tf.where(known, user_index, self.empty_user_row)
-        history = tf.gather(tf.RaggedTensor.from_row_splits(self.history_values, self.history_splits), row)
+        history = _rows(self.history_values, self.history_splits, row)
         use_model = tf.logical_and(known, history.row_lengths() > 0)
         query = self.query_tower(row, history, exclude=-tf.ones_like(row))
         scores = tf.where(
@@ -80,11 +86,11 @@ class RecommenderModule(tf.Module):
             tf.matmul(query, self.catalog_embeddings, transpose_b=True),
             tf.broadcast_to(self.popularity[None, :], [tf.shape(row)[0], self.catalog_size]),
         )
-        seen = tf.gather(tf.RaggedTensor.from_row_splits(self.seen_values, self.seen_splits), row)
+        seen = _rows(self.seen_values, self.seen_splits, row)
         extra = tf.RaggedTensor.from_tensor(self.anime_table.lookup(exclude_anime_ids))
         excluded = [seen, extra]
         if exclude_heldout:
-            excluded.append(tf.gather(tf.RaggedTensor.from_row_splits(self.heldout_values, self.heldout_splits), row))
+            excluded.append(_rows(self.heldout_values, self.heldout_splits, row))
         excluded = tf.concat(excluded, axis=1)
         excluded = tf.ragged.boolean_mask(excluded, excluded >= 0)
         indices = tf.stack([excluded.value_rowids(), excluded.flat_values], axis=1)
