@@ -75,6 +75,21 @@ def _kubeflow_compile(args) -> int:
     return 0
 
 
+def _batch_recommend(args) -> int:
+    import glob
+    import os
+
+    from animerec.batch import batch_recommend
+    from animerec.pipeline.local_runner import direct_runner_args, newest_pushed_model
+
+    model_dir = newest_pushed_model(args.model_dir) or args.model_dir
+    beam_args = args.beam_arg or direct_runner_args(args.workers)
+    n = batch_recommend(model_dir, args.output, k=args.k, beam_args=beam_args)
+    files = sorted(glob.glob(args.output + "*.parquet"))
+    print(f"Top {args.k} for {n:,} users from {model_dir} -> {len(files)} Parquet file(s): {', '.join(os.path.basename(p) for p in files)}")
+    return 0
+
+
 def _serve(args) -> int:
     from animerec.serving import server
 
@@ -145,6 +160,14 @@ def add_commands(commands, add_filter_args, filter_and_split) -> None:
     compile_.add_argument("--epochs", type=int, default=defaults.epochs, help="default epochs in the training_config parameter")
     compile_.add_argument("--batch-size", type=int, default=defaults.batch_size, help="default batch size in the training_config parameter")
     compile_.set_defaults(func=_kubeflow_compile)
+
+    batch = commands.add_parser("batch-recommend", help="top k for every known user, as a Beam job, to Parquet")
+    batch.add_argument("--model-dir", required=True, help="a serving dir (its newest version is used) or one SavedModel")
+    batch.add_argument("--output", required=True, help="output prefix; files are PREFIX-SSSSS-of-NNNNN.parquet")
+    batch.add_argument("-k", type=int, default=50, help="titles per user (default %(default)s)")
+    batch.add_argument("--workers", type=int, default=None, help="DirectRunner workers (default: one per core)")
+    batch.add_argument("--beam-arg", action="append", default=[], help="Beam pipeline argument, repeatable (overrides the DirectRunner defaults)")
+    batch.set_defaults(func=_batch_recommend)
 
     bench = commands.add_parser("bench", help="benchmarks that print figures")
     bench_commands = bench.add_subparsers(dest="bench_command", metavar="SUBCOMMAND", required=True)

@@ -54,6 +54,8 @@ class RecommenderModule(tf.Module):
         self.heldout_values = tf.Variable(heldout_values, trainable=False, name="heldout_values")
         self.empty_user_row = data.user_vocab_size
         known_users = np.flatnonzero(data.user_ids >= 0)
+        # The users the model knows, for batch jobs that recommend to everyone.
+        self.known_user_ids = tf.Variable(data.user_ids[known_users], trainable=False, name="known_user_ids")
         self.user_table = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(
                 tf.constant(data.user_ids[known_users], tf.int64), tf.constant(known_users, tf.int64)

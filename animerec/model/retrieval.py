@@ -23,10 +23,18 @@ class RetrievalModel(tfrs.Model):
     that bias. Liked rows are weighted by their score.
     """
 
-    def __init__(self, data: TrainingData, embedding_dim: int, temperature: float, use_user_embedding: bool = True):
+    def __init__(
+        self,
+        data: TrainingData,
+        embedding_dim: int,
+        temperature: float,
+        use_user_embedding: bool = True,
+        share_item_embeddings: bool = False,
+    ):
         super().__init__()
-        self.query_tower = QueryTower(data.user_vocab_size, data.anime_vocab_size, embedding_dim, use_user_embedding)
         self.candidate_tower = CandidateTower(data.anime_vocab_size, data.text_vocab_sizes, embedding_dim)
+        shared = self.candidate_tower.id_embedding if share_item_embeddings else None
+        self.query_tower = QueryTower(data.user_vocab_size, data.anime_vocab_size, embedding_dim, use_user_embedding, shared)
         self.liked_history = ragged_from_csr(data.history_splits, data.history_values)
         self.candidate_tokens = {name: tf.constant(t) for name, t in data.candidate_tokens_by_anime_index.items()}
         counts = data.item_counts().astype(np.float64)
@@ -54,8 +62,15 @@ class RetrievalModel(tfrs.Model):
         )
 
 
-def build_model(data: TrainingData, embedding_dim: int, temperature: float, learning_rate: float, use_user_embedding: bool = True) -> RetrievalModel:
-    model = RetrievalModel(data, embedding_dim, temperature, use_user_embedding)
+def build_model(
+    data: TrainingData,
+    embedding_dim: int,
+    temperature: float,
+    learning_rate: float,
+    use_user_embedding: bool = True,
+    share_item_embeddings: bool = False,
+) -> RetrievalModel:
+    model = RetrievalModel(data, embedding_dim, temperature, use_user_embedding, share_item_embeddings)
     model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate=learning_rate))
     return model
 

@@ -53,12 +53,21 @@ class QueryTower(tf.keras.Model):
     index, or -1) takes it out of the mean so the model cannot copy it.
     """
 
-    def __init__(self, user_vocab_size: int, anime_vocab_size: int, dim: int, use_user_embedding: bool = True, **kwargs):
+    def __init__(
+        self,
+        user_vocab_size: int,
+        anime_vocab_size: int,
+        dim: int,
+        use_user_embedding: bool = True,
+        history_embedding: tf.keras.layers.Embedding | None = None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.use_user_embedding = use_user_embedding
         if use_user_embedding:
             self.user_embedding = tf.keras.layers.Embedding(user_vocab_size + 1, dim, name="user_id_embedding")
-        self.history_embedding = tf.keras.layers.Embedding(anime_vocab_size + 1, dim, name="history_embedding")
+        # Sharing the candidate tower's id embedding puts history and candidates in one item space.
+        self.history_embedding = history_embedding or tf.keras.layers.Embedding(anime_vocab_size + 1, dim, name="history_embedding")
         self.projection = tf.keras.Sequential(
             [tf.keras.layers.Dense(dim * 2, activation="relu"), tf.keras.layers.Dense(dim)], name="query_projection"
         )
