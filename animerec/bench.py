@@ -195,3 +195,129 @@ def main_serve(args) -> int:
     if args.json:
         print(json.dumps(result))
     return 0
+
+
+def bench_train(
+    users: int = 100_000,
+    anime: int = 17_500,
+    positives: int = 400_000,
+    history: int = 100,
+    batch_sizes: tuple[int, ...] = (1024, 4096, 8192),
+    steps: int = 40,
+    progress=print,
+) -> dict:
+    """Training examples/s of the default model (text features, history tower, logQ) per batch size."""
+    import dataclasses  # noqa: PLC0415
+
+    from animerec.config import TrainingConfig  # noqa: PLC0415
+    from animerec.model import retrieval  # noqa: PLC0415
+
+    config = TrainingConfig()
+    data = synthetic_training_data(users, anime, history, history)
+    rng = np.random.default_rng(0)
+    data = dataclasses.replace(
+        data,
+        user_index=rng.integers(0, users, positives),
+        anime_index=np.minimum(rng.zipf(1.3, positives) - 1, anime - 1),
+        weight=np.ones(positives, np.float32),
+    )
+    results = []
+    for batch_size in batch_sizes:
+        model = retrieval.build_model(data, config.embedding_dim, config.temperature, config.learning_rate, config.use_user_embedding, config.share_item_embeddings)
+        dataset = retrieval.training_dataset(data, batch_size).repeat()
+        model.fit(dataset, steps_per_epoch=5, epochs=1, verbose=0)  # trace and warm up
+        start = time.perf_counter()
+        model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0)
+        seconds = time.perf_counter() - start
+        result = {"batch_size": batch_size, "examples_per_second": round(steps * batch_size / seconds)}
+        results.append(result)
+        progress(f"batch {batch_size:>5}: {result['examples_per_second']:>8,} examples/s")
+    return {"levels": results, "users": users, "anime": anime, "history": history}
+
+
+def main_train(args) -> int:
+    result = bench_train(batch_sizes=tuple(args.batch_sizes), steps=args.steps, progress=(lambda _: None) if args.json else print)
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+class _TreeMemory:
+    """Samples the resident memory of this process and its children (Beam workers)."""
+
+    def __init__(self, interval: float = 0.5):
+        import psutil  # noqa: PLC0415
+
+        self._psutil = psutil
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        me = self._psutil.Process()
+        while not self._stop.wait(self.interval):
+            try:
+                total = me.memory_info().rss + sum(c.memory_info().rss for c in me.children(recursive=True))
+            except self._psutil.Error:
+                continue
+            self.peak = max(self.peak, total)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+FULL_ROWS = 109_000_000
+ROWS_PER_USER = 313  # what --rows-per-user 750 yields at 17.5k anime, as at the full scale
+PIPELINE_STAGES = ("convert", "ImportExampleGen", "StatisticsGen", "Transform", "Trainer", "RetrievalEvaluator")
+
+
+def bench_pipeline(sizes=(1_000_000, 5_000_000, 20_000_000), workdir: str | None = None, epochs: int = 1, progress=print) -> dict:
+    """Per-stage wall time, rows/s and peak memory of the whole pipeline at each size."""
+    from animerec.components.retrieval_evaluator.metrics import GateConfig  # noqa: PLC0415
+    from animerec.config import TrainingConfig  # noqa: PLC0415
+    from animerec.data import synth  # noqa: PLC0415
+    from animerec.pipeline import local_runner  # noqa: PLC0415
+
+    workdir = workdir or tempfile.mkdtemp(prefix="animerec-bench-")
+    results = []
+    for rows in sizes:
+        users = max(100, rows // ROWS_PER_USER)
+        data_dir = os.path.join(workdir, f"data-{rows}")
+        start = time.time()
+        summary = synth.synthesize(data_dir, synth.SynthConfig(users=users, anime=17_500, mean_rows_per_user=750.0), progress=lambda _: None)
+        synth_seconds = time.time() - start
+        out_dir = os.path.join(workdir, f"out-{rows}")
+        with _TreeMemory() as memory:
+            run = local_runner.run_local(
+                data_dir, out_dir, training=TrainingConfig(epochs=epochs, batch_size=4096),
+                gate=GateConfig(min_value=0.0, min_lift_over_popularity=-1.0, max_regression=1.0), progress=lambda _: None,
+            )
+        actual = summary["animelist_rows"]
+        stages = {s: round(run["seconds"].get(s, 0.0), 1) for s in PIPELINE_STAGES}
+        result = {
+            "rows": actual, "users": users, "synth_seconds": round(synth_seconds, 1), "stages_seconds": stages,
+            "total_seconds": round(run["seconds"]["total"], 1), "rows_per_second": round(actual / run["seconds"]["total"]),
+            "peak_memory_gb": round(memory.peak / 1e9, 2),
+        }
+        results.append(result)
+        progress(
+            f"{actual:>11,} rows: total {result['total_seconds']:>7.1f}s ({result['rows_per_second']:,} rows/s), peak {result['peak_memory_gb']} GB; "
+            + ", ".join(f"{k} {v}s" for k, v in stages.items())
+        )
+    largest = results[-1]
+    extrapolated = {s: round(v * FULL_ROWS / largest["rows"]) for s, v in largest["stages_seconds"].items()}
+    progress(f"Linear extrapolation to {FULL_ROWS:,} rows (from the largest size): " + ", ".join(f"{k} {v / 60:.0f} min" for k, v in extrapolated.items()))
+    return {"sizes": results, "extrapolated_full_seconds": extrapolated}
+
+
+def main_pipeline(args) -> int:
+    result = bench_pipeline(tuple(args.rows), workdir=args.workdir, progress=(lambda _: None) if args.json else print)
+    if args.json:
+        print(json.dumps(result))
+    return 0

@@ -180,6 +180,18 @@ def add_commands(commands, add_filter_args, filter_and_split) -> None:
     bench_serve.add_argument("--json", action="store_true", help="print only the JSON summary line")
     bench_serve.set_defaults(func=lambda args: __import__("animerec.bench", fromlist=["main_serve"]).main_serve(args))
 
+    bench_train = bench_commands.add_parser("train", help="training examples per second of the default model")
+    bench_train.add_argument("--batch-sizes", type=int, nargs="+", default=[1024, 4096, 8192], help="default 1024 4096 8192")
+    bench_train.add_argument("--steps", type=int, default=40, help="timed steps per batch size (default %(default)s)")
+    bench_train.add_argument("--json", action="store_true", help="print only the JSON summary line")
+    bench_train.set_defaults(func=lambda args: __import__("animerec.bench", fromlist=["main_train"]).main_train(args))
+
+    bench_pipeline = bench_commands.add_parser("pipeline", help="pipeline wall time per stage, rows/s and peak memory at several sizes")
+    bench_pipeline.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 5_000_000, 20_000_000], help="interactions per run (default 1M 5M 20M)")
+    bench_pipeline.add_argument("--workdir", default=None, help="where data and outputs go (default: a new temporary folder)")
+    bench_pipeline.add_argument("--json", action="store_true", help="print only the JSON summary line")
+    bench_pipeline.set_defaults(func=lambda args: __import__("animerec.bench", fromlist=["main_pipeline"]).main_pipeline(args))
+
     serve = commands.add_parser("serve", help="serve the newest pushed model over TF Serving's gRPC API")
     serve.add_argument("--model-dir", required=True, help="the serving dir Pusher writes (numbered versions)")
     serve.add_argument("--port", type=int, default=8500, help="gRPC port (default %(default)s, as TF Serving)")

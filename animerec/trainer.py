@@ -35,7 +35,7 @@ def load_training_data(train_files, tf_transform_output: tft.TFTransformOutput) 
     )
 
 
-def evaluate_in_training(model, data: model_data.TrainingData, eval_columns: dict, ks=(10, 50, 100)) -> dict:
+def evaluate_in_training(model, data: model_data.TrainingData, eval_columns: dict, catalog_bias=0.0, ks=(10, 50, 100)) -> dict:
     """Recall/NDCG@k on the eval split over the full catalog, training titles excluded."""
     user_index = eval_columns[f.USER_INDEX].reshape(-1)
     positions = data.catalog.positions(eval_columns[f.ANIME_ID].reshape(-1))
@@ -44,7 +44,7 @@ def evaluate_in_training(model, data: model_data.TrainingData, eval_columns: dic
     for i, pos in zip(inverse, positions):
         truth[i].add(int(pos))
     queries = retrieval.query_embeddings(model, data, users)
-    scores = queries @ retrieval.catalog_embeddings(model, data).T
+    scores = queries @ retrieval.catalog_embeddings(model, data).T + catalog_bias
     rows = np.repeat(np.arange(len(users)), np.diff(data.seen_splits)[users])
     cols = np.concatenate([data.seen_values[data.seen_splits[u] : data.seen_splits[u + 1]] for u in users])
     scores[rows, cols] = -np.inf
@@ -63,7 +63,7 @@ def run_fn(fn_args) -> None:
         "Loaded %d liked rows, %d users, %d catalog anime in %.1fs",
         len(data.user_index), data.user_vocab_size, len(data.catalog.anime_id), time.time() - start,
     )
-    model = retrieval.build_model(data, config.embedding_dim, config.temperature, config.learning_rate, config.use_user_embedding)
+    model = retrieval.build_model(data, config.embedding_dim, config.temperature, config.learning_rate, config.use_user_embedding, config.share_item_embeddings)
     dataset = retrieval.training_dataset(data, config.batch_size, seed=config.seed)
     steps_per_epoch = max(1, len(data.user_index) // config.batch_size)
     epochs = config.epochs
@@ -78,7 +78,8 @@ def run_fn(fn_args) -> None:
     examples_per_second = epochs * steps_per_epoch * config.batch_size / seconds
 
     eval_columns = model_data.read_examples(fn_args.eval_files, tf_transform_output.transformed_feature_spec())
-    eval_metrics = evaluate_in_training(model, data, eval_columns)
+    catalog_bias = retrieval.popularity_bias(data, config.popularity_prior, config.temperature)
+    eval_metrics = evaluate_in_training(model, data, eval_columns, catalog_bias)
     data = data.with_heldout(eval_columns[f.USER_INDEX].reshape(-1), eval_columns[f.ANIME_ID].reshape(-1))
     with tf.summary.create_file_writer(os.path.join(fn_args.model_run_dir, "eval")).as_default():
         for name, value in eval_metrics.items():
@@ -86,7 +87,7 @@ def run_fn(fn_args) -> None:
     logging.info("Eval over the full catalog: %s", eval_metrics)
 
     embeddings = retrieval.catalog_embeddings(model, data)
-    export.export_serving_model(model, data, embeddings, config.top_k, fn_args.serving_model_dir)
+    export.export_serving_model(model, data, embeddings, config.top_k, fn_args.serving_model_dir, catalog_bias)
     os.makedirs(fn_args.model_run_dir, exist_ok=True)
     with open(os.path.join(fn_args.model_run_dir, HISTORY_FILE), "w") as out:
         json.dump(

@@ -123,3 +123,25 @@ def test_tf_example_signature_matches_default(serving):
     by_example = serving.signatures[f.TF_EXAMPLE_SIGNATURE](examples=tf.constant(examples))
     by_id = serving.signatures["serving_default"](user_id=tf.constant([100, 101], tf.int64))
     np.testing.assert_array_equal(by_example[f.OUTPUT_ANIME_IDS].numpy(), by_id[f.OUTPUT_ANIME_IDS].numpy())
+
+
+def test_shared_item_embeddings_are_one_table(data):
+    shared = retrieval.build_model(data, DIM, 0.1, 0.01, share_item_embeddings=True)
+    separate = retrieval.build_model(data, DIM, 0.1, 0.01, share_item_embeddings=False)
+    assert shared.query_tower.history_embedding is shared.candidate_tower.id_embedding
+    assert separate.query_tower.history_embedding is not separate.candidate_tower.id_embedding
+    shared.fit(retrieval.training_dataset(data, batch_size=6), epochs=1, verbose=0)
+    names = [v.name for v in shared.trainable_variables]
+    assert sum("embedding" in n and "anime_id" in n for n in names) == 1
+
+
+def test_popularity_bias_enters_the_served_ranking(trained, data, tmp_path):
+    model, _ = trained
+    bias = retrieval.popularity_bias(data, prior=1.0, temperature=0.1)
+    # Liked counts per catalog position: 10 -> 2, 20 -> 2, 30 -> 1, 40 -> 1, cold titles 0.
+    np.testing.assert_allclose(bias, 0.1 * np.log1p([2, 2, 1, 1, 0, 0]), rtol=1e-6)
+    huge = np.zeros(6, np.float32)
+    huge[5] = 10.0  # anime 60, unseen by everyone
+    export.export_serving_model(model, data, retrieval.catalog_embeddings(model, data), top_k=2, path=str(tmp_path), catalog_bias=huge)
+    out = tf.saved_model.load(str(tmp_path)).signatures["serving_default"](user_id=tf.constant([100, 101, 102], tf.int64))
+    assert out[f.OUTPUT_ANIME_IDS].numpy()[:, 0].tolist() == [60, 60, 60]

@@ -28,13 +28,17 @@ def _rows(values: tf.Variable, splits: tf.Variable, row: tf.Tensor) -> tf.Ragged
 
 
 class RecommenderModule(tf.Module):
-    def __init__(self, model: RetrievalModel, data: TrainingData, catalog_embeddings: np.ndarray, top_k: int):
+    def __init__(
+        self, model: RetrievalModel, data: TrainingData, catalog_embeddings: np.ndarray, top_k: int, catalog_bias: np.ndarray | None = None
+    ):
         super().__init__()
         catalog = data.catalog
         self.query_tower = model.query_tower
         self.top_k = min(top_k, len(catalog.anime_id))
         self.catalog_size = len(catalog.anime_id)
         self.catalog_embeddings = tf.Variable(catalog_embeddings, trainable=False, name="catalog_embeddings")
+        bias = catalog_bias if catalog_bias is not None else np.zeros(len(catalog.anime_id), np.float32)
+        self.catalog_bias = tf.Variable(bias, trainable=False, name="catalog_bias")
         self.catalog_anime_ids = tf.Variable(catalog.anime_id, trainable=False, name="catalog_anime_ids")
         self.catalog_titles = tf.Variable(catalog.titles, trainable=False, name="catalog_titles")
         self.catalog_genres = tf.Variable(catalog.genres, trainable=False, name="catalog_genres")
@@ -85,7 +89,7 @@ class RecommenderModule(tf.Module):
         query = self.query_tower(row, history, exclude=-tf.ones_like(row))
         scores = tf.where(
             use_model[:, None],
-            tf.matmul(query, self.catalog_embeddings, transpose_b=True),
+            tf.matmul(query, self.catalog_embeddings, transpose_b=True) + self.catalog_bias[None, :],
             tf.broadcast_to(self.popularity[None, :], [tf.shape(row)[0], self.catalog_size]),
         )
         seen = _rows(self.seen_values, self.seen_splits, row)
@@ -150,6 +154,8 @@ class RecommenderModule(tf.Module):
         }
 
 
-def export_serving_model(model: RetrievalModel, data: TrainingData, catalog_embeddings: np.ndarray, top_k: int, path: str) -> None:
-    module = RecommenderModule(model, data, catalog_embeddings, top_k)
+def export_serving_model(
+    model: RetrievalModel, data: TrainingData, catalog_embeddings: np.ndarray, top_k: int, path: str, catalog_bias: np.ndarray | None = None
+) -> None:
+    module = RecommenderModule(model, data, catalog_embeddings, top_k, catalog_bias)
     tf.saved_model.save(module, path, signatures=module.signatures())

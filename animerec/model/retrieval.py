@@ -100,3 +100,11 @@ def query_embeddings(model: RetrievalModel, data: TrainingData, user_index: np.n
         idx = tf.constant(user_index[start : start + batch_size])
         parts.append(model.query_tower(idx, tf.gather(history, idx), exclude=-tf.ones_like(idx)).numpy())
     return np.concatenate(parts) if parts else np.zeros((0, 1), np.float32)
+
+
+def popularity_bias(data: TrainingData, prior: float, temperature: float) -> np.ndarray:
+    """Per catalog position, in cosine units: prior * temperature * log(1 + training likes)."""
+    counts = np.zeros(len(data.catalog.anime_id), np.float64)
+    known = data.catalog.anime_index < data.anime_vocab_size
+    counts[known] = data.item_counts()[data.catalog.anime_index[known]]
+    return (prior * temperature * np.log1p(counts)).astype(np.float32)

@@ -1,0 +1,63 @@
+"""The README's commands, run as a user would (subprocesses of the installed console script)."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from animerec.model import export, retrieval
+from tests.model_fixtures import small_training_data
+
+ANIMEREC = [sys.executable, "-m", "animerec.cli"]
+SUBCOMMANDS = [
+    [], ["data"], ["data", "synth"], ["data", "summary"], ["data", "convert"], ["run"], ["report"], ["serve"], ["bench", "pipeline"],
+    ["recommend"], ["batch-recommend"], ["kubeflow"], ["kubeflow", "compile"], ["bench"], ["bench", "serve"], ["bench", "train"],
+]
+
+
+def animerec(*args, check=True):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONWARNINGS="ignore")
+    return subprocess.run(ANIMEREC + list(args), capture_output=True, text=True, env=env, timeout=300, check=check)
+
+
+@pytest.mark.parametrize("words", SUBCOMMANDS, ids=lambda w: " ".join(w) or "animerec")
+def test_every_subcommand_has_help(words):
+    out = animerec(*words, "--help")
+    assert out.stdout.startswith("usage: animerec")
+
+
+def test_console_script_is_installed():
+    script = shutil.which("animerec", path=os.path.dirname(sys.executable))
+    assert script, "setup.py installs the animerec console script"
+
+
+def test_data_summary_of_the_real_sample(real_data_dir):
+    out = animerec("data", "summary", "--data-dir", real_data_dir).stdout
+    assert "Users: 180 in animelist.csv" in out
+    assert "Rows: 55,336 read, 55,336 valid" in out
+    assert "Catalog: 17,562 anime" in out
+
+
+def test_synth_then_summary(tmp_path):
+    animerec("data", "synth", "--out", str(tmp_path), "--users", "120", "--anime", "90", "--seed", "5")
+    out = animerec("data", "summary", "--data-dir", str(tmp_path)).stdout
+    assert "Users: 120 in animelist.csv" in out and "Catalog: 90 anime" in out
+
+
+def test_bad_data_is_a_clear_error_not_a_traceback(tmp_path):
+    out = animerec("data", "summary", "--data-dir", str(tmp_path), check=False)
+    assert out.returncode == 2
+    assert "animerec: error:" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_recommend_with_model_dir(tmp_path):
+    data = small_training_data()
+    model = retrieval.build_model(data, 8, 0.1, 0.05)
+    export.export_serving_model(model, data, retrieval.catalog_embeddings(model, data), top_k=4, path=str(tmp_path / "serving" / "1"))
+    out = animerec("recommend", "--user", "100", "-k", "3", "--model-dir", str(tmp_path / "serving")).stdout
+    assert "Top 3 for user 100" in out
+    assert "Title 10" not in out and "Title 20" not in out, "seen titles are not recommended"
+    fallback = animerec("recommend", "--user", "424242", "--model-dir", str(tmp_path / "serving")).stdout
+    assert "most popular" in fallback
