@@ -130,9 +130,10 @@ def test_shared_item_embeddings_are_one_table(data):
     separate = retrieval.build_model(data, DIM, 0.1, 0.01, share_item_embeddings=False)
     assert shared.query_tower.history_embedding is shared.candidate_tower.id_embedding
     assert separate.query_tower.history_embedding is not separate.candidate_tower.id_embedding
-    shared.fit(retrieval.training_dataset(data, batch_size=6), epochs=1, verbose=0)
-    names = [v.name for v in shared.trainable_variables]
-    assert sum("embedding" in n and "anime_id" in n for n in names) == 1
+    for model, tables in ((shared, 1), (separate, 2)):
+        model.fit(retrieval.training_dataset(data, batch_size=6), epochs=1, verbose=0)
+        item_tables = [v for v in model.trainable_variables if v.shape == (data.anime_vocab_size + 1, DIM)]
+        assert len(item_tables) == tables
 
 
 def test_popularity_bias_enters_the_served_ranking(trained, data, tmp_path):
@@ -145,3 +146,19 @@ def test_popularity_bias_enters_the_served_ranking(trained, data, tmp_path):
     export.export_serving_model(model, data, retrieval.catalog_embeddings(model, data), top_k=2, path=str(tmp_path), catalog_bias=huge)
     out = tf.saved_model.load(str(tmp_path)).signatures["serving_default"](user_id=tf.constant([100, 101, 102], tf.int64))
     assert out[f.OUTPUT_ANIME_IDS].numpy()[:, 0].tolist() == [60, 60, 60]
+
+
+def test_in_batch_loss_matches_tfrs_retrieval_task():
+    import tensorflow_recommenders as tfrs
+
+    rng = np.random.default_rng(0)
+    query = tf.math.l2_normalize(tf.constant(rng.normal(size=(64, DIM)), tf.float32), axis=1)
+    candidates = tf.math.l2_normalize(tf.constant(rng.normal(size=(64, DIM)), tf.float32), axis=1)
+    ids = tf.constant(rng.integers(0, 20, 64))  # many duplicates: accidental hits matter
+    probability = tf.constant(rng.uniform(0.01, 0.2, 64), tf.float32)
+    weight = tf.constant(rng.uniform(0.5, 1.0, 64), tf.float32)
+    task = tfrs.tasks.Retrieval(temperature=0.05, remove_accidental_hits=True)
+    expected = task(query, candidates, sample_weight=weight, candidate_sampling_probability=probability,
+                    candidate_ids=ids, compute_metrics=False, compute_batch_metrics=False)
+    got = retrieval.in_batch_softmax_loss(query, candidates, ids, probability, weight, 0.05)
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-5)
