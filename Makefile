@@ -29,7 +29,7 @@ demo: $(STAMP)
 	$(VENV)/bin/animerec recommend --user 0 -k 10 --model-dir $(DEMO_DIR)/serving
 
 test: $(STAMP)
-	$(PY) -m ruff check .
+	$(PY) -m ruff check . && $(PY) -m ruff format --check .
 	$(PY) -m pytest -v tests
 
 lint: $(STAMP)

@@ -33,7 +33,9 @@ def known_users(model_dir: str) -> np.ndarray:
 
     model = tf.saved_model.load(model_dir)
     if not hasattr(model, "known_user_ids"):
-        raise ValueError(f"{model_dir}: this model does not list its users (exported before animerec 0.1.0); retrain it")
+        raise ValueError(
+            f"{model_dir}: this model does not list its users (exported before animerec 0.1.0); retrain it"
+        )
     return model.known_user_ids.numpy()
 
 
@@ -55,7 +57,9 @@ class RecommendChunk(beam.DoFn):
     def process(self, users):
         tf = self._tf
         out = self._signature(
-            user_id=tf.constant(users, tf.int64), k=tf.constant(self.k, tf.int32), exclude_anime_ids=tf.zeros([len(users), 0], tf.int64)
+            user_id=tf.constant(users, tf.int64),
+            k=tf.constant(self.k, tf.int32),
+            exclude_anime_ids=tf.zeros([len(users), 0], tf.int64),
         )
         ids = out[f.OUTPUT_ANIME_IDS].numpy()
         scores = out[f.OUTPUT_SCORES].numpy()
@@ -75,7 +79,9 @@ class RecommendChunk(beam.DoFn):
                 }
 
 
-def batch_recommend(model_dir: str, output_prefix: str, k: int = 50, beam_args: list[str] | None = None, users=None) -> int:
+def batch_recommend(
+    model_dir: str, output_prefix: str, k: int = 50, beam_args: list[str] | None = None, users=None
+) -> int:
     """Writes <output_prefix>-SSSSS-of-NNNNN.parquet; returns the number of users."""
     users = known_users(model_dir) if users is None else np.asarray(users, np.int64)
     chunks = [users[i : i + CHUNK].tolist() for i in range(0, len(users), CHUNK)]

@@ -158,7 +158,9 @@ def bench_serve(
         start = time.time()
         model_dir = build_serving_model(serving_dir, users, anime, dim, history, seen)
         size_mb = sum(os.path.getsize(os.path.join(d, n)) for d, _, ns in os.walk(model_dir) for n in ns) / 1e6
-        progress(f"Built a {users:,}-user, {anime:,}-anime, dim-{dim} model ({size_mb:,.0f} MB) in {time.time() - start:.0f}s")
+        progress(
+            f"Built a {users:,}-user, {anime:,}-anime, dim-{dim} model ({size_mb:,.0f} MB) in {time.time() - start:.0f}s"
+        )
         port = _free_port()
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONWARNINGS="ignore")
         server = subprocess.Popen(
@@ -189,7 +191,11 @@ def bench_serve(
 
 def main_serve(args) -> int:
     result = bench_serve(
-        users=args.users, anime=args.anime, dim=args.dim, seconds=args.seconds, levels=tuple(args.levels),
+        users=args.users,
+        anime=args.anime,
+        dim=args.dim,
+        seconds=args.seconds,
+        levels=tuple(args.levels),
         progress=(lambda _: None) if args.json else print,
     )
     if args.json:
@@ -223,7 +229,14 @@ def bench_train(
     )
     results = []
     for batch_size in batch_sizes:
-        model = retrieval.build_model(data, config.embedding_dim, config.temperature, config.learning_rate, config.use_user_embedding, config.share_item_embeddings)
+        model = retrieval.build_model(
+            data,
+            config.embedding_dim,
+            config.temperature,
+            config.learning_rate,
+            config.use_user_embedding,
+            config.share_item_embeddings,
+        )
         dataset = retrieval.training_dataset(data, batch_size).repeat()
         model.fit(dataset, steps_per_epoch=5, epochs=1, verbose=0)  # trace and warm up
         start = time.perf_counter()
@@ -237,7 +250,9 @@ def bench_train(
     return {"levels": results, "naive_tfrs_batch_4096": naive, "users": users, "anime": anime, "history": history}
 
 
-def naive_tfrs_examples_per_second(users: int, anime: int, user_index: np.ndarray, anime_index: np.ndarray, steps: int) -> int:
+def naive_tfrs_examples_per_second(
+    users: int, anime: int, user_index: np.ndarray, anime_index: np.ndarray, steps: int
+) -> int:
     """The textbook setup the product replaced: id embeddings and tfrs.tasks.Retrieval."""
     import tensorflow as tf  # noqa: PLC0415
     import tensorflow_recommenders as tfrs  # noqa: PLC0415
@@ -255,7 +270,12 @@ def naive_tfrs_examples_per_second(users: int, anime: int, user_index: np.ndarra
 
     model = Naive()
     model.compile(optimizer=tf.keras.optimizers.Adam(0.005))
-    dataset = tf.data.Dataset.from_tensor_slices((user_index, anime_index)).shuffle(100_000).batch(4096, drop_remainder=True).repeat()
+    dataset = (
+        tf.data.Dataset.from_tensor_slices((user_index, anime_index))
+        .shuffle(100_000)
+        .batch(4096, drop_remainder=True)
+        .repeat()
+    )
     model.fit(dataset, steps_per_epoch=5, epochs=1, verbose=0)
     start = time.perf_counter()
     model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0)
@@ -263,7 +283,9 @@ def naive_tfrs_examples_per_second(users: int, anime: int, user_index: np.ndarra
 
 
 def main_train(args) -> int:
-    result = bench_train(batch_sizes=tuple(args.batch_sizes), steps=args.steps, progress=(lambda _: None) if args.json else print)
+    result = bench_train(
+        batch_sizes=tuple(args.batch_sizes), steps=args.steps, progress=(lambda _: None) if args.json else print
+    )
     if args.json:
         print(json.dumps(result))
     return 0
@@ -304,7 +326,9 @@ ROWS_PER_USER = 313  # what --rows-per-user 750 yields at 17.5k anime, as at the
 PIPELINE_STAGES = ("convert", "ImportExampleGen", "StatisticsGen", "Transform", "Trainer", "RetrievalEvaluator")
 
 
-def bench_pipeline(sizes=(1_000_000, 5_000_000, 20_000_000), workdir: str | None = None, epochs: int = 1, progress=print) -> dict:
+def bench_pipeline(
+    sizes=(1_000_000, 5_000_000, 20_000_000), workdir: str | None = None, epochs: int = 1, progress=print
+) -> dict:
     """Per-stage wall time, rows/s and peak memory of the whole pipeline at each size."""
     from animerec.components.retrieval_evaluator.metrics import GateConfig  # noqa: PLC0415
     from animerec.config import TrainingConfig  # noqa: PLC0415
@@ -317,19 +341,28 @@ def bench_pipeline(sizes=(1_000_000, 5_000_000, 20_000_000), workdir: str | None
         users = max(100, rows // ROWS_PER_USER)
         data_dir = os.path.join(workdir, f"data-{rows}")
         start = time.time()
-        summary = synth.synthesize(data_dir, synth.SynthConfig(users=users, anime=17_500, mean_rows_per_user=750.0), progress=lambda _: None)
+        summary = synth.synthesize(
+            data_dir, synth.SynthConfig(users=users, anime=17_500, mean_rows_per_user=750.0), progress=lambda _: None
+        )
         synth_seconds = time.time() - start
         out_dir = os.path.join(workdir, f"out-{rows}")
         with _TreeMemory() as memory:
             run = local_runner.run_local(
-                data_dir, out_dir, training=TrainingConfig(epochs=epochs, batch_size=4096),
-                gate=GateConfig(min_value=0.0, min_lift_over_popularity=-1.0, max_regression=1.0), progress=lambda _: None,
+                data_dir,
+                out_dir,
+                training=TrainingConfig(epochs=epochs, batch_size=4096),
+                gate=GateConfig(min_value=0.0, min_lift_over_popularity=-1.0, max_regression=1.0),
+                progress=lambda _: None,
             )
         actual = summary["animelist_rows"]
         stages = {s: round(run["seconds"].get(s, 0.0), 1) for s in PIPELINE_STAGES}
         result = {
-            "rows": actual, "users": users, "synth_seconds": round(synth_seconds, 1), "stages_seconds": stages,
-            "total_seconds": round(run["seconds"]["total"], 1), "rows_per_second": round(actual / run["seconds"]["total"]),
+            "rows": actual,
+            "users": users,
+            "synth_seconds": round(synth_seconds, 1),
+            "stages_seconds": stages,
+            "total_seconds": round(run["seconds"]["total"], 1),
+            "rows_per_second": round(actual / run["seconds"]["total"]),
             "peak_memory_gb": round(memory.peak / 1e9, 2),
         }
         results.append(result)
@@ -339,7 +372,10 @@ def bench_pipeline(sizes=(1_000_000, 5_000_000, 20_000_000), workdir: str | None
         )
     largest = results[-1]
     extrapolated = {s: round(v * FULL_ROWS / largest["rows"]) for s, v in largest["stages_seconds"].items()}
-    progress(f"Linear extrapolation to {FULL_ROWS:,} rows (from the largest size): " + ", ".join(f"{k} {v / 60:.0f} min" for k, v in extrapolated.items()))
+    progress(
+        f"Linear extrapolation to {FULL_ROWS:,} rows (from the largest size): "
+        + ", ".join(f"{k} {v / 60:.0f} min" for k, v in extrapolated.items())
+    )
     return {"sizes": results, "extrapolated_full_seconds": extrapolated}
 
 

@@ -13,7 +13,10 @@ def _run(args) -> int:
     from animerec.pipeline import local_runner
 
     training = TrainingConfig(
-        embedding_dim=args.embedding_dim, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate
+        embedding_dim=args.embedding_dim,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
     )
     gate = GateConfig(min_value=args.min_recall, min_lift_over_popularity=args.min_lift)
     liked_filter, split = args.filter_and_split(args)
@@ -86,7 +89,9 @@ def _batch_recommend(args) -> int:
     beam_args = args.beam_arg or direct_runner_args(args.workers)
     n = batch_recommend(model_dir, args.output, k=args.k, beam_args=beam_args)
     files = sorted(glob.glob(args.output + "*.parquet"))
-    print(f"Top {args.k} for {n:,} users from {model_dir} -> {len(files)} Parquet file(s): {', '.join(os.path.basename(p) for p in files)}")
+    print(
+        f"Top {args.k} for {n:,} users from {model_dir} -> {len(files)} Parquet file(s): {', '.join(os.path.basename(p) for p in files)}"
+    )
     return 0
 
 
@@ -132,19 +137,34 @@ def add_commands(commands, add_filter_args, filter_and_split) -> None:
     run.add_argument("--data-dir", required=True, help="folder with the Kaggle CSV files")
     run.add_argument("--output-dir", required=True, help="folder for artifacts, metadata and pushed models")
     run.add_argument("--epochs", type=int, default=defaults.epochs, help="training epochs (default %(default)s)")
-    run.add_argument("--train-steps", type=int, default=None, help="cap on optimizer steps (default: epochs over the data)")
+    run.add_argument(
+        "--train-steps", type=int, default=None, help="cap on optimizer steps (default: epochs over the data)"
+    )
     run.add_argument("--batch-size", type=int, default=defaults.batch_size, help="default %(default)s")
     run.add_argument("--embedding-dim", type=int, default=defaults.embedding_dim, help="default %(default)s")
     run.add_argument("--learning-rate", type=float, default=defaults.learning_rate, help="default %(default)s")
-    run.add_argument("--min-recall", type=float, default=gate.min_value, help="blessing floor on recall@50 (default %(default)s)")
-    run.add_argument("--min-lift", type=float, default=gate.min_lift_over_popularity, help="required relative lift of recall@50 over popularity (default %(default)s)")
+    run.add_argument(
+        "--min-recall", type=float, default=gate.min_value, help="blessing floor on recall@50 (default %(default)s)"
+    )
+    run.add_argument(
+        "--min-lift",
+        type=float,
+        default=gate.min_lift_over_popularity,
+        help="required relative lift of recall@50 over popularity (default %(default)s)",
+    )
     run.add_argument("--workers", type=int, default=None, help="DirectRunner workers (default: one per core)")
-    run.add_argument("--infer-schema", action="store_true", help="infer the schema with SchemaGen instead of importing schema/schema.pbtxt")
+    run.add_argument(
+        "--infer-schema",
+        action="store_true",
+        help="infer the schema with SchemaGen instead of importing schema/schema.pbtxt",
+    )
     run.add_argument("--json", action="store_true", help="also print the result as JSON")
     add_filter_args(run)
     run.set_defaults(func=_run, filter_and_split=filter_and_split)
 
-    report = commands.add_parser("report", help="regenerate the run report (metrics.json, plots) under OUTPUT_DIR/report")
+    report = commands.add_parser(
+        "report", help="regenerate the run report (metrics.json, plots) under OUTPUT_DIR/report"
+    )
     report.add_argument("--output-dir", required=True, help="the --output-dir of `animerec run`")
     report.set_defaults(func=_report)
 
@@ -152,21 +172,52 @@ def add_commands(commands, add_filter_args, filter_and_split) -> None:
     kubeflow_commands = kubeflow.add_subparsers(dest="kubeflow_command", metavar="SUBCOMMAND", required=True)
     compile_ = kubeflow_commands.add_parser("compile", help="compile the pipeline into a KFP v2 pipeline job (JSON)")
     compile_.add_argument("--output", required=True, help="path of the JSON pipeline job to write")
-    compile_.add_argument("--pipeline-root", default="gs://YOUR_BUCKET/animerec/pipeline_root", help="default pipeline root (a run may override it)")
-    compile_.add_argument("--data-root", default="gs://YOUR_BUCKET/animerec/examples_input", help="default of the data_root runtime parameter: the converted splits")
-    compile_.add_argument("--serving-dir", default="gs://YOUR_BUCKET/animerec/serving", help="where Pusher writes versions for TF Serving")
-    compile_.add_argument("--image", default="animerec-pipeline:0.1.0", help="the pipeline image built from kubeflow/Dockerfile")
-    compile_.add_argument("--beam-arg", action="append", default=[], help="a Beam pipeline argument, repeatable (e.g. --beam-arg=--runner=DataflowRunner)")
-    compile_.add_argument("--epochs", type=int, default=defaults.epochs, help="default epochs in the training_config parameter")
-    compile_.add_argument("--batch-size", type=int, default=defaults.batch_size, help="default batch size in the training_config parameter")
+    compile_.add_argument(
+        "--pipeline-root",
+        default="gs://YOUR_BUCKET/animerec/pipeline_root",
+        help="default pipeline root (a run may override it)",
+    )
+    compile_.add_argument(
+        "--data-root",
+        default="gs://YOUR_BUCKET/animerec/examples_input",
+        help="default of the data_root runtime parameter: the converted splits",
+    )
+    compile_.add_argument(
+        "--serving-dir", default="gs://YOUR_BUCKET/animerec/serving", help="where Pusher writes versions for TF Serving"
+    )
+    compile_.add_argument(
+        "--image", default="animerec-pipeline:0.1.0", help="the pipeline image built from kubeflow/Dockerfile"
+    )
+    compile_.add_argument(
+        "--beam-arg",
+        action="append",
+        default=[],
+        help="a Beam pipeline argument, repeatable (e.g. --beam-arg=--runner=DataflowRunner)",
+    )
+    compile_.add_argument(
+        "--epochs", type=int, default=defaults.epochs, help="default epochs in the training_config parameter"
+    )
+    compile_.add_argument(
+        "--batch-size",
+        type=int,
+        default=defaults.batch_size,
+        help="default batch size in the training_config parameter",
+    )
     compile_.set_defaults(func=_kubeflow_compile)
 
     batch = commands.add_parser("batch-recommend", help="top k for every known user, as a Beam job, to Parquet")
-    batch.add_argument("--model-dir", required=True, help="a serving dir (its newest version is used) or one SavedModel")
+    batch.add_argument(
+        "--model-dir", required=True, help="a serving dir (its newest version is used) or one SavedModel"
+    )
     batch.add_argument("--output", required=True, help="output prefix; files are PREFIX-SSSSS-of-NNNNN.parquet")
     batch.add_argument("-k", type=int, default=50, help="titles per user (default %(default)s)")
     batch.add_argument("--workers", type=int, default=None, help="DirectRunner workers (default: one per core)")
-    batch.add_argument("--beam-arg", action="append", default=[], help="Beam pipeline argument, repeatable (overrides the DirectRunner defaults)")
+    batch.add_argument(
+        "--beam-arg",
+        action="append",
+        default=[],
+        help="Beam pipeline argument, repeatable (overrides the DirectRunner defaults)",
+    )
     batch.set_defaults(func=_batch_recommend)
 
     bench = commands.add_parser("bench", help="benchmarks that print figures")
@@ -175,22 +226,40 @@ def add_commands(commands, add_filter_args, filter_and_split) -> None:
     bench_serve.add_argument("--users", type=int, default=325_000, help="default %(default)s")
     bench_serve.add_argument("--anime", type=int, default=17_500, help="default %(default)s")
     bench_serve.add_argument("--dim", type=int, default=64, help="embedding size (default %(default)s)")
-    bench_serve.add_argument("--seconds", type=float, default=10.0, help="duration of each concurrency level (default %(default)s)")
-    bench_serve.add_argument("--levels", type=int, nargs="+", default=[1, 4, 16], help="concurrent clients (default 1 4 16)")
+    bench_serve.add_argument(
+        "--seconds", type=float, default=10.0, help="duration of each concurrency level (default %(default)s)"
+    )
+    bench_serve.add_argument(
+        "--levels", type=int, nargs="+", default=[1, 4, 16], help="concurrent clients (default 1 4 16)"
+    )
     bench_serve.add_argument("--json", action="store_true", help="print only the JSON summary line")
     bench_serve.set_defaults(func=lambda args: __import__("animerec.bench", fromlist=["main_serve"]).main_serve(args))
 
     bench_train = bench_commands.add_parser("train", help="training examples per second of the default model")
-    bench_train.add_argument("--batch-sizes", type=int, nargs="+", default=[1024, 4096, 8192], help="default 1024 4096 8192")
+    bench_train.add_argument(
+        "--batch-sizes", type=int, nargs="+", default=[1024, 4096, 8192], help="default 1024 4096 8192"
+    )
     bench_train.add_argument("--steps", type=int, default=40, help="timed steps per batch size (default %(default)s)")
     bench_train.add_argument("--json", action="store_true", help="print only the JSON summary line")
     bench_train.set_defaults(func=lambda args: __import__("animerec.bench", fromlist=["main_train"]).main_train(args))
 
-    bench_pipeline = bench_commands.add_parser("pipeline", help="pipeline wall time per stage, rows/s and peak memory at several sizes")
-    bench_pipeline.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 5_000_000, 20_000_000], help="interactions per run (default 1M 5M 20M)")
-    bench_pipeline.add_argument("--workdir", default=None, help="where data and outputs go (default: a new temporary folder)")
+    bench_pipeline = bench_commands.add_parser(
+        "pipeline", help="pipeline wall time per stage, rows/s and peak memory at several sizes"
+    )
+    bench_pipeline.add_argument(
+        "--rows",
+        type=int,
+        nargs="+",
+        default=[1_000_000, 5_000_000, 20_000_000],
+        help="interactions per run (default 1M 5M 20M)",
+    )
+    bench_pipeline.add_argument(
+        "--workdir", default=None, help="where data and outputs go (default: a new temporary folder)"
+    )
     bench_pipeline.add_argument("--json", action="store_true", help="print only the JSON summary line")
-    bench_pipeline.set_defaults(func=lambda args: __import__("animerec.bench", fromlist=["main_pipeline"]).main_pipeline(args))
+    bench_pipeline.set_defaults(
+        func=lambda args: __import__("animerec.bench", fromlist=["main_pipeline"]).main_pipeline(args)
+    )
 
     serve = commands.add_parser("serve", help="serve the newest pushed model over TF Serving's gRPC API")
     serve.add_argument("--model-dir", required=True, help="the serving dir Pusher writes (numbered versions)")

@@ -65,7 +65,9 @@ def embedding_map(embeddings: np.ndarray, seed: int = 0) -> np.ndarray:
     from sklearn.manifold import TSNE  # noqa: PLC0415
 
     perplexity = float(min(30, max(2, len(embeddings) // 4)))
-    return TSNE(n_components=2, metric="cosine", init="pca", perplexity=perplexity, random_state=seed).fit_transform(embeddings)
+    return TSNE(n_components=2, metric="cosine", init="pca", perplexity=perplexity, random_state=seed).fit_transform(
+        embeddings
+    )
 
 
 def plot_embeddings(anime_embeddings: dict, path: str, seed: int = 0) -> None:

@@ -35,7 +35,9 @@ def load_training_data(train_files, tf_transform_output: tft.TFTransformOutput) 
     )
 
 
-def evaluate_in_training(model, data: model_data.TrainingData, eval_columns: dict, catalog_bias=0.0, ks=(10, 50, 100)) -> dict:
+def evaluate_in_training(
+    model, data: model_data.TrainingData, eval_columns: dict, catalog_bias=0.0, ks=(10, 50, 100)
+) -> dict:
     """Recall/NDCG@k on the eval split over the full catalog, training titles excluded."""
     user_index = eval_columns[f.USER_INDEX].reshape(-1)
     positions = data.catalog.positions(eval_columns[f.ANIME_ID].reshape(-1))
@@ -61,9 +63,19 @@ def run_fn(fn_args) -> None:
     data = load_training_data(fn_args.train_files, tf_transform_output)
     logging.info(
         "Loaded %d liked rows, %d users, %d catalog anime in %.1fs",
-        len(data.user_index), data.user_vocab_size, len(data.catalog.anime_id), time.time() - start,
+        len(data.user_index),
+        data.user_vocab_size,
+        len(data.catalog.anime_id),
+        time.time() - start,
     )
-    model = retrieval.build_model(data, config.embedding_dim, config.temperature, config.learning_rate, config.use_user_embedding, config.share_item_embeddings)
+    model = retrieval.build_model(
+        data,
+        config.embedding_dim,
+        config.temperature,
+        config.learning_rate,
+        config.use_user_embedding,
+        config.share_item_embeddings,
+    )
     dataset = retrieval.training_dataset(data, config.batch_size, seed=config.seed)
     steps_per_epoch = max(1, len(data.user_index) // config.batch_size)
     epochs = config.epochs

@@ -52,7 +52,9 @@ def compile_pipeline(
     )
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
         # Pipeline spec 2.1 (parameterType fields) is what KFP 2 backends and kfp loaders read.
-        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=image, use_pipeline_spec_2_1=True),
+        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
+            default_image=image, use_pipeline_spec_2_1=True
+        ),
         output_dir=os.path.dirname(os.path.abspath(output_path)),
         output_filename=os.path.basename(output_path),
     )

@@ -133,7 +133,9 @@ def _logs_to_file(path: str):
 def newest_pushed_model(serving_dir: str) -> str | None:
     """The newest complete version (Pusher copies saved_model.pb last)."""
     versions = [
-        d for d in glob.glob(os.path.join(serving_dir, "*")) if os.path.basename(d).isdigit() and os.path.exists(os.path.join(d, "saved_model.pb"))
+        d
+        for d in glob.glob(os.path.join(serving_dir, "*"))
+        if os.path.basename(d).isdigit() and os.path.exists(os.path.join(d, "saved_model.pb"))
     ]
     return max(versions, key=lambda d: int(os.path.basename(d))) if versions else None
 
@@ -203,4 +205,3 @@ def run_local(
         "seconds": timings,
         "cached": tracker.cached,
     }
-

@@ -170,11 +170,15 @@ def _dtype_name(dtype: tf.DType) -> str:
     return dtype.name
 
 
-def validate_predict(loaded: LoadedVersion, request: predict_pb2.PredictRequest, max_batch: int = MAX_BATCH) -> tuple[str, dict]:
+def validate_predict(
+    loaded: LoadedVersion, request: predict_pb2.PredictRequest, max_batch: int = MAX_BATCH
+) -> tuple[str, dict]:
     """The signature name and input arrays of a PredictRequest, or TF Serving's error."""
     name = request.model_spec.signature_name or "serving_default"
     if name not in loaded.signature_defs:
-        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f'Serving signature name: "{name}" not found in signature def')
+        raise RequestError(
+            grpc.StatusCode.INVALID_ARGUMENT, f'Serving signature name: "{name}" not found in signature def'
+        )
     specs = loaded.input_specs(name)
     expected = set(specs)
     given = set(request.inputs)
@@ -214,7 +218,9 @@ def validate_predict(loaded: LoadedVersion, request: predict_pb2.PredictRequest,
         inputs[key] = value
     unknown = set(request.output_filter) - set(loaded.signature_defs[name].outputs)
     if unknown:
-        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"output tensor alias not found in signature: {sorted(unknown)}")
+        raise RequestError(
+            grpc.StatusCode.INVALID_ARGUMENT, f"output tensor alias not found in signature: {sorted(unknown)}"
+        )
     return name, inputs
 
 
@@ -237,7 +243,9 @@ def build_response(loaded: LoadedVersion, request, name: str, outputs: dict) -> 
     return response
 
 
-def run_predict(loaded: LoadedVersion, request: predict_pb2.PredictRequest, max_batch: int = MAX_BATCH) -> predict_pb2.PredictResponse:
+def run_predict(
+    loaded: LoadedVersion, request: predict_pb2.PredictRequest, max_batch: int = MAX_BATCH
+) -> predict_pb2.PredictResponse:
     """Validates a PredictRequest against the signature and runs it."""
     name, inputs = validate_predict(loaded, request, max_batch)
     return build_response(loaded, request, name, call_signature(loaded, name, inputs))
@@ -311,12 +319,16 @@ class Batcher:
             key = next(iter(first.inputs))
             sizes = [len(p.inputs[key]) for p in batch]
             try:
-                outputs = call_signature(first.loaded, first.name, {key: np.concatenate([p.inputs[key] for p in batch])})
+                outputs = call_signature(
+                    first.loaded, first.name, {key: np.concatenate([p.inputs[key] for p in batch])}
+                )
             except RequestError:
                 # One bad member fails a merged call: run each alone to give each its own answer.
                 for p in batch:
                     try:
-                        p.response = build_response(p.loaded, p.request, p.name, call_signature(p.loaded, p.name, p.inputs))
+                        p.response = build_response(
+                            p.loaded, p.request, p.name, call_signature(p.loaded, p.name, p.inputs)
+                        )
                     except RequestError as error:
                         p.error = error
                     p.done.set()
@@ -328,7 +340,9 @@ class Batcher:
                 try:
                     p.response = build_response(p.loaded, p.request, p.name, part)
                 except (RequestError, ValueError) as error:
-                    p.error = error if isinstance(error, RequestError) else RequestError(grpc.StatusCode.INTERNAL, str(error))
+                    p.error = (
+                        error if isinstance(error, RequestError) else RequestError(grpc.StatusCode.INTERNAL, str(error))
+                    )
                 p.done.set()
 
 
@@ -357,7 +371,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             fields = set(request.metadata_field)
             if fields != {"signature_def"}:
                 raise RequestError(
-                    grpc.StatusCode.INVALID_ARGUMENT, f"Metadata field {sorted(fields - {'signature_def'}) or '(none)'} is not supported"
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"Metadata field {sorted(fields - {'signature_def'}) or '(none)'} is not supported",
                 )
             signature_map = get_model_metadata_pb2.SignatureDefMap()
             for name, signature in loaded.signature_defs.items():
@@ -377,7 +392,9 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         context.abort(grpc.StatusCode.UNIMPLEMENTED, "Regress is not supported by this retrieval model; use Predict")
 
     def MultiInference(self, request, context):  # noqa: N802
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "MultiInference is not supported by this retrieval model; use Predict")
+        context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, "MultiInference is not supported by this retrieval model; use Predict"
+        )
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
@@ -403,7 +420,9 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         return response
 
     def HandleReloadConfigRequest(self, request, context):  # noqa: N802
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "model config reloads are not supported; the server follows the base path")
+        context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, "model config reloads are not supported; the server follows the base path"
+        )
 
 
 @dataclasses.dataclass
@@ -447,7 +466,9 @@ def start_server(
         options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)],
     )
     batcher = Batcher(max_batch) if batching else None
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(manager, max_batch, batcher), server)
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+        PredictionService(manager, max_batch, batcher), server
+    )
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager), server)
     bound = server.add_insecure_port(f"{host}:{port}")
     server.start()
@@ -456,11 +477,11 @@ def start_server(
 
 def serve_forever(model_base_path: str, port: int, model_name: str = DEFAULT_MODEL_NAME) -> None:
     running = start_server(model_base_path, port=port, model_name=model_name, host="0.0.0.0")
-    print(f"Serving model {model_name} version {running.manager.current.version} from {model_base_path} on port {running.port}")
+    print(
+        f"Serving model {model_name} version {running.manager.current.version} from {model_base_path} on port {running.port}"
+    )
     try:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         running.stop()
-
-

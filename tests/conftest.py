@@ -14,7 +14,9 @@ REAL_DATA_DIR = os.path.join(REPO_ROOT, "..", "shared", "data", "mal")
 @pytest.fixture(scope="session")
 def real_data_dir():
     if not os.path.isdir(REAL_DATA_DIR):
-        pytest.skip(f"real MAL sample not found at {REAL_DATA_DIR} (it lives in ../shared/data/mal beside the checkout)")
+        pytest.skip(
+            f"real MAL sample not found at {REAL_DATA_DIR} (it lives in ../shared/data/mal beside the checkout)"
+        )
     return REAL_DATA_DIR
 
 

@@ -82,7 +82,11 @@ def test_missing_column_names_it(tmp_path):
 
 
 def test_catalog_with_extra_field_names_the_line(tmp_path):
-    path = write_csv(tmp_path, kaggle.ANIME_WITH_SYNOPSIS_CSV, "MAL_ID,Name,Score,Genres,sypnopsis\n1,A,8,Drama,x\n2,B,7,Drama,y,extra\n")
+    path = write_csv(
+        tmp_path,
+        kaggle.ANIME_WITH_SYNOPSIS_CSV,
+        "MAL_ID,Name,Score,Genres,sypnopsis\n1,A,8,Drama,x\n2,B,7,Drama,y,extra\n",
+    )
     with pytest.raises(kaggle.DataError, match=r"anime_with_synopsis\.csv: malformed CSV: .*line 3"):
         kaggle.read_anime_with_synopsis(path)
 
@@ -110,7 +114,11 @@ def test_catalog_non_utf8_is_repaired_and_counted(tmp_path):
 
 
 def _tiny_dataset(folder, animelist_body):
-    write_csv(folder, kaggle.ANIME_WITH_SYNOPSIS_CSV, "MAL_ID,Name,Score,Genres,sypnopsis\n10,A,8,Drama,x\n11,B,7,Comedy,y\n12,C,7,Comedy,z\n")
+    write_csv(
+        folder,
+        kaggle.ANIME_WITH_SYNOPSIS_CSV,
+        "MAL_ID,Name,Score,Genres,sypnopsis\n10,A,8,Drama,x\n11,B,7,Comedy,y\n12,C,7,Comedy,z\n",
+    )
     write_csv(folder, kaggle.ANIMELIST_CSV, HEADER + animelist_body)
 
 

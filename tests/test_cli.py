@@ -12,8 +12,22 @@ from tests.model_fixtures import small_training_data
 
 ANIMEREC = [sys.executable, "-m", "animerec.cli"]
 SUBCOMMANDS = [
-    [], ["data"], ["data", "synth"], ["data", "summary"], ["data", "convert"], ["run"], ["report"], ["serve"], ["bench", "pipeline"],
-    ["recommend"], ["batch-recommend"], ["kubeflow"], ["kubeflow", "compile"], ["bench"], ["bench", "serve"], ["bench", "train"],
+    [],
+    ["data"],
+    ["data", "synth"],
+    ["data", "summary"],
+    ["data", "convert"],
+    ["run"],
+    ["report"],
+    ["serve"],
+    ["bench", "pipeline"],
+    ["recommend"],
+    ["batch-recommend"],
+    ["kubeflow"],
+    ["kubeflow", "compile"],
+    ["bench"],
+    ["bench", "serve"],
+    ["bench", "train"],
 ]
 
 
@@ -55,7 +69,9 @@ def test_bad_data_is_a_clear_error_not_a_traceback(tmp_path):
 def test_recommend_with_model_dir(tmp_path):
     data = small_training_data()
     model = retrieval.build_model(data, 8, 0.1, 0.05)
-    export.export_serving_model(model, data, retrieval.catalog_embeddings(model, data), top_k=4, path=str(tmp_path / "serving" / "1"))
+    export.export_serving_model(
+        model, data, retrieval.catalog_embeddings(model, data), top_k=4, path=str(tmp_path / "serving" / "1")
+    )
     out = animerec("recommend", "--user", "100", "-k", "3", "--model-dir", str(tmp_path / "serving")).stdout
     assert "Top 3 for user 100" in out
     assert "Title 10" not in out and "Title 20" not in out, "seen titles are not recommended"

@@ -36,7 +36,11 @@ def recommend_in_fresh_process(model_dir: str, users: list[int]) -> dict:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONWARNINGS="ignore")
     result = subprocess.run(
         [sys.executable, "-c", RECOMMEND_SCRIPT, model_dir, json.dumps(users)],
-        capture_output=True, text=True, env=env, timeout=300, check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=True,
     )
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -64,7 +68,9 @@ def test_pipeline_on_synthetic_data_caches_and_gates(tmp_path):
     out_dir = str(tmp_path / "out")
     training = TrainingConfig(epochs=1, batch_size=256)
 
-    first = local_runner.run_local(data_dir, out_dir, training=training, gate=PERMISSIVE_GATE, train_steps=20, progress=print)
+    first = local_runner.run_local(
+        data_dir, out_dir, training=training, gate=PERMISSIVE_GATE, train_steps=20, progress=print
+    )
     assert first["pushed_model"], "a blessed model is pushed"
     assert first["evaluation"]["blessed"]
     metrics = first["evaluation"]["metrics"]
@@ -76,7 +82,9 @@ def test_pipeline_on_synthetic_data_caches_and_gates(tmp_path):
     # The same inputs again: data, Transform and Trainer come from the cache. The Evaluator
     # runs again (the resolver now finds the first run's blessed model) and, since that is
     # the same model, nothing new is pushed.
-    second = local_runner.run_local(data_dir, out_dir, training=training, gate=PERMISSIVE_GATE, train_steps=20, progress=print)
+    second = local_runner.run_local(
+        data_dir, out_dir, training=training, gate=PERMISSIVE_GATE, train_steps=20, progress=print
+    )
     for component in ("ImportExampleGen", "StatisticsGen", "Transform", "Trainer"):
         assert second["cached"][component], f"{component} should have been cached"
     assert not second["evaluation"]["blessed"]

@@ -31,7 +31,11 @@ def test_liked_filter_is_configurable():
     rating = np.array([6, 0, 0])
     status = np.array([2, 2, 1])
     strict = LikedFilter(min_score=5, keep_unscored_completed=False, keep_unscored_watching=False)
-    assert _reasons(strict.classify(rating, status)) == [interactions.LIKED, interactions.UNSCORED, interactions.UNSCORED]
+    assert _reasons(strict.classify(rating, status)) == [
+        interactions.LIKED,
+        interactions.UNSCORED,
+        interactions.UNSCORED,
+    ]
 
 
 def test_split_hash_is_stable_and_spread():
@@ -79,7 +83,9 @@ def test_scan_labels_real_sample(real_data_dir):
     report = kaggle.ReadReport(path)
     stats = interactions.ScanStats()
     blocks = list(
-        interactions.scan_animelist(path, catalog["anime_id"].to_numpy(), LikedFilter(), SplitConfig(), report, stats, block_lines=7000)
+        interactions.scan_animelist(
+            path, catalog["anime_id"].to_numpy(), LikedFilter(), SplitConfig(), report, stats, block_lines=7000
+        )
     )
     rows = sum(len(b.user_id) for b in blocks)
     assert rows == 55336 == stats.train_rows + stats.eval_rows

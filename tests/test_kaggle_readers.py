@@ -73,7 +73,13 @@ def test_rating_complete_and_watching_status(real_data_dir):
 def test_current_genres_header_is_accepted(tmp_path):
     path = tmp_path / kaggle.ANIME_WITH_SYNOPSIS_CSV
     pd.DataFrame(
-        {"MAL_ID": [5, 1], "Name": ["B", "A"], "Score": ["Unknown", "8.1"], "Genres": ["Drama", "Unknown"], "sypnopsis": ["x", ""]}
+        {
+            "MAL_ID": [5, 1],
+            "Name": ["B", "A"],
+            "Score": ["Unknown", "8.1"],
+            "Genres": ["Drama", "Unknown"],
+            "sypnopsis": ["x", ""],
+        }
     ).to_csv(path, index=False)
     frame, _ = kaggle.read_anime_with_synopsis(str(path))
     assert frame["genres"].tolist() == ["Drama", ""]

@@ -14,8 +14,15 @@ from animerec.kubeflow import runner
 IMAGE = "registry.example/animerec-pipeline:test"
 BEAM_ARGS = ["--runner=DataflowRunner", "--project=demo-project", "--region=europe-west1"]
 COMPONENTS = {
-    "ImportExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "AnomaliesGate",
-    "Transform", "Trainer", "RetrievalEvaluator", "Pusher",
+    "ImportExampleGen",
+    "StatisticsGen",
+    "ImportSchemaGen",
+    "ExampleValidator",
+    "AnomaliesGate",
+    "Transform",
+    "Trainer",
+    "RetrievalEvaluator",
+    "Pusher",
 }
 
 
@@ -23,8 +30,13 @@ COMPONENTS = {
 def job(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("kfp") / "animerec.json")
     runner.compile_pipeline(
-        path, pipeline_root="gs://b/root", data_root="gs://b/data", serving_dir="gs://b/serving",
-        image=IMAGE, beam_pipeline_args=BEAM_ARGS, training=TrainingConfig(epochs=3),
+        path,
+        pipeline_root="gs://b/root",
+        data_root="gs://b/data",
+        serving_dir="gs://b/serving",
+        image=IMAGE,
+        beam_pipeline_args=BEAM_ARGS,
+        training=TrainingConfig(epochs=3),
     )
     with open(path) as fh:
         return json.load(fh)
@@ -45,7 +57,11 @@ def test_every_component_is_a_task_with_the_image_and_entrypoint(job):
     for name in COMPONENTS:
         container = executors[f"{name}_executor"]["container"]
         assert container["image"] == IMAGE, name
-        assert container["command"] == ["python", "-m", "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"], name
+        assert container["command"] == [
+            "python",
+            "-m",
+            "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor",
+        ], name
     # The latest-blessed-model lookup runs in KFP's own resolver, not in a container.
     assert "resolver" in executors["latest_blessed_model_resolver-model-resolver_executor"]
     evaluator_args = executors["RetrievalEvaluator_executor"]["container"]["args"]
@@ -68,8 +84,12 @@ def test_dependencies_follow_the_pipeline(job):
 
 def test_runtime_parameters_are_wired(job):
     tasks = job["pipelineSpec"]["root"]["dag"]["tasks"]
-    assert tasks["ImportExampleGen"]["inputs"]["parameters"]["input_base"] == {"componentInputParameter": runner.DATA_ROOT_PARAMETER}
-    assert tasks["Trainer"]["inputs"]["parameters"]["custom_config"] == {"componentInputParameter": runner.TRAINING_PARAMETER}
+    assert tasks["ImportExampleGen"]["inputs"]["parameters"]["input_base"] == {
+        "componentInputParameter": runner.DATA_ROOT_PARAMETER
+    }
+    assert tasks["Trainer"]["inputs"]["parameters"]["custom_config"] == {
+        "componentInputParameter": runner.TRAINING_PARAMETER
+    }
     runtime = job["runtimeConfig"]
     assert runtime["gcsOutputDirectory"] == "gs://b/root"
     assert runtime["parameterValues"][runner.DATA_ROOT_PARAMETER] == "gs://b/data"

@@ -32,8 +32,14 @@ def test_query_tower_shapes_and_target_exclusion():
     assert out.shape == (3, DIM)
     np.testing.assert_allclose(np.linalg.norm(out.numpy(), axis=1), 1.0, rtol=1e-5)
     # Taking the target out of a one-item history leaves the same query as an empty history.
-    with_target = tower(tf.constant([1], tf.int64), tf.ragged.constant([[2]], dtype=tf.int64), exclude=tf.constant([2], tf.int64))
-    empty = tower(tf.constant([1], tf.int64), tf.ragged.constant([[]], dtype=tf.int64, ragged_rank=1), exclude=tf.constant([-1], tf.int64))
+    with_target = tower(
+        tf.constant([1], tf.int64), tf.ragged.constant([[2]], dtype=tf.int64), exclude=tf.constant([2], tf.int64)
+    )
+    empty = tower(
+        tf.constant([1], tf.int64),
+        tf.ragged.constant([[]], dtype=tf.int64, ragged_rank=1),
+        exclude=tf.constant([-1], tf.int64),
+    )
     np.testing.assert_allclose(with_target.numpy(), empty.numpy(), atol=1e-6)
 
 
@@ -93,7 +99,11 @@ def test_unknown_user_gets_popular_titles_flagged(serving):
 
 def test_recommend_takes_k_and_exclusions(serving):
     recommend = serving.signatures[f.RECOMMEND_SIGNATURE]
-    out = recommend(user_id=tf.constant([102, 102], tf.int64), k=tf.constant(4), exclude_anime_ids=tf.constant([[-1, -1], [50, 60]], tf.int64))
+    out = recommend(
+        user_id=tf.constant([102, 102], tf.int64),
+        k=tf.constant(4),
+        exclude_anime_ids=tf.constant([[-1, -1], [50, 60]], tf.int64),
+    )
     ids = out[f.OUTPUT_ANIME_IDS].numpy()
     assert ids.shape == (2, 4)
     # User 102 has seen anime 10 and 40 (held out); request 2 also excludes 50 and 60, leaving two titles.
@@ -104,14 +114,18 @@ def test_recommend_takes_k_and_exclusions(serving):
 
 
 def test_eval_signature_keeps_heldout_titles(serving):
-    out = serving.signatures[f.EVAL_SIGNATURE](user_id=tf.constant([102], tf.int64), k=tf.constant(5), exclude_anime_ids=tf.zeros([1, 0], tf.int64))
+    out = serving.signatures[f.EVAL_SIGNATURE](
+        user_id=tf.constant([102], tf.int64), k=tf.constant(5), exclude_anime_ids=tf.zeros([1, 0], tf.int64)
+    )
     assert set(out[f.OUTPUT_ANIME_IDS].numpy()[0]) == {20, 30, 40, 50, 60}
 
 
 @pytest.mark.parametrize("k", [0, len(ANIME_IDS) + 1])
 def test_recommend_rejects_bad_k(serving, k):
     with pytest.raises(tf.errors.InvalidArgumentError, match="k must be"):
-        serving.signatures[f.RECOMMEND_SIGNATURE](user_id=tf.constant([100], tf.int64), k=tf.constant(k), exclude_anime_ids=tf.zeros([1, 0], tf.int64))
+        serving.signatures[f.RECOMMEND_SIGNATURE](
+            user_id=tf.constant([100], tf.int64), k=tf.constant(k), exclude_anime_ids=tf.zeros([1, 0], tf.int64)
+        )
 
 
 def test_tf_example_signature_matches_default(serving):
@@ -143,8 +157,12 @@ def test_popularity_bias_enters_the_served_ranking(trained, data, tmp_path):
     np.testing.assert_allclose(bias, 0.1 * np.log1p([2, 2, 1, 1, 0, 0]), rtol=1e-6)
     huge = np.zeros(6, np.float32)
     huge[5] = 10.0  # anime 60, unseen by everyone
-    export.export_serving_model(model, data, retrieval.catalog_embeddings(model, data), top_k=2, path=str(tmp_path), catalog_bias=huge)
-    out = tf.saved_model.load(str(tmp_path)).signatures["serving_default"](user_id=tf.constant([100, 101, 102], tf.int64))
+    export.export_serving_model(
+        model, data, retrieval.catalog_embeddings(model, data), top_k=2, path=str(tmp_path), catalog_bias=huge
+    )
+    out = tf.saved_model.load(str(tmp_path)).signatures["serving_default"](
+        user_id=tf.constant([100, 101, 102], tf.int64)
+    )
     assert out[f.OUTPUT_ANIME_IDS].numpy()[:, 0].tolist() == [60, 60, 60]
 
 
@@ -158,7 +176,14 @@ def test_in_batch_loss_matches_tfrs_retrieval_task():
     probability = tf.constant(rng.uniform(0.01, 0.2, 64), tf.float32)
     weight = tf.constant(rng.uniform(0.5, 1.0, 64), tf.float32)
     task = tfrs.tasks.Retrieval(temperature=0.05, remove_accidental_hits=True)
-    expected = task(query, candidates, sample_weight=weight, candidate_sampling_probability=probability,
-                    candidate_ids=ids, compute_metrics=False, compute_batch_metrics=False)
+    expected = task(
+        query,
+        candidates,
+        sample_weight=weight,
+        candidate_sampling_probability=probability,
+        candidate_ids=ids,
+        compute_metrics=False,
+        compute_batch_metrics=False,
+    )
     got = retrieval.in_batch_softmax_loss(query, candidates, ids, probability, weight, 0.05)
     np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-5)

@@ -13,8 +13,13 @@ from animerec.preprocessing import preprocessing_fn
 
 def _row(user_id, anime_id, rating=0, liked=0, name="", genres="", synopsis=""):
     return {
-        f.USER_ID: [user_id], f.ANIME_ID: [anime_id], f.RATING: [rating], f.LIKED: [liked],
-        f.NAME: [name.encode()], f.GENRES: [genres.encode()], f.SYNOPSIS: [synopsis.encode()],
+        f.USER_ID: [user_id],
+        f.ANIME_ID: [anime_id],
+        f.RATING: [rating],
+        f.LIKED: [liked],
+        f.NAME: [name.encode()],
+        f.GENRES: [genres.encode()],
+        f.SYNOPSIS: [synopsis.encode()],
     }
 
 

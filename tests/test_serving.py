@@ -102,22 +102,48 @@ def test_metadata_and_status(running):
 
 
 BAD_REQUESTS = {
-    "missing input": (_request(f.RECOMMEND_SIGNATURE, user_id=np.array([100], np.int64)), grpc.StatusCode.INVALID_ARGUMENT, "Missing inputs"),
+    "missing input": (
+        _request(f.RECOMMEND_SIGNATURE, user_id=np.array([100], np.int64)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "Missing inputs",
+    ),
     "wrong dtype": (_request(user_id=np.array(["100"])), grpc.StatusCode.INVALID_ARGUMENT, "to be int64 but string"),
     "k zero": (
-        _request(f.RECOMMEND_SIGNATURE, user_id=np.array([100], np.int64), k=np.int32(0), exclude_anime_ids=np.zeros((1, 0), np.int64)),
+        _request(
+            f.RECOMMEND_SIGNATURE,
+            user_id=np.array([100], np.int64),
+            k=np.int32(0),
+            exclude_anime_ids=np.zeros((1, 0), np.int64),
+        ),
         grpc.StatusCode.INVALID_ARGUMENT,
         "k must be positive",
     ),
     "k above catalog": (
-        _request(f.RECOMMEND_SIGNATURE, user_id=np.array([100], np.int64), k=np.int32(len(ANIME_IDS) + 1), exclude_anime_ids=np.zeros((1, 0), np.int64)),
+        _request(
+            f.RECOMMEND_SIGNATURE,
+            user_id=np.array([100], np.int64),
+            k=np.int32(len(ANIME_IDS) + 1),
+            exclude_anime_ids=np.zeros((1, 0), np.int64),
+        ),
         grpc.StatusCode.INVALID_ARGUMENT,
         "at most the catalog size",
     ),
     "empty batch": (_request(user_id=np.zeros(0, np.int64)), grpc.StatusCode.INVALID_ARGUMENT, "batch is empty"),
-    "oversized batch": (_request(user_id=np.arange(MAX_BATCH + 1, dtype=np.int64)), grpc.StatusCode.INVALID_ARGUMENT, "larger than the maximum"),
-    "unknown model": (_request(name="other", user_id=np.array([100], np.int64)), grpc.StatusCode.NOT_FOUND, "Servable not found"),
-    "unknown signature": (_request("nope", user_id=np.array([100], np.int64)), grpc.StatusCode.INVALID_ARGUMENT, "not found in signature def"),
+    "oversized batch": (
+        _request(user_id=np.arange(MAX_BATCH + 1, dtype=np.int64)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "larger than the maximum",
+    ),
+    "unknown model": (
+        _request(name="other", user_id=np.array([100], np.int64)),
+        grpc.StatusCode.NOT_FOUND,
+        "Servable not found",
+    ),
+    "unknown signature": (
+        _request("nope", user_id=np.array([100], np.int64)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "not found in signature def",
+    ),
 }
 
 

@@ -40,6 +40,9 @@ def test_kubernetes_manifest_wires_the_configs():
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["image"].startswith("tensorflow/serving:")
     args = " ".join(container["args"])
-    assert "--model_config_file=/config/models.config" in args and "--batching_parameters_file=/config/batching.config" in args
+    assert (
+        "--model_config_file=/config/models.config" in args
+        and "--batching_parameters_file=/config/batching.config" in args
+    )
     assert {p["port"] for p in service["spec"]["ports"]} >= {server.DEFAULT_PORT}
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]

@@ -12,11 +12,16 @@ from animerec.data.summary import summarize
 
 def test_files_have_the_kaggle_headers(tiny_synth_dir, real_data_dir):
     for name in (kaggle.ANIMELIST_CSV, kaggle.RATING_COMPLETE_CSV, kaggle.WATCHING_STATUS_CSV):
-        with open(os.path.join(tiny_synth_dir, name), "rb") as ours, open(os.path.join(real_data_dir, name), "rb") as real:
+        with (
+            open(os.path.join(tiny_synth_dir, name), "rb") as ours,
+            open(os.path.join(real_data_dir, name), "rb") as real,
+        ):
             assert ours.readline() == real.readline(), name
     # The real watching_status.csv byte for byte (no final newline).
     assert filecmp.cmp(
-        os.path.join(tiny_synth_dir, kaggle.WATCHING_STATUS_CSV), os.path.join(real_data_dir, kaggle.WATCHING_STATUS_CSV), shallow=False
+        os.path.join(tiny_synth_dir, kaggle.WATCHING_STATUS_CSV),
+        os.path.join(real_data_dir, kaggle.WATCHING_STATUS_CSV),
+        shallow=False,
     )
     # The catalog files: the current Kaggle header (Genres instead of the legacy Genders).
     for name in (kaggle.ANIME_CSV, kaggle.ANIME_WITH_SYNOPSIS_CSV):
@@ -49,7 +54,9 @@ def test_same_seed_same_files(tmp_path):
     config = synth.SynthConfig(users=150, anime=120, seed=3, chunk_users=40)
     synth.synthesize(str(tmp_path / "a"), config, progress=lambda _: None)
     synth.synthesize(str(tmp_path / "b"), config, progress=lambda _: None)
-    synth.synthesize(str(tmp_path / "c"), synth.SynthConfig(users=150, anime=120, seed=4, chunk_users=40), progress=lambda _: None)
+    synth.synthesize(
+        str(tmp_path / "c"), synth.SynthConfig(users=150, anime=120, seed=4, chunk_users=40), progress=lambda _: None
+    )
     # Asked again with the same settings, the files are kept, not rewritten.
     mtime = os.stat(tmp_path / "a" / kaggle.ANIMELIST_CSV).st_mtime_ns
     synth.synthesize(str(tmp_path / "a"), config, progress=lambda _: None)
@@ -81,7 +88,10 @@ def test_tastes_are_learnable_beyond_popularity(tiny_synth_dir):
     assert mean_overlap(same_user) > mean_overlap(random_pairs) + 0.15
     # Dropped titles sit outside the taste: lower average score when scored.
     scored = animelist[animelist["rating"] > 0]
-    assert scored[scored["watching_status"] == 4]["rating"].mean() < scored[scored["watching_status"] == 2]["rating"].mean()
+    assert (
+        scored[scored["watching_status"] == 4]["rating"].mean()
+        < scored[scored["watching_status"] == 2]["rating"].mean()
+    )
 
 
 def test_summary_of_generated_data(tiny_synth_dir):

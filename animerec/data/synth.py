@@ -285,7 +285,9 @@ def _user_rows(world: _World, config: SynthConfig, user_ids: np.ndarray, rng: np
     # A third of taste rows come from any group of the user's main genre, so
     # heavy users reach past their favourite franchises.
     genre_groups = world.groups_by_genre_padded[main_genre[user_of_row]]
-    genre_pick = genre_groups[np.arange(total), rng.integers(0, world.groups_by_genre_count[main_genre[user_of_row]].clip(1))]
+    genre_pick = genre_groups[
+        np.arange(total), rng.integers(0, world.groups_by_genre_count[main_genre[user_of_row]].clip(1))
+    ]
     group = np.where((rng.random(total) < 0.33) & (genre_pick >= 0), genre_pick, group)
     position = np.searchsorted(world.cdf_concat, group + rng.random(total))
     position = np.clip(position, world.group_start[group], world.group_end[group] - 1)
@@ -337,7 +339,9 @@ def synthesize(out_dir: str, config: SynthConfig = SynthConfig(), progress: Call
         with open(marker) as fh:
             previous = json.load(fh)
         if previous["settings"] == settings and all(os.path.exists(os.path.join(out_dir, n)) for n in KAGGLE_FILES):
-            progress(f"{out_dir} already holds this dataset ({previous['summary']['animelist_rows']:,} rows); keeping it.")
+            progress(
+                f"{out_dir} already holds this dataset ({previous['summary']['animelist_rows']:,} rows); keeping it."
+            )
             return previous["summary"]
         os.remove(marker)
     start = time.time()

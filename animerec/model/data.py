@@ -74,9 +74,11 @@ class TrainingData:
 
 def read_examples(file_patterns, feature_spec: dict) -> dict[str, np.ndarray]:
     """Reads (gzipped) TFRecords of tf.Examples into numpy columns."""
-    files = tf.io.gfile.glob(file_patterns) if isinstance(file_patterns, str) else [
-        p for pattern in file_patterns for p in tf.io.gfile.glob(pattern)
-    ]
+    files = (
+        tf.io.gfile.glob(file_patterns)
+        if isinstance(file_patterns, str)
+        else [p for pattern in file_patterns for p in tf.io.gfile.glob(pattern)]
+    )
     if not files:
         raise FileNotFoundError(f"no example files match {file_patterns}")
     compression = "GZIP" if files[0].endswith(".gz") else ""
@@ -86,9 +88,7 @@ def read_examples(file_patterns, feature_spec: dict) -> dict[str, np.ndarray]:
     for batch in dataset.as_numpy_iterator():
         for name, values in batch.items():
             columns[name].append(values)
-    return {
-        name: np.concatenate(parts) if parts else np.zeros((0,), dtype=np.int64) for name, parts in columns.items()
-    }
+    return {name: np.concatenate(parts) if parts else np.zeros((0,), dtype=np.int64) for name, parts in columns.items()}
 
 
 def _csr(rows: np.ndarray, values: np.ndarray, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
@@ -98,9 +98,13 @@ def _csr(rows: np.ndarray, values: np.ndarray, n_rows: int) -> tuple[np.ndarray,
     return splits, values[order].astype(np.int64)
 
 
-def build_training_data(columns: dict[str, np.ndarray], user_vocab_size: int, anime_vocab_size: int, text_vocab_sizes: dict) -> TrainingData:
+def build_training_data(
+    columns: dict[str, np.ndarray], user_vocab_size: int, anime_vocab_size: int, text_vocab_sizes: dict
+) -> TrainingData:
     """Splits transformed train+catalog rows into positives, histories and the catalog."""
-    squeeze = {k: v.reshape(len(v), -1) if v.ndim > 1 and k in f.TEXT_MAX_TOKENS else v.reshape(-1) for k, v in columns.items()}
+    squeeze = {
+        k: v.reshape(len(v), -1) if v.ndim > 1 and k in f.TEXT_MAX_TOKENS else v.reshape(-1) for k, v in columns.items()
+    }
     is_catalog = squeeze[f.USER_ID] == f.NO_USER
     order = np.argsort(squeeze[f.ANIME_ID][is_catalog], kind="stable")
     catalog = Catalog(

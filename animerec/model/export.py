@@ -29,7 +29,12 @@ def _rows(values: tf.Variable, splits: tf.Variable, row: tf.Tensor) -> tf.Ragged
 
 class RecommenderModule(tf.Module):
     def __init__(
-        self, model: RetrievalModel, data: TrainingData, catalog_embeddings: np.ndarray, top_k: int, catalog_bias: np.ndarray | None = None
+        self,
+        model: RetrievalModel,
+        data: TrainingData,
+        catalog_embeddings: np.ndarray,
+        top_k: int,
+        catalog_bias: np.ndarray | None = None,
     ):
         super().__init__()
         catalog = data.catalog
@@ -73,11 +78,15 @@ class RecommenderModule(tf.Module):
             default_value=-1,
         )
 
-    def _recommend(self, user_id: tf.Tensor, k: tf.Tensor, exclude_anime_ids: tf.Tensor, exclude_heldout: bool = True) -> dict:
+    def _recommend(
+        self, user_id: tf.Tensor, k: tf.Tensor, exclude_anime_ids: tf.Tensor, exclude_heldout: bool = True
+    ) -> dict:
         k = tf.cast(k, tf.int32)
         checks = [
             tf.debugging.assert_positive(k, message="k must be positive"),
-            tf.debugging.assert_less_equal(k, self.catalog_size, message=f"k must be at most the catalog size ({self.catalog_size})"),
+            tf.debugging.assert_less_equal(
+                k, self.catalog_size, message=f"k must be at most the catalog size ({self.catalog_size})"
+            ),
             tf.debugging.assert_positive(tf.size(user_id), message="user_id must hold at least one id"),
         ]
         with tf.control_dependencies(checks):
@@ -106,7 +115,9 @@ class RecommenderModule(tf.Module):
         # (id -1, empty title), never a title the user has seen.
         valid = tf.math.is_finite(top.values)
         return {
-            f.OUTPUT_ANIME_IDS: tf.where(valid, tf.gather(self.catalog_anime_ids, top.indices), tf.constant(-1, tf.int64)),
+            f.OUTPUT_ANIME_IDS: tf.where(
+                valid, tf.gather(self.catalog_anime_ids, top.indices), tf.constant(-1, tf.int64)
+            ),
             f.OUTPUT_SCORES: top.values,
             f.OUTPUT_TITLES: tf.where(valid, tf.gather(self.catalog_titles, top.indices), ""),
             f.OUTPUT_GENRES: tf.where(valid, tf.gather(self.catalog_genres, top.indices), ""),
@@ -155,7 +166,12 @@ class RecommenderModule(tf.Module):
 
 
 def export_serving_model(
-    model: RetrievalModel, data: TrainingData, catalog_embeddings: np.ndarray, top_k: int, path: str, catalog_bias: np.ndarray | None = None
+    model: RetrievalModel,
+    data: TrainingData,
+    catalog_embeddings: np.ndarray,
+    top_k: int,
+    path: str,
+    catalog_bias: np.ndarray | None = None,
 ) -> None:
     module = RecommenderModule(model, data, catalog_embeddings, top_k, catalog_bias)
     tf.saved_model.save(module, path, signatures=module.signatures())

@@ -38,7 +38,9 @@ def in_batch_softmax_loss(
 
 
 def ragged_from_csr(splits, values) -> tf.RaggedTensor:
-    return tf.RaggedTensor.from_row_splits(values=tf.convert_to_tensor(values, tf.int64), row_splits=tf.convert_to_tensor(splits, tf.int64))
+    return tf.RaggedTensor.from_row_splits(
+        values=tf.convert_to_tensor(values, tf.int64), row_splits=tf.convert_to_tensor(splits, tf.int64)
+    )
 
 
 class RetrievalModel(tfrs.Model):
@@ -60,7 +62,9 @@ class RetrievalModel(tfrs.Model):
         super().__init__()
         self.candidate_tower = CandidateTower(data.anime_vocab_size, data.text_vocab_sizes, embedding_dim)
         shared = self.candidate_tower.id_embedding if share_item_embeddings else None
-        self.query_tower = QueryTower(data.user_vocab_size, data.anime_vocab_size, embedding_dim, use_user_embedding, shared)
+        self.query_tower = QueryTower(
+            data.user_vocab_size, data.anime_vocab_size, embedding_dim, use_user_embedding, shared
+        )
         self.liked_history = ragged_from_csr(data.history_splits, data.history_values)
         self.candidate_tokens = {name: tf.constant(t) for name, t in data.candidate_tokens_by_anime_index.items()}
         counts = data.item_counts().astype(np.float64)
@@ -97,9 +101,11 @@ def build_model(
 
 def training_dataset(data: TrainingData, batch_size: int, seed: int = 0) -> tf.data.Dataset:
     dataset = tf.data.Dataset.from_tensor_slices((data.user_index, data.anime_index, data.weight))
-    return dataset.shuffle(min(len(data.user_index), 1_000_000), seed=seed, reshuffle_each_iteration=True).batch(
-        batch_size, drop_remainder=len(data.user_index) > batch_size
-    ).prefetch(2)
+    return (
+        dataset.shuffle(min(len(data.user_index), 1_000_000), seed=seed, reshuffle_each_iteration=True)
+        .batch(batch_size, drop_remainder=len(data.user_index) > batch_size)
+        .prefetch(2)
+    )
 
 
 def catalog_embeddings(model: RetrievalModel, data: TrainingData, batch_size: int = 4096) -> np.ndarray:
@@ -113,7 +119,9 @@ def catalog_embeddings(model: RetrievalModel, data: TrainingData, batch_size: in
     return np.concatenate(parts)
 
 
-def query_embeddings(model: RetrievalModel, data: TrainingData, user_index: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+def query_embeddings(
+    model: RetrievalModel, data: TrainingData, user_index: np.ndarray, batch_size: int = 4096
+) -> np.ndarray:
     history = ragged_from_csr(data.history_splits, data.history_values)
     parts = []
     for start in range(0, len(user_index), batch_size):

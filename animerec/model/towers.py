@@ -67,7 +67,9 @@ class QueryTower(tf.keras.Model):
         if use_user_embedding:
             self.user_embedding = tf.keras.layers.Embedding(user_vocab_size + 1, dim, name="user_id_embedding")
         # Sharing the candidate tower's id embedding puts history and candidates in one item space.
-        self.history_embedding = history_embedding or tf.keras.layers.Embedding(anime_vocab_size + 1, dim, name="history_embedding")
+        self.history_embedding = history_embedding or tf.keras.layers.Embedding(
+            anime_vocab_size + 1, dim, name="history_embedding"
+        )
         self.projection = tf.keras.Sequential(
             [tf.keras.layers.Dense(dim * 2, activation="relu"), tf.keras.layers.Dense(dim)], name="query_projection"
         )

@@ -87,7 +87,9 @@ def rank_ease(data: EvalData, k: int, l2: float = EASE_L2, max_items: int = EASE
         batch_users = data.users[start : start + SCORE_BATCH]
         x = np.zeros((len(batch_users), len(items)), np.float32)
         rows = np.searchsorted(batch_users, data.liked_user[keep])
-        in_batch = (rows < len(batch_users)) & (batch_users[np.minimum(rows, len(batch_users) - 1)] == data.liked_user[keep])
+        in_batch = (rows < len(batch_users)) & (
+            batch_users[np.minimum(rows, len(batch_users) - 1)] == data.liked_user[keep]
+        )
         x[rows[in_batch], column[data.liked_position[keep]][in_batch]] = 1.0
         scores = np.full((len(batch_users), len(data.catalog_ids)), -1e9, np.float32)
         scores[:, items] = x @ weights

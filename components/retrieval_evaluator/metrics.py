@@ -12,9 +12,13 @@ KS = (10, 50, 100)
 def top_k(scores: np.ndarray, k: int, batch: int = 1024) -> np.ndarray:
     """Indices of the k highest scores per row; ties go to the lower index."""
     k = min(k, scores.shape[1])
-    return np.concatenate(
-        [np.argsort(-scores[i : i + batch], axis=1, kind="stable")[:, :k] for i in range(0, len(scores), batch)]
-    ) if len(scores) else np.zeros((0, k), dtype=np.int64)
+    return (
+        np.concatenate(
+            [np.argsort(-scores[i : i + batch], axis=1, kind="stable")[:, :k] for i in range(0, len(scores), batch)]
+        )
+        if len(scores)
+        else np.zeros((0, k), dtype=np.int64)
+    )
 
 
 def retrieval_metrics(ranked: np.ndarray, truth: list[set], catalog_size: int, ks=KS) -> dict[str, float]:
@@ -94,7 +98,9 @@ def decide_blessing(metrics: dict[str, dict], gate: GateConfig) -> tuple[bool, l
     ok = True
     passed = value >= gate.min_value
     ok &= passed
-    reasons.append(f"{'PASS' if passed else 'FAIL'}: {name} {value:.4f} {'>=' if passed else '<'} threshold {gate.min_value:.4f}")
+    reasons.append(
+        f"{'PASS' if passed else 'FAIL'}: {name} {value:.4f} {'>=' if passed else '<'} threshold {gate.min_value:.4f}"
+    )
     popularity = metrics["popularity"][name]
     needed = popularity * (1.0 + gate.min_lift_over_popularity)
     passed = value >= needed
