@@ -30,12 +30,17 @@ def describe_anomalies(anomalies_uri: str) -> list:
     return lines
 
 
-@component
-def AnomaliesGate(anomalies: InputArtifact[ExampleAnomalies]) -> None:  # noqa: N802 - TFX component naming
-    """Raises DataAnomaliesError listing every anomaly; passes clean data through."""
-    problems = describe_anomalies(anomalies.uri)
+def check_anomalies(anomalies_uri: str) -> None:
+    """Raises DataAnomaliesError listing every anomaly; returns for clean data."""
+    problems = describe_anomalies(anomalies_uri)
     if problems:
         raise DataAnomaliesError(
             "ExampleValidator found anomalies; fix the data or the schema (schema/schema.pbtxt):\n  "
             + "\n  ".join(problems)
         )
+
+
+@component
+def AnomaliesGate(anomalies: InputArtifact[ExampleAnomalies]) -> None:  # noqa: N802 - TFX component naming
+    """Stops the pipeline when ExampleValidator found anomalies."""
+    check_anomalies(anomalies.uri)

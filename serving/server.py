@@ -276,9 +276,23 @@ class Batcher:
         self._queue: list[_Pending] = []
         self._cond = threading.Condition()
         self._stop = False
+        self._busy = 0  # calls running, inline or in a worker
         self._threads = [threading.Thread(target=self._work, name=f"batcher-{i}", daemon=True) for i in range(workers)]
         for t in self._threads:
             t.start()
+
+    def try_inline(self) -> bool:
+        """True (and counted as busy) when nothing is queued or running: the caller
+        runs its request on its own thread, saving two thread hand-offs."""
+        with self._cond:
+            if self._queue or self._busy:
+                return False
+            self._busy += 1
+            return True
+
+    def finish_inline(self) -> None:
+        with self._cond:
+            self._busy -= 1
 
     def submit(self, pending: _Pending) -> _Pending:
         with self._cond:
@@ -308,6 +322,7 @@ class Batcher:
                 else:
                     rest.append(p)
             self._queue = rest
+            self._busy += 1
             return batch
 
     def _work(self) -> None:
@@ -315,35 +330,44 @@ class Batcher:
             batch = self._take()
             if not batch:
                 return
-            first = batch[0]
-            key = next(iter(first.inputs))
-            sizes = [len(p.inputs[key]) for p in batch]
             try:
-                outputs = call_signature(
-                    first.loaded, first.name, {key: np.concatenate([p.inputs[key] for p in batch])}
-                )
-            except RequestError:
-                # One bad member fails a merged call: run each alone to give each its own answer.
+                self._run(batch)
+            except Exception as error:  # noqa: BLE001 - every waiting request must get an answer
+                logging.exception("batched call failed")
                 for p in batch:
-                    try:
-                        p.response = build_response(
-                            p.loaded, p.request, p.name, call_signature(p.loaded, p.name, p.inputs)
-                        )
-                    except RequestError as error:
-                        p.error = error
-                    p.done.set()
-                continue
-            offset = 0
-            for p, n in zip(batch, sizes):
-                part = {k: v[offset : offset + n] for k, v in outputs.items()}
-                offset += n
+                    if not p.done.is_set():
+                        p.error = RequestError(grpc.StatusCode.INTERNAL, f"model call failed: {error}")
+                        p.done.set()
+            finally:
+                with self._cond:
+                    self._busy -= 1
+
+    def _run(self, batch: list[_Pending]) -> None:
+        first = batch[0]
+        key = next(iter(first.inputs))
+        sizes = [len(p.inputs[key]) for p in batch]
+        try:
+            outputs = call_signature(first.loaded, first.name, {key: np.concatenate([p.inputs[key] for p in batch])})
+        except RequestError:
+            # One bad member fails a merged call: run each alone to give each its own answer.
+            for p in batch:
                 try:
-                    p.response = build_response(p.loaded, p.request, p.name, part)
-                except (RequestError, ValueError) as error:
-                    p.error = (
-                        error if isinstance(error, RequestError) else RequestError(grpc.StatusCode.INTERNAL, str(error))
-                    )
+                    p.response = build_response(p.loaded, p.request, p.name, call_signature(p.loaded, p.name, p.inputs))
+                except RequestError as error:
+                    p.error = error
                 p.done.set()
+            return
+        offset = 0
+        for p, n in zip(batch, sizes):
+            part = {k: v[offset : offset + n] for k, v in outputs.items()}
+            offset += n
+            try:
+                p.response = build_response(p.loaded, p.request, p.name, part)
+            except (RequestError, ValueError) as error:
+                p.error = (
+                    error if isinstance(error, RequestError) else RequestError(grpc.StatusCode.INTERNAL, str(error))
+                )
+            p.done.set()
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
@@ -358,6 +382,11 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             name, inputs = validate_predict(loaded, request, self.max_batch)
             if self.batcher is None or len(inputs) != 1:
                 return build_response(loaded, request, name, call_signature(loaded, name, inputs))
+            if self.batcher.try_inline():
+                try:
+                    return build_response(loaded, request, name, call_signature(loaded, name, inputs))
+                finally:
+                    self.batcher.finish_inline()
             done = self.batcher.submit(_Pending(loaded, request, name, inputs))
             if done.error is not None:
                 raise done.error

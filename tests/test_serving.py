@@ -203,3 +203,31 @@ def test_version_switch_while_requests_run(running, exported_model):
     # Requests that resolved version 1 before the swap may finish after it; the tail is all version 2.
     assert set(versions[-10:]) == {2}
     assert srv.manager.current.version == 2
+
+
+def test_concurrent_requests_each_get_their_own_answer(running, exported_model):
+    srv, _ = running
+    direct = tf.saved_model.load(exported_model).signatures["serving_default"]
+    users = [100, 101, 102, 999] * 10
+    expected = {
+        u: direct(user_id=tf.constant([u], tf.int64))[f.OUTPUT_ANIME_IDS].numpy()[0].tolist() for u in set(users)
+    }
+    stub = _stub(srv)
+    answers, errors = {}, []
+
+    def ask(i, user):
+        try:
+            response = stub.Predict(_request(user_id=np.array([user], np.int64)), timeout=10)
+            answers[i] = (user, tf.make_ndarray(response.outputs[f.OUTPUT_ANIME_IDS])[0].tolist())
+        except grpc.RpcError as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=ask, args=(i, u)) for i, u in enumerate(users)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(answers) == len(users)
+    for user, ids in answers.values():
+        assert ids == expected[user], f"user {user} got another request's answer"
