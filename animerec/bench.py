@@ -229,14 +229,7 @@ def bench_train(
     )
     results = []
     for batch_size in batch_sizes:
-        model = retrieval.build_model(
-            data,
-            config.embedding_dim,
-            config.temperature,
-            config.learning_rate,
-            config.use_user_embedding,
-            config.share_item_embeddings,
-        )
+        model = retrieval.build_model_from_config(data, config)
         dataset = retrieval.training_dataset(data, batch_size).repeat()
         model.fit(dataset, steps_per_epoch=5, epochs=1, verbose=0)  # trace and warm up
         start = time.perf_counter()

@@ -68,14 +68,7 @@ def run_fn(fn_args) -> None:
         len(data.catalog.anime_id),
         time.time() - start,
     )
-    model = retrieval.build_model(
-        data,
-        config.embedding_dim,
-        config.temperature,
-        config.learning_rate,
-        config.use_user_embedding,
-        config.share_item_embeddings,
-    )
+    model = retrieval.build_model_from_config(data, config)
     dataset = retrieval.training_dataset(data, config.batch_size, seed=config.seed)
     steps_per_epoch = max(1, len(data.user_index) // config.batch_size)
     epochs = config.epochs

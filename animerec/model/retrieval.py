@@ -99,6 +99,18 @@ def build_model(
     return model
 
 
+def build_model_from_config(data: TrainingData, config) -> RetrievalModel:
+    """The model a TrainingConfig (animerec.config) describes."""
+    return build_model(
+        data,
+        config.embedding_dim,
+        config.temperature,
+        config.learning_rate,
+        config.use_user_embedding,
+        config.share_item_embeddings,
+    )
+
+
 def training_dataset(data: TrainingData, batch_size: int, seed: int = 0) -> tf.data.Dataset:
     dataset = tf.data.Dataset.from_tensor_slices((data.user_index, data.anime_index, data.weight))
     return (
