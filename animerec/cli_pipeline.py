@@ -53,6 +53,17 @@ def _run(args) -> int:
     return 0
 
 
+def _bench(entry_point: str):
+    """A command that imports animerec.bench (TensorFlow and all) only when it runs."""
+
+    def run(args) -> int:
+        from animerec import bench
+
+        return getattr(bench, entry_point)(args)
+
+    return run
+
+
 def _report(args) -> int:
     from animerec import report
 
@@ -233,7 +244,7 @@ def add_commands(commands, add_filter_args, filter_and_split) -> None:
         "--levels", type=int, nargs="+", default=[1, 4, 16], help="concurrent clients (default 1 4 16)"
     )
     bench_serve.add_argument("--json", action="store_true", help="print only the JSON summary line")
-    bench_serve.set_defaults(func=lambda args: __import__("animerec.bench", fromlist=["main_serve"]).main_serve(args))
+    bench_serve.set_defaults(func=_bench("main_serve"))
 
     bench_train = bench_commands.add_parser("train", help="training examples per second of the default model")
     bench_train.add_argument(
@@ -241,7 +252,7 @@ def add_commands(commands, add_filter_args, filter_and_split) -> None:
     )
     bench_train.add_argument("--steps", type=int, default=40, help="timed steps per batch size (default %(default)s)")
     bench_train.add_argument("--json", action="store_true", help="print only the JSON summary line")
-    bench_train.set_defaults(func=lambda args: __import__("animerec.bench", fromlist=["main_train"]).main_train(args))
+    bench_train.set_defaults(func=_bench("main_train"))
 
     bench_pipeline = bench_commands.add_parser(
         "pipeline", help="pipeline wall time per stage, rows/s and peak memory at several sizes"
@@ -257,9 +268,7 @@ def add_commands(commands, add_filter_args, filter_and_split) -> None:
         "--workdir", default=None, help="where data and outputs go (default: a new temporary folder)"
     )
     bench_pipeline.add_argument("--json", action="store_true", help="print only the JSON summary line")
-    bench_pipeline.set_defaults(
-        func=lambda args: __import__("animerec.bench", fromlist=["main_pipeline"]).main_pipeline(args)
-    )
+    bench_pipeline.set_defaults(func=_bench("main_pipeline"))
 
     serve = commands.add_parser("serve", help="serve the newest pushed model over TF Serving's gRPC API")
     serve.add_argument("--model-dir", required=True, help="the serving dir Pusher writes (numbered versions)")

@@ -71,6 +71,13 @@ class TrainingData:
     def item_counts(self) -> np.ndarray:
         return np.bincount(self.anime_index, minlength=self.anime_vocab_size + 1)
 
+    def likes_by_catalog_position(self) -> np.ndarray:
+        """Liked training rows per catalog position (0 for titles nobody liked)."""
+        counts = np.zeros(len(self.catalog.anime_id), np.float64)
+        known = self.catalog.anime_index < self.anime_vocab_size
+        counts[known] = self.item_counts()[self.catalog.anime_index[known]]
+        return counts
+
 
 def read_examples(file_patterns, feature_spec: dict) -> dict[str, np.ndarray]:
     """Reads (gzipped) TFRecords of tf.Examples into numpy columns."""

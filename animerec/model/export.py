@@ -20,6 +20,13 @@ from animerec import features as f
 from animerec.model.data import TrainingData
 from animerec.model.retrieval import RetrievalModel
 
+# user_id, k and per-request exclusions: the inputs of `recommend` and `recommend_for_eval`.
+RECOMMEND_INPUTS = [
+    tf.TensorSpec([None], tf.int64, name=f.SERVING_USER_ID),
+    tf.TensorSpec([], tf.int32, name=f.SERVING_K),
+    tf.TensorSpec([None, None], tf.int64, name=f.SERVING_EXCLUDE),
+]
+
 
 def _rows(values: tf.Variable, splits: tf.Variable, row: tf.Tensor) -> tf.RaggedTensor:
     """Rows `row` of a CSR table, touching only those rows (not the whole table)."""
@@ -47,10 +54,7 @@ class RecommenderModule(tf.Module):
         self.catalog_anime_ids = tf.Variable(catalog.anime_id, trainable=False, name="catalog_anime_ids")
         self.catalog_titles = tf.Variable(catalog.titles, trainable=False, name="catalog_titles")
         self.catalog_genres = tf.Variable(catalog.genres, trainable=False, name="catalog_genres")
-        popularity = np.zeros(len(catalog.anime_id), np.float32)
-        counts = data.item_counts()
-        known = catalog.anime_index < data.anime_vocab_size
-        popularity[known] = counts[catalog.anime_index[known]]
+        popularity = data.likes_by_catalog_position().astype(np.float32)
         self.popularity = tf.Variable(popularity / max(popularity.sum(), 1.0), trainable=False, name="popularity")
         self.history_splits = tf.Variable(data.history_splits, trainable=False, name="history_splits")
         self.history_values = tf.Variable(data.history_values, trainable=False, name="history_values")
@@ -129,23 +133,11 @@ class RecommenderModule(tf.Module):
         no_exclusions = tf.fill([tf.shape(user_id)[0], 0], tf.constant(-1, tf.int64))
         return self._recommend(user_id, tf.constant(self.top_k), no_exclusions)
 
-    @tf.function(
-        input_signature=[
-            tf.TensorSpec([None], tf.int64, name=f.SERVING_USER_ID),
-            tf.TensorSpec([], tf.int32, name=f.SERVING_K),
-            tf.TensorSpec([None, None], tf.int64, name=f.SERVING_EXCLUDE),
-        ]
-    )
+    @tf.function(input_signature=RECOMMEND_INPUTS)
     def recommend(self, user_id, k, exclude_anime_ids):
         return self._recommend(user_id, k, exclude_anime_ids)
 
-    @tf.function(
-        input_signature=[
-            tf.TensorSpec([None], tf.int64, name=f.SERVING_USER_ID),
-            tf.TensorSpec([], tf.int32, name=f.SERVING_K),
-            tf.TensorSpec([None, None], tf.int64, name=f.SERVING_EXCLUDE),
-        ]
-    )
+    @tf.function(input_signature=RECOMMEND_INPUTS)
     def recommend_for_eval(self, user_id, k, exclude_anime_ids):
         return self._recommend(user_id, k, exclude_anime_ids, exclude_heldout=False)
 

@@ -144,7 +144,4 @@ def query_embeddings(
 
 def popularity_bias(data: TrainingData, prior: float, temperature: float) -> np.ndarray:
     """Per catalog position, in cosine units: prior * temperature * log(1 + training likes)."""
-    counts = np.zeros(len(data.catalog.anime_id), np.float64)
-    known = data.catalog.anime_index < data.anime_vocab_size
-    counts[known] = data.item_counts()[data.catalog.anime_index[known]]
-    return (prior * temperature * np.log1p(counts)).astype(np.float32)
+    return (prior * temperature * np.log1p(data.likes_by_catalog_position())).astype(np.float32)
