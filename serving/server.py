@@ -6,7 +6,9 @@ GetModelMetadata; tensorflow.serving.ModelService: GetModelStatus) with the
 protos from tensorflow-serving-api, the same status codes, and TF Serving's
 default version policy: the newest complete version under the model base path
 is served, and a newly pushed one replaces it atomically without dropping
-requests in flight. Production runs tensorflow/serving (see serving/*.config).
+requests in flight. Like TF Serving, it loads each version's graph into a
+Session and runs signatures by their SignatureDef tensor names. Production runs
+tensorflow/serving (see serving/*.config).
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 from tensorflow.core.framework import tensor_pb2, types_pb2
-from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -49,18 +50,47 @@ class RequestError(Exception):
         self.code = code
 
 
+# Session options, as TF Serving's --tensorflow_inter_op_parallelism/--tensorflow_intra_op_parallelism.
+# A negative inter-op count runs each request's ops on the thread that received it
+# (no hand-off to a pool), and idle pool threads sleep instead of spinning: on a
+# small machine the spinning takes the CPU the next request needs.
+INTER_OP_THREADS = -1
+INTRA_OP_THREADS = 1
+
+
 @dataclasses.dataclass
 class LoadedVersion:
+    """One version, loaded the way TF Serving loads it: the SavedModel's graph in a
+    Session, each signature run by its SignatureDef's tensor names."""
+
     version: int
     path: str
-    model: object
+    session: object
     signature_defs: dict  # name -> SignatureDef proto
-
-    def signature(self, name: str):
-        return self.model.signatures[name]
+    _callables: dict = dataclasses.field(default_factory=dict)
+    _specs: dict = dataclasses.field(default_factory=dict)
 
     def input_specs(self, name: str) -> dict:
-        return self.signature(name).structured_input_signature[1]
+        if name not in self._specs:
+            self._specs[name] = {
+                alias: tf.TensorSpec(tf.TensorShape(info.tensor_shape), tf.dtypes.as_dtype(info.dtype), alias)
+                for alias, info in self.signature_defs[name].inputs.items()
+            }
+        return self._specs[name]
+
+    def run(self, name: str, inputs: dict) -> dict:
+        """Runs signature `name` on numpy inputs keyed by alias; outputs keyed by alias."""
+        if name not in self._callables:
+            signature = self.signature_defs[name]
+            in_aliases = sorted(signature.inputs)
+            out_aliases = sorted(signature.outputs)
+            run = self.session.make_callable(
+                [signature.outputs[a].name for a in out_aliases],
+                feed_list=[signature.inputs[a].name for a in in_aliases],
+            )
+            self._callables[name] = (in_aliases, out_aliases, run)
+        in_aliases, out_aliases, run = self._callables[name]
+        return dict(zip(out_aliases, run(*(inputs[a] for a in in_aliases))))
 
 
 def complete_versions(base_path: str) -> list[int]:
@@ -74,22 +104,30 @@ def complete_versions(base_path: str) -> list[int]:
     )
 
 
-def load_version(base_path: str, version: int) -> LoadedVersion:
+def session_config(inter_op_threads: int = INTER_OP_THREADS, intra_op_threads: int = INTRA_OP_THREADS):
+    config = tf.compat.v1.ConfigProto(
+        inter_op_parallelism_threads=inter_op_threads, intra_op_parallelism_threads=intra_op_threads
+    )
+    config.experimental.disable_thread_spinning = True
+    return config
+
+
+def load_version(base_path: str, version: int, config=None) -> LoadedVersion:
     path = os.path.join(base_path, str(version))
-    model = tf.saved_model.load(path)
-    proto = saved_model_pb2.SavedModel()
-    with open(os.path.join(path, "saved_model.pb"), "rb") as fh:
-        proto.ParseFromString(fh.read())
-    signature_defs = dict(proto.meta_graphs[0].signature_def)
+    graph = tf.Graph()
+    session = tf.compat.v1.Session(graph=graph, config=config or session_config())
+    with graph.as_default():
+        meta_graph = tf.compat.v1.saved_model.loader.load(session, [tf.saved_model.SERVING], path)
+    signature_defs = dict(meta_graph.signature_def)
     signature_defs.pop("__saved_model_init_op", None)
-    return LoadedVersion(version, path, model, signature_defs)
+    return LoadedVersion(version, path, session, signature_defs)
 
 
 def _warm_up(loaded: LoadedVersion) -> None:
     """One request before the swap, so the first real request after it is not slow."""
     signature = loaded.signature_defs.get("serving_default")
     if signature is not None and list(signature.inputs) == ["user_id"]:
-        loaded.signature("serving_default")(user_id=tf.constant([0], tf.int64))
+        loaded.run("serving_default", {"user_id": np.zeros([1], np.int64)})
 
 
 class ModelManager:
@@ -156,14 +194,20 @@ class ModelManager:
 
 
 def tensor_proto(value: np.ndarray):
-    """TensorProto of an output; strings go straight into string_val (make_tensor_proto
-    converts them one by one and costs more than the model call)."""
+    """TensorProto of an output, built directly: tf.make_tensor_proto's checks cost
+    more than the model call for small outputs. Numbers go into tensor_content
+    (little-endian, as TF Serving writes them), strings into string_val."""
+    value = np.asarray(value)
+    proto = tensor_pb2.TensorProto()
+    for size in value.shape:
+        proto.tensor_shape.dim.add().size = size
     if value.dtype.kind in ("S", "O"):
-        proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING)
-        proto.tensor_shape.CopyFrom(tf.TensorShape(value.shape).as_proto())
+        proto.dtype = types_pb2.DT_STRING
         proto.string_val.extend(value.reshape(-1).tolist())
         return proto
-    return tf.make_tensor_proto(value)
+    proto.dtype = tf.dtypes.as_dtype(value.dtype).as_datatype_enum
+    proto.tensor_content = np.ascontiguousarray(value, value.dtype.newbyteorder("<")).tobytes()
+    return proto
 
 
 def _dtype_name(dtype: tf.DType) -> str:
@@ -227,10 +271,9 @@ def validate_predict(
 def call_signature(loaded: LoadedVersion, name: str, inputs: dict) -> dict:
     specs = loaded.input_specs(name)
     try:
-        outputs = loaded.signature(name)(**{k: tf.constant(v, dtype=specs[k].dtype) for k, v in inputs.items()})
+        return loaded.run(name, {k: np.asarray(v, dtype=specs[k].dtype.as_numpy_dtype) for k, v in inputs.items()})
     except tf.errors.InvalidArgumentError as error:
         raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, error.message) from None
-    return {k: v.numpy() for k, v in outputs.items()}
 
 
 def build_response(loaded: LoadedVersion, request, name: str, outputs: dict) -> predict_pb2.PredictResponse:

@@ -231,3 +231,38 @@ def test_concurrent_requests_each_get_their_own_answer(running, exported_model):
     assert len(answers) == len(users)
     for user, ids in answers.values():
         assert ids == expected[user], f"user {user} got another request's answer"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        np.array([[1, 2], [3, 4]], np.int64),
+        np.array([0.5, -np.inf], np.float32),
+        np.array([True, False]),
+        np.array([[b"Naruto", b""]]),
+        np.zeros((2, 0), np.int64),
+    ],
+    ids=["int64", "float32", "bool", "string", "empty"],
+)
+def test_output_tensor_protos_match_tensorflows(value):
+    proto, reference = server.tensor_proto(value), tf.make_tensor_proto(value)
+    assert (proto.dtype, proto.tensor_shape) == (reference.dtype, reference.tensor_shape)
+    np.testing.assert_array_equal(tf.make_ndarray(proto), tf.make_ndarray(reference))
+
+
+def test_session_run_matches_the_eager_signature(exported_model, tmp_path):
+    """The server runs SignatureDefs by tensor name in a Session, as TF Serving does."""
+    serving_dir = str(tmp_path / "serving")
+    push(exported_model, serving_dir, 1)
+    loaded = server.load_version(serving_dir, 1)
+    eager = tf.saved_model.load(exported_model).signatures[f.RECOMMEND_SIGNATURE]
+    inputs = {
+        f.SERVING_USER_ID: np.array([100, 101, 999], np.int64),
+        f.SERVING_K: np.int32(3),
+        f.SERVING_EXCLUDE: np.array([[ANIME_IDS[0], -1], [ANIME_IDS[1], ANIME_IDS[2]], [-1, -1]], np.int64),
+    }
+    by_session = loaded.run(f.RECOMMEND_SIGNATURE, inputs)
+    by_eager = eager(**{k: tf.constant(v) for k, v in inputs.items()})
+    assert set(by_session) == set(by_eager)
+    for key, value in by_eager.items():
+        np.testing.assert_array_equal(by_session[key], value.numpy())

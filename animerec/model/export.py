@@ -1,7 +1,9 @@
 """The serving SavedModel: top-k retrieval over the whole catalog, seen titles excluded.
 
 Brute-force scoring with stock TensorFlow ops only, so stock TF Serving loads
-it. Signatures (names in animerec.features):
+it. The query tower runs at export time: each known user's embedding (from
+their liked history) is stored, so a request is a lookup, one product with the
+catalog matrix, the exclusions and a top-k (about 25 ops). Signatures (names in animerec.features):
   serving_default(user_id[B] int64) -> anime_ids[B,K], scores[B,K], titles[B,K], genres[B,K], is_fallback[B]
   recommend(user_id[B], k scalar int32, exclude_anime_ids[B,M] int64, -1 padded) -> the same, top k
   serving_tf_example(examples[B] string: serialized tf.Example with user_id) -> the same as serving_default
@@ -18,7 +20,7 @@ import tensorflow as tf
 
 from animerec import features as f
 from animerec.model.data import TrainingData
-from animerec.model.retrieval import RetrievalModel
+from animerec.model.retrieval import RetrievalModel, query_embeddings
 
 # user_id, k and per-request exclusions: the inputs of `recommend` and `recommend_for_eval`.
 RECOMMEND_INPUTS = [
@@ -28,13 +30,42 @@ RECOMMEND_INPUTS = [
 ]
 
 
-def _rows(values: tf.Variable, splits: tf.Variable, row: tf.Tensor) -> tf.RaggedTensor:
-    """Rows `row` of a CSR table, touching only those rows (not the whole table)."""
-    positions = tf.ragged.range(tf.gather(splits, row), tf.gather(splits, row + 1))
-    return tf.gather(values, positions)
+def _padded_rows(values: tf.Variable, splits: tf.Variable, row: tf.Tensor) -> tf.Tensor:
+    """Rows `row` of a CSR table as a dense [batch, longest row] matrix padded with -1.
+
+    Dense index arithmetic (a dozen ops) instead of ragged tensors (hundreds of
+    small ops per call), touching only the rows asked for.
+    """
+    starts = tf.gather(splits, row)
+    lengths = tf.gather(splits, row + 1) - starts
+    positions = starts[:, None] + tf.range(tf.reduce_max(lengths), dtype=starts.dtype)[None, :]
+    valid = positions < (starts + lengths)[:, None]
+    gathered = tf.gather(values, tf.where(valid, positions, 0))
+    return tf.where(valid, tf.cast(gathered, tf.int32), -1)
+
+
+def _mask_columns(scores: tf.Tensor, columns: tf.Tensor) -> tf.Tensor:
+    """Sets scores[b, columns[b, j]] to -inf for every column >= 0 (-1 is padding)."""
+    batch, width = tf.shape(columns)[0], tf.shape(columns)[1]
+    rows = tf.broadcast_to(tf.range(batch)[:, None], [batch, width])
+    indices = tf.stack([rows, tf.maximum(columns, 0)], axis=-1)
+    # min(score, +inf) leaves the padding slots alone, so no boolean mask is needed.
+    updates = tf.where(columns >= 0, float("-inf"), float("inf"))
+    return tf.tensor_scatter_nd_min(scores, indices, updates)
+
+
+def _csr_int32(splits: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Catalog positions fit in int32: half the SavedModel's size for the seen-titles tables."""
+    return np.asarray(splits, np.int64), np.asarray(values, np.int32)
 
 
 class RecommenderModule(tf.Module):
+    """Everything per user is computed at export time: the query tower's output
+    (the user's embedding, from their liked history) and whether the user has
+    one. A request is a table lookup, one [batch, dim] x [dim, catalog] product,
+    the exclusions and a top-k.
+    """
+
     def __init__(
         self,
         model: RetrievalModel,
@@ -45,10 +76,14 @@ class RecommenderModule(tf.Module):
     ):
         super().__init__()
         catalog = data.catalog
-        self.query_tower = model.query_tower
         self.top_k = min(top_k, len(catalog.anime_id))
         self.catalog_size = len(catalog.anime_id)
-        self.catalog_embeddings = tf.Variable(catalog_embeddings, trainable=False, name="catalog_embeddings")
+        # Stored [dim, catalog]: a plain product reads it in order, no transpose per request.
+        self.catalog_embeddings_t = tf.Variable(
+            np.ascontiguousarray(np.asarray(catalog_embeddings, np.float32).T),
+            trainable=False,
+            name="catalog_embeddings_t",
+        )
         bias = catalog_bias if catalog_bias is not None else np.zeros(len(catalog.anime_id), np.float32)
         self.catalog_bias = tf.Variable(bias, trainable=False, name="catalog_bias")
         self.catalog_anime_ids = tf.Variable(catalog.anime_id, trainable=False, name="catalog_anime_ids")
@@ -56,16 +91,20 @@ class RecommenderModule(tf.Module):
         self.catalog_genres = tf.Variable(catalog.genres, trainable=False, name="catalog_genres")
         popularity = data.likes_by_catalog_position().astype(np.float32)
         self.popularity = tf.Variable(popularity / max(popularity.sum(), 1.0), trainable=False, name="popularity")
-        self.history_splits = tf.Variable(data.history_splits, trainable=False, name="history_splits")
-        self.history_values = tf.Variable(data.history_values, trainable=False, name="history_values")
-        self.seen_splits = tf.Variable(data.seen_splits, trainable=False, name="seen_splits")
-        self.seen_values = tf.Variable(data.seen_values, trainable=False, name="seen_values")
-        n_rows = len(data.seen_splits)
-        heldout_splits = data.heldout_splits if data.heldout_splits is not None else np.zeros(n_rows, np.int64)
-        heldout_values = data.heldout_values if data.heldout_values is not None else np.zeros(0, np.int64)
+        n_rows = len(data.seen_splits) - 1  # user indices + the empty row for unknown users
+        self.empty_user_row = data.user_vocab_size
+        rows = np.arange(n_rows)
+        self.user_embeddings = tf.Variable(query_embeddings(model, data, rows), trainable=False, name="user_embeddings")
+        has_history = (np.diff(data.history_splits) > 0) & (rows < data.user_vocab_size)
+        self.has_history = tf.Variable(has_history, trainable=False, name="has_history")
+        seen_splits, seen_values = _csr_int32(data.seen_splits, data.seen_values)
+        self.seen_splits = tf.Variable(seen_splits, trainable=False, name="seen_splits")
+        self.seen_values = tf.Variable(seen_values, trainable=False, name="seen_values")
+        heldout_splits = data.heldout_splits if data.heldout_splits is not None else np.zeros(n_rows + 1, np.int64)
+        heldout_values = data.heldout_values if data.heldout_values is not None else np.zeros(0, np.int32)
+        heldout_splits, heldout_values = _csr_int32(heldout_splits, heldout_values)
         self.heldout_splits = tf.Variable(heldout_splits, trainable=False, name="heldout_splits")
         self.heldout_values = tf.Variable(heldout_values, trainable=False, name="heldout_values")
-        self.empty_user_row = data.user_vocab_size
         known_users = np.flatnonzero(data.user_ids >= 0)
         # The users the model knows, for batch jobs that recommend to everyone.
         self.known_user_ids = tf.Variable(data.user_ids[known_users], trainable=False, name="known_user_ids")
@@ -77,13 +116,13 @@ class RecommenderModule(tf.Module):
         )
         self.anime_table = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(
-                tf.constant(catalog.anime_id, tf.int64), tf.range(self.catalog_size, dtype=tf.int64)
+                tf.constant(catalog.anime_id, tf.int64), tf.range(self.catalog_size, dtype=tf.int32)
             ),
             default_value=-1,
         )
 
     def _recommend(
-        self, user_id: tf.Tensor, k: tf.Tensor, exclude_anime_ids: tf.Tensor, exclude_heldout: bool = True
+        self, user_id: tf.Tensor, k: tf.Tensor, exclude_anime_ids: tf.Tensor | None, exclude_heldout: bool = True
     ) -> dict:
         k = tf.cast(k, tf.int32)
         checks = [
@@ -95,25 +134,20 @@ class RecommenderModule(tf.Module):
         ]
         with tf.control_dependencies(checks):
             user_index = self.user_table.lookup(user_id)
-        known = user_index >= 0
-        row = tf.where(known, user_index, self.empty_user_row)
-        history = _rows(self.history_values, self.history_splits, row)
-        use_model = tf.logical_and(known, history.row_lengths() > 0)
-        query = self.query_tower(row, history, exclude=-tf.ones_like(row))
+        row = tf.where(user_index >= 0, user_index, self.empty_user_row)
+        use_model = tf.gather(self.has_history, row)
+        query = tf.gather(self.user_embeddings, row)
         scores = tf.where(
             use_model[:, None],
-            tf.matmul(query, self.catalog_embeddings, transpose_b=True) + self.catalog_bias[None, :],
-            tf.broadcast_to(self.popularity[None, :], [tf.shape(row)[0], self.catalog_size]),
+            tf.matmul(query, self.catalog_embeddings_t) + self.catalog_bias[None, :],
+            self.popularity[None, :],
         )
-        seen = _rows(self.seen_values, self.seen_splits, row)
-        extra = tf.RaggedTensor.from_tensor(self.anime_table.lookup(exclude_anime_ids))
-        excluded = [seen, extra]
+        excluded = [_padded_rows(self.seen_values, self.seen_splits, row)]
         if exclude_heldout:
-            excluded.append(_rows(self.heldout_values, self.heldout_splits, row))
-        excluded = tf.concat(excluded, axis=1)
-        excluded = tf.ragged.boolean_mask(excluded, excluded >= 0)
-        indices = tf.stack([excluded.value_rowids(), excluded.flat_values], axis=1)
-        scores = tf.tensor_scatter_nd_update(scores, indices, tf.fill([tf.shape(indices)[0]], float("-inf")))
+            excluded.append(_padded_rows(self.heldout_values, self.heldout_splits, row))
+        if exclude_anime_ids is not None:
+            excluded.append(self.anime_table.lookup(exclude_anime_ids))
+        scores = _mask_columns(scores, tf.concat(excluded, axis=1))
         top = tf.math.top_k(scores, k=k)
         # When fewer than k titles are left unseen, the rest of the list is padding
         # (id -1, empty title), never a title the user has seen.
@@ -130,8 +164,7 @@ class RecommenderModule(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.int64, name=f.SERVING_USER_ID)])
     def serve(self, user_id):
-        no_exclusions = tf.fill([tf.shape(user_id)[0], 0], tf.constant(-1, tf.int64))
-        return self._recommend(user_id, tf.constant(self.top_k), no_exclusions)
+        return self._recommend(user_id, tf.constant(self.top_k), None)
 
     @tf.function(input_signature=RECOMMEND_INPUTS)
     def recommend(self, user_id, k, exclude_anime_ids):
@@ -145,8 +178,7 @@ class RecommenderModule(tf.Module):
     def serve_tf_example(self, examples):
         parsed = tf.io.parse_example(examples, {f.USER_ID: tf.io.FixedLenFeature([1], tf.int64)})
         user_id = tf.reshape(parsed[f.USER_ID], [-1])
-        no_exclusions = tf.fill([tf.shape(user_id)[0], 0], tf.constant(-1, tf.int64))
-        return self._recommend(user_id, tf.constant(self.top_k), no_exclusions)
+        return self._recommend(user_id, tf.constant(self.top_k), None)
 
     def signatures(self) -> dict:
         return {
