@@ -4,7 +4,8 @@ Vocabularies are analyzed on the rows they describe: user and anime ids on
 training interactions (anime ids on liked rows only, so a title nobody liked
 is out of vocabulary and is retrieved through its text), name, genre and
 synopsis tokens on catalog rows. Token ids are shifted by one so that 0 is
-padding and out-of-vocabulary; every text output has a fixed length.
+padding and out-of-vocabulary; text outputs are variable-length lists of at
+most TEXT_MAX_TOKENS ids, empty on interaction rows.
 """
 
 from __future__ import annotations
@@ -39,8 +40,13 @@ def _genres(text: tf.Tensor) -> tf.RaggedTensor:
     return tf.ragged.boolean_mask(tokens, tf.strings.length(tokens) > 0)
 
 
-def _token_ids(tokens: tf.RaggedTensor, is_catalog: tf.Tensor, output: str) -> tf.Tensor:
-    """Dense [batch, max_tokens] ids: vocabulary index + 1, 0 for padding and OOV."""
+def _token_ids(tokens: tf.RaggedTensor, is_catalog: tf.Tensor, output: str) -> tf.SparseTensor:
+    """Variable-length ids (at most max_tokens): vocabulary index + 1, 0 for OOV.
+
+    Sparse, not padded: interaction rows have no text, and a dense output would
+    give each of them max_tokens zeros to carry through Transform and the Trainer
+    (most of the bytes at 100M rows). The Trainer pads catalog rows itself.
+    """
     tokens = tokens[:, : f.TEXT_MAX_TOKENS[output]]
     vocab = tft.vocabulary(
         _rows_where(tokens, is_catalog),
@@ -48,7 +54,7 @@ def _token_ids(tokens: tf.RaggedTensor, is_catalog: tf.Tensor, output: str) -> t
         vocab_filename=f.TEXT_VOCAB[output],
     )
     ids = tft.apply_vocabulary(tokens.flat_values, vocab, default_value=-1) + 1
-    return tokens.with_flat_values(ids).to_tensor(default_value=f.PAD_TOKEN, shape=[None, f.TEXT_MAX_TOKENS[output]])
+    return tokens.with_flat_values(ids).to_sparse()
 
 
 def preprocessing_fn(inputs: dict) -> dict:

@@ -25,10 +25,20 @@ HISTORY_FILE = "training_history.json"
 EMBEDDINGS_FILE = "catalog_embeddings.npz"
 
 
+def split_patterns(file_patterns, split: str) -> list[str]:
+    """The patterns of one TFX split (folders named Split-<name>) among the Trainer's inputs."""
+    patterns = [file_patterns] if isinstance(file_patterns, str) else list(file_patterns)
+    found = [p for p in patterns if f"Split-{split}" in p.replace("\\", "/").split("/")]
+    if not found:
+        raise ValueError(f"no {split} split among the Trainer's inputs {patterns}")
+    return found
+
+
 def load_training_data(train_files, tf_transform_output: tft.TFTransformOutput) -> model_data.TrainingData:
-    columns = model_data.read_examples(train_files, tf_transform_output.transformed_feature_spec())
-    return model_data.build_training_data(
-        columns,
+    return model_data.load_training_data(
+        split_patterns(train_files, f.TRAIN_SPLIT),
+        split_patterns(train_files, f.CATALOG_SPLIT),
+        tf_transform_output.transformed_feature_spec(),
         user_vocab_size=tf_transform_output.vocabulary_size_by_name(f.USER_VOCAB),
         anime_vocab_size=tf_transform_output.vocabulary_size_by_name(f.ANIME_VOCAB),
         text_vocab_sizes={name: tf_transform_output.vocabulary_size_by_name(v) + 1 for name, v in f.TEXT_VOCAB.items()},
@@ -63,26 +73,33 @@ def run_fn(fn_args) -> None:
     data = load_training_data(fn_args.train_files, tf_transform_output)
     logging.info(
         "Loaded %d liked rows, %d users, %d catalog anime in %.1fs",
-        len(data.user_index),
+        data.liked_rows,
         data.user_vocab_size,
         len(data.catalog.anime_id),
         time.time() - start,
     )
     model = retrieval.build_model_from_config(data, config)
-    dataset = retrieval.training_dataset(data, config.batch_size, seed=config.seed)
-    steps_per_epoch = max(1, len(data.user_index) // config.batch_size)
+    dataset = retrieval.streaming_training_dataset(
+        split_patterns(fn_args.train_files, f.TRAIN_SPLIT),
+        tf_transform_output.transformed_feature_spec(),
+        data.liked_rows,
+        config.batch_size,
+        config.shuffle_buffer,
+        seed=config.seed,
+    )
+    steps_per_epoch = max(1, data.liked_rows // config.batch_size)
     epochs = config.epochs
     if fn_args.train_steps:
         epochs = max(1, math.ceil(fn_args.train_steps / steps_per_epoch))
         steps_per_epoch = min(steps_per_epoch, fn_args.train_steps)
-        dataset = dataset.repeat()
     tensorboard = tf.keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch")
     start = time.time()
     history = model.fit(dataset, epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=[tensorboard], verbose=2)
     seconds = time.time() - start
     examples_per_second = epochs * steps_per_epoch * config.batch_size / seconds
 
-    eval_columns = model_data.read_examples(fn_args.eval_files, tf_transform_output.transformed_feature_spec())
+    spec = tf_transform_output.transformed_feature_spec()
+    eval_columns = model_data.read_examples(fn_args.eval_files, {k: spec[k] for k in (f.USER_INDEX, f.ANIME_ID)})
     catalog_bias = retrieval.popularity_bias(data, config.popularity_prior, config.temperature)
     eval_metrics = evaluate_in_training(model, data, eval_columns, catalog_bias)
     data = data.with_heldout(eval_columns[f.USER_INDEX].reshape(-1), eval_columns[f.ANIME_ID].reshape(-1))

@@ -111,7 +111,47 @@ def build_model_from_config(data: TrainingData, config) -> RetrievalModel:
     )
 
 
+def streaming_training_dataset(
+    file_patterns, feature_spec: dict, liked_rows: int, batch_size: int, shuffle_buffer: int, seed: int = 0
+) -> tf.data.Dataset:
+    """(user index, anime index, weight) batches of liked rows, streamed from Transform's
+    TFRecords, shuffled through a bounded buffer, repeated without end (epochs are
+    counted in steps). Nothing but the buffer is held in memory."""
+    from animerec.model.data import glob_files  # noqa: PLC0415
+
+    files = glob_files(file_patterns)
+    compression = "GZIP" if files[0].endswith(".gz") else ""
+    spec = {name: feature_spec[name] for name in (f.USER_INDEX, f.ANIME_INDEX, f.LIKED, f.WEIGHT)}
+
+    def liked_only(serialized):
+        parsed = tf.io.parse_example(serialized, spec)
+        keep = tf.equal(tf.reshape(parsed[f.LIKED], [-1]), 1)
+        return tuple(
+            tf.boolean_mask(tf.reshape(parsed[name], [-1]), keep) for name in (f.USER_INDEX, f.ANIME_INDEX, f.WEIGHT)
+        )
+
+    # Files are interleaved in blocks by one reader: parallel readers hand every small
+    # record between threads, several times slower. When every liked row fits in the
+    # buffer an epoch is exactly one pass over them.
+    dataset = (
+        tf.data.Dataset.from_tensor_slices(files)
+        .shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+        .interleave(
+            lambda path: tf.data.TFRecordDataset(path, compression_type=compression),
+            cycle_length=min(len(files), 8),
+            block_length=1024,
+        )
+        .batch(8192)
+        .map(liked_only, num_parallel_calls=tf.data.AUTOTUNE)
+        .unbatch()
+        .shuffle(max(1, min(liked_rows, shuffle_buffer)), seed=seed, reshuffle_each_iteration=True)
+        .repeat()
+    )
+    return dataset.batch(min(batch_size, max(1, liked_rows)), drop_remainder=True).prefetch(2)
+
+
 def training_dataset(data: TrainingData, batch_size: int, seed: int = 0) -> tf.data.Dataset:
+    """Batches of the liked rows held in `data` (small datasets, tests, benchmarks)."""
     dataset = tf.data.Dataset.from_tensor_slices((data.user_index, data.anime_index, data.weight))
     return (
         dataset.shuffle(min(len(data.user_index), 1_000_000), seed=seed, reshuffle_each_iteration=True)

@@ -1,0 +1,136 @@
+"""The Trainer's inputs: CSR tables from one streaming pass, and liked rows streamed from TFRecords."""
+
+import collections
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from animerec import features as f
+from animerec import trainer
+from animerec.model import data as model_data
+from animerec.model import retrieval
+
+SPEC = {
+    **{name: tf.io.FixedLenFeature([1], tf.int64) for name in model_data.INTERACTION_COLUMNS},
+    f.WEIGHT: tf.io.FixedLenFeature([1], tf.float32),
+    f.NAME: tf.io.FixedLenFeature([1], tf.string),
+    f.GENRES: tf.io.FixedLenFeature([1], tf.string),
+    **{name: tf.io.VarLenFeature(tf.int64) for name in f.TEXT_MAX_TOKENS},
+}
+# (user_id, user_index, anime_id, anime_index, liked); anime 30 is out of the anime vocabulary (index 2).
+INTERACTIONS = [
+    (7, 1, 10, 0, 1),
+    (7, 1, 20, 1, 1),
+    (7, 1, 30, 2, 0),
+    (8, 0, 20, 1, 1),
+    (8, 0, 10, 0, 0),
+    (9, 2, 10, 0, 1),
+]
+CATALOG = [(30, 2, b"C", b"Drama", [5]), (10, 0, b"A", b"Action", [1, 2, 3]), (20, 1, b"B", b"Action, Drama", [])]
+
+
+def _example(values: dict) -> bytes:
+    feature = {}
+    for name, value in values.items():
+        if isinstance(value, bytes):
+            feature[name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+        elif isinstance(value, float):
+            feature[name] = tf.train.Feature(float_list=tf.train.FloatList(value=[value]))
+        else:
+            feature[name] = tf.train.Feature(int64_list=tf.train.Int64List(value=np.atleast_1d(value).tolist()))
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def _write(folder, rows, shards=2):
+    os.makedirs(folder)
+    writers = [tf.io.TFRecordWriter(os.path.join(folder, f"part-{i}.gz"), "GZIP") for i in range(shards)]
+    for i, row in enumerate(rows):
+        writers[i % shards].write(_example(row))
+    for w in writers:
+        w.close()
+
+
+def _files(tmp_path):
+    interactions = [
+        {
+            f.USER_ID: u,
+            f.USER_INDEX: ui,
+            f.ANIME_ID: a,
+            f.ANIME_INDEX: ai,
+            f.LIKED: liked,
+            f.WEIGHT: 0.5 + ui,
+            f.NAME: b"",
+            f.GENRES: b"",
+            **{n: [] for n in f.TEXT_MAX_TOKENS},
+        }
+        for u, ui, a, ai, liked in INTERACTIONS
+    ]
+    catalog = [
+        {
+            f.USER_ID: f.NO_USER,
+            f.USER_INDEX: 3,
+            f.ANIME_ID: a,
+            f.ANIME_INDEX: ai,
+            f.LIKED: 0,
+            f.WEIGHT: 0.0,
+            f.NAME: name,
+            f.GENRES: genres,
+            **{n: tokens for n in f.TEXT_MAX_TOKENS},
+        }
+        for a, ai, name, genres, tokens in CATALOG
+    ]
+    _write(str(tmp_path / "Split-train"), interactions)
+    _write(str(tmp_path / "Split-catalog"), catalog)
+    return [str(tmp_path / "Split-train" / "*"), str(tmp_path / "Split-catalog" / "*")]
+
+
+def _load(files):
+    return model_data.load_training_data(
+        trainer.split_patterns(files, f.TRAIN_SPLIT),
+        trainer.split_patterns(files, f.CATALOG_SPLIT),
+        SPEC,
+        user_vocab_size=3,
+        anime_vocab_size=2,
+        text_vocab_sizes={n: 6 for n in f.TEXT_MAX_TOKENS},
+    )
+
+
+def _rows(splits, values):
+    return [sorted(values[splits[i] : splits[i + 1]].tolist()) for i in range(len(splits) - 1)]
+
+
+def test_tables_from_one_streaming_pass(tmp_path):
+    data = _load(_files(tmp_path))
+    assert data.catalog.anime_id.tolist() == [10, 20, 30]
+    assert data.catalog.titles.tolist() == [b"A", b"B", b"C"]
+    tokens = data.catalog.tokens[f.SYNOPSIS_TOKENS]
+    assert tokens.shape == (3, f.TEXT_MAX_TOKENS[f.SYNOPSIS_TOKENS])
+    assert tokens[0, :4].tolist() == [1, 2, 3, 0] and not tokens[1].any() and tokens[2, 0] == 5
+    # Row per user index, plus the empty row for unknown users.
+    assert data.user_ids.tolist() == [8, 7, 9, -1]
+    assert _rows(data.history_splits, data.history_values) == [[1], [0, 1], [0], []]  # liked anime indices
+    assert _rows(data.seen_splits, data.seen_values) == [[0, 1], [0, 1, 2], [0], []]  # catalog positions
+    assert data.liked_rows == 4
+    assert data.item_counts().tolist() == [2, 2, 0]
+
+
+def test_streamed_batches_hold_exactly_the_liked_rows(tmp_path):
+    files = _files(tmp_path)
+    dataset = retrieval.streaming_training_dataset(
+        trainer.split_patterns(files, f.TRAIN_SPLIT), SPEC, liked_rows=4, batch_size=2, shuffle_buffer=100
+    )
+    epochs = [collections.Counter(), collections.Counter()]
+    for step, (user_index, anime_index, weight) in enumerate(dataset.take(4)):
+        assert user_index.shape == (2,)
+        for u, a, w in zip(user_index.numpy(), anime_index.numpy(), weight.numpy()):
+            epochs[step // 2][(int(u), int(a))] += 1
+            assert w == 0.5 + u
+    liked = collections.Counter((ui, ai) for _, ui, _, ai, liked in INTERACTIONS if liked)
+    assert epochs[0] == liked and epochs[1] == liked
+
+
+def test_split_patterns_name_the_missing_split():
+    with pytest.raises(ValueError, match="no catalog split"):
+        trainer.split_patterns(["/x/Split-train/*"], f.CATALOG_SPLIT)
