@@ -285,7 +285,8 @@ def main_train(args) -> int:
 
 
 class _TreeMemory:
-    """Samples the resident memory of this process and its children (Beam workers)."""
+    """Samples the resident memory of this process and its children (Beam workers),
+    overall and per pipeline stage (`stage` is set from the runner's progress lines)."""
 
     def __init__(self, interval: float = 0.5):
         import psutil  # noqa: PLC0415
@@ -293,6 +294,8 @@ class _TreeMemory:
         self._psutil = psutil
         self.interval = interval
         self.peak = 0
+        self.stage = "convert"
+        self.by_stage: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -304,6 +307,12 @@ class _TreeMemory:
             except self._psutil.Error:
                 continue
             self.peak = max(self.peak, total)
+            self.by_stage[self.stage] = max(self.by_stage.get(self.stage, 0), total)
+
+    def follow(self, line: str) -> None:
+        """A progress line "[HH:MM:SS] Stage ..." starts a stage."""
+        if line.startswith("[") and line.endswith(" ..."):
+            self.stage = line.split("] ", 1)[1][: -len(" ...")]
 
     def __enter__(self):
         self._thread.start()
@@ -345,7 +354,7 @@ def bench_pipeline(
                 out_dir,
                 training=TrainingConfig(epochs=epochs, batch_size=4096),
                 gate=GateConfig(min_value=0.0, min_lift_over_popularity=-1.0, max_regression=1.0),
-                progress=lambda _: None,
+                progress=memory.follow,
             )
         actual = summary["animelist_rows"]
         stages = {s: round(run["seconds"].get(s, 0.0), 1) for s in PIPELINE_STAGES}
@@ -357,11 +366,12 @@ def bench_pipeline(
             "total_seconds": round(run["seconds"]["total"], 1),
             "rows_per_second": round(actual / run["seconds"]["total"]),
             "peak_memory_gb": round(memory.peak / 1e9, 2),
+            "stage_peak_memory_gb": {s: round(memory.by_stage.get(s, 0) / 1e9, 2) for s in PIPELINE_STAGES},
         }
         results.append(result)
         progress(
             f"{actual:>11,} rows: total {result['total_seconds']:>7.1f}s ({result['rows_per_second']:,} rows/s), peak {result['peak_memory_gb']} GB; "
-            + ", ".join(f"{k} {v}s" for k, v in stages.items())
+            + ", ".join(f"{k} {v}s ({result['stage_peak_memory_gb'][k]} GB)" for k, v in stages.items())
         )
     largest = results[-1]
     extrapolated = {s: round(v * FULL_ROWS / largest["rows"]) for s, v in largest["stages_seconds"].items()}
