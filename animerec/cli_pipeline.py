@@ -84,8 +84,24 @@ def _kubeflow_compile(args) -> int:
         image=args.image,
         beam_pipeline_args=args.beam_arg,
         training=training,
+        schema_file=args.schema_file,
     )
     print(f"Wrote the KFP v2 pipeline job to {args.output}")
+    return 0
+
+
+def _kubeflow_run_local(args) -> int:
+    from animerec.kubeflow import local_launcher
+
+    parameters = {}
+    for item in args.param:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--param {item!r}: expected NAME=VALUE")
+        parameters[name] = value
+    env = {"TF_USE_LEGACY_KERAS": "1"}
+    outputs = local_launcher.run_compiled_pipeline(args.job, args.root, parameters, env=env)
+    print(f"Ran {len(outputs)} tasks; artifacts under {args.root}")
     return 0
 
 
@@ -214,7 +230,22 @@ def add_commands(commands, add_filter_args, filter_and_split) -> None:
         default=defaults.batch_size,
         help="default batch size in the training_config parameter",
     )
+    compile_.add_argument(
+        "--schema-file",
+        default="/pipeline/schema/schema.pbtxt",
+        help="the schema as the tasks see it (default: its place in the pipeline image; "
+        "schema/schema.pbtxt for `kubeflow run-local`)",
+    )
     compile_.set_defaults(func=_kubeflow_compile)
+    run_local = kubeflow_commands.add_parser(
+        "run-local", help="run a compiled job's task containers as local processes, in dependency order"
+    )
+    run_local.add_argument("--job", required=True, help="the compiled pipeline job (JSON)")
+    run_local.add_argument("--root", required=True, help="a local folder for the tasks' artifacts and logs")
+    run_local.add_argument(
+        "--param", action="append", default=[], help="a runtime parameter NAME=VALUE (e.g. data_root=out/x), repeatable"
+    )
+    run_local.set_defaults(func=_kubeflow_run_local)
 
     batch = commands.add_parser("batch-recommend", help="top k for every known user, as a Beam job, to Parquet")
     batch.add_argument(

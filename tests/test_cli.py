@@ -25,6 +25,7 @@ SUBCOMMANDS = [
     ["batch-recommend"],
     ["kubeflow"],
     ["kubeflow", "compile"],
+    ["kubeflow", "run-local"],
     ["bench"],
     ["bench", "serve"],
     ["bench", "train"],
