@@ -73,6 +73,7 @@ def run_compiled_pipeline(
     components = spec["components"]
     executors = spec["deploymentSpec"]["executors"]
     values = {**job.get("runtimeConfig", {}).get("parameterValues", {}), **(parameters or {})}
+    root = os.path.abspath(root)
     env = {**os.environ, **(env or {})}
     outputs: dict[str, dict[str, list]] = {}
     for name in _task_order(tasks):
@@ -126,7 +127,7 @@ def run_compiled_pipeline(
         start = time.time()
         log_path = os.path.join(task_dir, "log.txt")
         with open(log_path, "w") as log:
-            result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=task_dir)
+            result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         if result.returncode != 0:
             with open(log_path) as log:
                 tail = log.read()[-3000:]
