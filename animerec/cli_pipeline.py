@@ -84,7 +84,7 @@ def _kubeflow_compile(args) -> int:
         image=args.image,
         beam_pipeline_args=args.beam_arg,
         training=training,
-        schema_file=args.schema_file,
+        **({"schema_file": args.schema_file} if args.schema_file else {}),
     )
     print(f"Wrote the KFP v2 pipeline job to {args.output}")
     return 0
@@ -99,8 +99,8 @@ def _kubeflow_run_local(args) -> int:
         if not sep:
             raise SystemExit(f"--param {item!r}: expected NAME=VALUE")
         parameters[name] = value
-    env = {"TF_USE_LEGACY_KERAS": "1"}
-    outputs = local_launcher.run_compiled_pipeline(args.job, args.root, parameters, env=env)
+    # The tasks inherit this process's environment, TF_USE_LEGACY_KERAS included (animerec sets it).
+    outputs = local_launcher.run_compiled_pipeline(args.job, args.root, parameters)
     print(f"Ran {len(outputs)} tasks; artifacts under {args.root}")
     return 0
 
@@ -232,7 +232,7 @@ def add_commands(commands, add_filter_args, filter_and_split) -> None:
     )
     compile_.add_argument(
         "--schema-file",
-        default="/pipeline/schema/schema.pbtxt",
+        default=None,
         help="the schema as the tasks see it (default: its place in the pipeline image; "
         "schema/schema.pbtxt for `kubeflow run-local`)",
     )

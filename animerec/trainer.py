@@ -27,7 +27,7 @@ EMBEDDINGS_FILE = "catalog_embeddings.npz"
 
 def split_patterns(file_patterns, split: str) -> list[str]:
     """The patterns of one TFX split (folders named Split-<name>) among the Trainer's inputs."""
-    patterns = [file_patterns] if isinstance(file_patterns, str) else list(file_patterns)
+    patterns = model_data.as_patterns(file_patterns)
     found = [p for p in patterns if f"Split-{split}" in p.replace("\\", "/").split("/")]
     if not found:
         raise ValueError(f"no {split} split among the Trainer's inputs {patterns}")
@@ -79,9 +79,10 @@ def run_fn(fn_args) -> None:
         time.time() - start,
     )
     model = retrieval.build_model_from_config(data, config)
+    spec = tf_transform_output.transformed_feature_spec()
     dataset = retrieval.streaming_training_dataset(
         split_patterns(fn_args.train_files, f.TRAIN_SPLIT),
-        tf_transform_output.transformed_feature_spec(),
+        spec,
         data.liked_rows,
         config.batch_size,
         config.shuffle_buffer,
@@ -98,7 +99,6 @@ def run_fn(fn_args) -> None:
     seconds = time.time() - start
     examples_per_second = epochs * steps_per_epoch * config.batch_size / seconds
 
-    spec = tf_transform_output.transformed_feature_spec()
     eval_columns = model_data.read_examples(fn_args.eval_files, {k: spec[k] for k in (f.USER_INDEX, f.ANIME_ID)})
     catalog_bias = retrieval.popularity_bias(data, config.popularity_prior, config.temperature)
     eval_metrics = evaluate_in_training(model, data, eval_columns, catalog_bias)

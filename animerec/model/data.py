@@ -102,18 +102,21 @@ def dense_parser(feature_spec: dict):
     return parse
 
 
-def glob_files(file_patterns) -> list[str]:
-    patterns = [file_patterns] if isinstance(file_patterns, str) else list(file_patterns)
-    files = sorted(p for pattern in patterns for p in tf.io.gfile.glob(pattern))
+def as_patterns(file_patterns) -> list[str]:
+    return [file_patterns] if isinstance(file_patterns, str) else list(file_patterns)
+
+
+def glob_files(file_patterns) -> tuple[list[str], str]:
+    """The files matching the patterns, sorted, and their TFRecord compression ("GZIP" or "")."""
+    files = sorted(p for pattern in as_patterns(file_patterns) for p in tf.io.gfile.glob(pattern))
     if not files:
         raise FileNotFoundError(f"no example files match {file_patterns}")
-    return files
+    return files, "GZIP" if files[0].endswith(".gz") else ""
 
 
 def example_batches(file_patterns, feature_spec: dict, batch_size: int = READ_BATCH):
     """Streams (gzipped) TFRecords of tf.Examples as dicts of numpy arrays, batch by batch."""
-    files = glob_files(file_patterns)
-    compression = "GZIP" if files[0].endswith(".gz") else ""
+    files, compression = glob_files(file_patterns)
     # One reader: parallel reads hand every small record between threads, 9x slower here.
     dataset = tf.data.TFRecordDataset(files, compression_type=compression)
     dataset = dataset.batch(batch_size).map(dense_parser(feature_spec), num_parallel_calls=2).prefetch(2)

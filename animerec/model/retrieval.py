@@ -7,7 +7,7 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from animerec import features as f
-from animerec.model.data import TrainingData
+from animerec.model.data import TrainingData, glob_files
 from animerec.model.towers import CandidateTower, QueryTower
 
 
@@ -117,10 +117,7 @@ def streaming_training_dataset(
     """(user index, anime index, weight) batches of liked rows, streamed from Transform's
     TFRecords, shuffled through a bounded buffer, repeated without end (epochs are
     counted in steps). Nothing but the buffer is held in memory."""
-    from animerec.model.data import glob_files  # noqa: PLC0415
-
-    files = glob_files(file_patterns)
-    compression = "GZIP" if files[0].endswith(".gz") else ""
+    files, compression = glob_files(file_patterns)
     spec = {name: feature_spec[name] for name in (f.USER_INDEX, f.ANIME_INDEX, f.LIKED, f.WEIGHT)}
 
     def liked_only(serialized):
