@@ -8,6 +8,7 @@ clients for a fixed time each.
 
 from __future__ import annotations
 
+import _thread
 import json
 import os
 import socket
@@ -32,7 +33,10 @@ def synthetic_training_data(users: int, anime: int, history: int, seen: int, see
         anime_index=np.arange(anime),
         titles=np.array([f"Anime {i}".encode() for i in range(anime)]),
         genres=np.array([b"Action, Drama"] * anime),
-        tokens={name: rng.integers(0, 1000, (anime, length)) for name, length in f.TEXT_MAX_TOKENS.items()},
+        tokens={
+            name: rng.integers(0, f.TEXT_VOCAB_SIZE[name], (anime, length))
+            for name, length in f.TEXT_MAX_TOKENS.items()
+        },
     )
 
     def csr(mean: int):
@@ -47,7 +51,7 @@ def synthetic_training_data(users: int, anime: int, history: int, seen: int, see
     return TrainingData(
         user_vocab_size=users,
         anime_vocab_size=anime,
-        text_vocab_sizes={name: 1000 for name in f.TEXT_MAX_TOKENS},
+        text_vocab_sizes=dict(f.TEXT_VOCAB_SIZE),
         catalog=catalog,
         user_index=history_values[:1000] * 0,
         anime_index=history_values[:1000],
@@ -203,44 +207,93 @@ def main_serve(args) -> int:
     return 0
 
 
+def write_training_examples(path: str, user_index: np.ndarray, anime_index: np.ndarray, liked: np.ndarray) -> None:
+    """Interaction rows in the layout of Transform's output (GZIP TFRecords)."""
+    import pyarrow as pa  # noqa: PLC0415
+    import tensorflow as tf  # noqa: PLC0415
+    from tfx_bsl.coders import example_coder  # noqa: PLC0415
+
+    offsets = np.arange(len(user_index) + 1, dtype=np.int32)
+    columns = {
+        f.USER_INDEX: user_index.astype(np.int64),
+        f.ANIME_INDEX: anime_index.astype(np.int64),
+        f.LIKED: liked.astype(np.int64),
+        f.WEIGHT: np.ones(len(user_index), np.float32),
+    }
+    batch = pa.RecordBatch.from_arrays(
+        [pa.ListArray.from_arrays(offsets, pa.array(values)) for values in columns.values()], list(columns)
+    )
+    with tf.io.TFRecordWriter(path, options="GZIP") as writer:
+        for record in example_coder.RecordBatchToExamplesEncoder().encode(batch):
+            writer.write(record)
+
+
 def bench_train(
-    users: int = 100_000,
+    users: int = 4_000,
     anime: int = 17_500,
-    positives: int = 400_000,
-    history: int = 100,
+    rows: int = 1_000_000,
     batch_sizes: tuple[int, ...] = (1024, 4096, 8192),
-    steps: int = 40,
+    steps: int | None = None,
     progress=print,
 ) -> dict:
-    """Training examples/s of the default model (text features, history tower, logQ) per batch size."""
+    """Training examples/s of the default model (text features, history tower, logQ) per
+    batch size, fed the way the Trainer is: streamed from GZIP TFRecords through the
+    windowed shuffle, with each row's liked history gathered beside the step; timed over
+    one epoch of liked rows (or `steps`) after a warm-up, so reading the next shuffle
+    window is included.
+
+    The data has MAL's shape where it sets the cost: 60% of rows liked, about 150 liked
+    titles per user, the real text vocabulary sizes, and item popularity following a
+    power law fitted to the real sample's liked rows (about 740 distinct titles per
+    1,024 rows, 2,000 per 4,096).
+    """
     import dataclasses  # noqa: PLC0415
+
+    import tensorflow as tf  # noqa: PLC0415
 
     from animerec.config import TrainingConfig  # noqa: PLC0415
     from animerec.model import retrieval  # noqa: PLC0415
+    from animerec.model.data import _csr  # noqa: PLC0415
 
     config = TrainingConfig()
-    data = synthetic_training_data(users, anime, history, history)
     rng = np.random.default_rng(0)
+    popularity = (np.arange(anime) + 30.0) ** -1.1
+    user_index = rng.integers(0, users, rows)
+    anime_index = rng.choice(anime, rows, p=popularity / popularity.sum())
+    liked = rng.random(rows) < 0.6
+    history_splits, history_values = _csr(user_index[liked], anime_index[liked], users + 1)
     data = dataclasses.replace(
-        data,
-        user_index=rng.integers(0, users, positives),
-        anime_index=np.minimum(rng.zipf(1.3, positives) - 1, anime - 1),
-        weight=np.ones(positives, np.float32),
+        synthetic_training_data(users, anime, history=1, seen=1),
+        history_splits=history_splits,
+        history_values=history_values,
     )
+    spec = {name: tf.io.FixedLenFeature([], tf.int64) for name in (f.USER_INDEX, f.ANIME_INDEX, f.LIKED)}
+    spec[f.WEIGHT] = tf.io.FixedLenFeature([], tf.float32)
     results = []
-    for batch_size in batch_sizes:
-        model = retrieval.build_model_from_config(data, config)
-        dataset = retrieval.training_dataset(data, batch_size).repeat()
-        model.fit(dataset, steps_per_epoch=5, epochs=1, verbose=0)  # trace and warm up
-        start = time.perf_counter()
-        model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0)
-        seconds = time.perf_counter() - start
-        result = {"batch_size": batch_size, "examples_per_second": round(steps * batch_size / seconds)}
-        results.append(result)
-        progress(f"batch {batch_size:>5}: {result['examples_per_second']:>8,} examples/s")
-    naive = naive_tfrs_examples_per_second(users, anime, data.user_index, data.anime_index, steps)
+    with tempfile.TemporaryDirectory() as tmp:
+        files = [os.path.join(tmp, f"part-{i}.gz") for i in range(2)]
+        for i, path in enumerate(files):
+            write_training_examples(path, user_index[i::2], anime_index[i::2], liked[i::2])
+        for batch_size in batch_sizes:
+            model = retrieval.build_model_from_config(data, config)
+            dataset = retrieval.streaming_training_dataset(files, spec, data, batch_size, config.shuffle_buffer)
+            model.fit(dataset, steps_per_epoch=5, epochs=1, verbose=0)  # trace, fill the first window
+            timed_steps = steps or data.liked_rows // batch_size
+            start = time.perf_counter()
+            model.fit(dataset, steps_per_epoch=timed_steps, epochs=1, verbose=0)
+            seconds = time.perf_counter() - start
+            result = {"batch_size": batch_size, "examples_per_second": round(timed_steps * batch_size / seconds)}
+            results.append(result)
+            progress(f"batch {batch_size:>5}: {result['examples_per_second']:>8,} examples/s")
+    naive = naive_tfrs_examples_per_second(users, anime, user_index[liked], anime_index[liked], steps or 40)
     progress(f"naive TFRS baseline (ids only, tfrs Retrieval task, batch 4096, dim 64): {naive:>8,} examples/s")
-    return {"levels": results, "naive_tfrs_batch_4096": naive, "users": users, "anime": anime, "history": history}
+    return {
+        "levels": results,
+        "naive_tfrs_batch_4096": naive,
+        "users": users,
+        "anime": anime,
+        "liked_rows": data.liked_rows,
+    }
 
 
 def naive_tfrs_examples_per_second(
@@ -286,13 +339,19 @@ def main_train(args) -> int:
 
 class _TreeMemory:
     """Samples the resident memory of this process and its children (Beam workers),
-    overall and per pipeline stage (`stage` is set from the runner's progress lines)."""
+    overall and per pipeline stage (`stage` is set from the runner's progress lines).
 
-    def __init__(self, interval: float = 0.5):
+    Past `limit` bytes it stops the run instead of letting the kernel's OOM killer pick
+    a process: the workers are killed, the main thread gets KeyboardInterrupt, and
+    `exceeded` names the stage and the memory reached."""
+
+    def __init__(self, interval: float = 0.5, limit: int | None = None):
         import psutil  # noqa: PLC0415
 
         self._psutil = psutil
         self.interval = interval
+        self.limit = limit
+        self.exceeded: tuple[str, int] | None = None
         self.peak = 0
         self.stage = "convert"
         self.by_stage: dict[str, int] = {}
@@ -308,6 +367,11 @@ class _TreeMemory:
                 continue
             self.peak = max(self.peak, total)
             self.by_stage[self.stage] = max(self.by_stage.get(self.stage, 0), total)
+            if self.limit and total > self.limit and self.exceeded is None:
+                self.exceeded = (self.stage, total)
+                for child in me.children(recursive=True):
+                    child.kill()
+                _thread.interrupt_main()
 
     def follow(self, line: str) -> None:
         """A progress line "[HH:MM:SS] Stage ..." starts a stage."""
@@ -329,16 +393,27 @@ PIPELINE_STAGES = ("convert", "ImportExampleGen", "StatisticsGen", "Transform", 
 
 
 def bench_pipeline(
-    sizes=(1_000_000, 5_000_000, 20_000_000), workdir: str | None = None, epochs: int = 1, progress=print
+    sizes=(1_000_000, 5_000_000, 20_000_000),
+    workdir: str | None = None,
+    epochs: int = 1,
+    memory_limit_gb: float | None = None,
+    progress=print,
 ) -> dict:
-    """Per-stage wall time, rows/s and peak memory of the whole pipeline at each size."""
+    """Per-stage wall time, rows/s and peak memory of the whole pipeline at each size.
+
+    A size whose process tree passes `memory_limit_gb` (default: 90% of this machine's
+    memory) is stopped and reported with the stage it reached; larger sizes are skipped.
+    """
+    import psutil  # noqa: PLC0415
+
     from animerec.components.retrieval_evaluator.metrics import GateConfig  # noqa: PLC0415
     from animerec.config import TrainingConfig  # noqa: PLC0415
     from animerec.data import synth  # noqa: PLC0415
     from animerec.pipeline import local_runner  # noqa: PLC0415
 
     workdir = workdir or tempfile.mkdtemp(prefix="animerec-bench-")
-    results = []
+    limit = int((memory_limit_gb or 0.9 * psutil.virtual_memory().total / 1e9) * 1e9)
+    results, stopped = [], None
     for rows in sizes:
         users = max(100, rows // ROWS_PER_USER)
         data_dir = os.path.join(workdir, f"data-{rows}")
@@ -348,15 +423,27 @@ def bench_pipeline(
         )
         synth_seconds = time.time() - start
         out_dir = os.path.join(workdir, f"out-{rows}")
-        with _TreeMemory() as memory:
-            run = local_runner.run_local(
-                data_dir,
-                out_dir,
-                training=TrainingConfig(epochs=epochs, batch_size=4096),
-                gate=GateConfig(min_value=0.0, min_lift_over_popularity=-1.0, max_regression=1.0),
-                progress=memory.follow,
-            )
+        with _TreeMemory(limit=limit) as memory:
+            try:
+                run = local_runner.run_local(
+                    data_dir,
+                    out_dir,
+                    training=TrainingConfig(epochs=epochs, batch_size=4096),
+                    gate=GateConfig(min_value=0.0, min_lift_over_popularity=-1.0, max_regression=1.0),
+                    progress=memory.follow,
+                )
+            except KeyboardInterrupt:
+                if memory.exceeded is None:
+                    raise
         actual = summary["animelist_rows"]
+        if memory.exceeded is not None:
+            stage, reached = memory.exceeded
+            stopped = {"rows": actual, "stage": stage, "memory_gb": round(reached / 1e9, 2), "limit_gb": limit / 1e9}
+            progress(
+                f"{actual:>11,} rows: stopped in {stage} at {stopped['memory_gb']} GB "
+                f"(limit {limit / 1e9:.1f} GB); larger sizes skipped"
+            )
+            break
         stages = {s: round(run["seconds"].get(s, 0.0), 1) for s in PIPELINE_STAGES}
         result = {
             "rows": actual,
@@ -373,17 +460,24 @@ def bench_pipeline(
             f"{actual:>11,} rows: total {result['total_seconds']:>7.1f}s ({result['rows_per_second']:,} rows/s), peak {result['peak_memory_gb']} GB; "
             + ", ".join(f"{k} {v}s ({result['stage_peak_memory_gb'][k]} GB)" for k, v in stages.items())
         )
+    if not results:
+        return {"sizes": [], "stopped": stopped}
     largest = results[-1]
     extrapolated = {s: round(v * FULL_ROWS / largest["rows"]) for s, v in largest["stages_seconds"].items()}
     progress(
         f"Linear extrapolation to {FULL_ROWS:,} rows (from the largest size): "
         + ", ".join(f"{k} {v / 60:.0f} min" for k, v in extrapolated.items())
     )
-    return {"sizes": results, "extrapolated_full_seconds": extrapolated}
+    return {"sizes": results, "stopped": stopped, "extrapolated_full_seconds": extrapolated}
 
 
 def main_pipeline(args) -> int:
-    result = bench_pipeline(tuple(args.rows), workdir=args.workdir, progress=(lambda _: None) if args.json else print)
+    result = bench_pipeline(
+        tuple(args.rows),
+        workdir=args.workdir,
+        memory_limit_gb=args.memory_limit_gb,
+        progress=(lambda _: None) if args.json else print,
+    )
     if args.json:
         print(json.dumps(result))
     return 0

@@ -281,7 +281,7 @@ def add_commands(commands, add_filter_args, filter_and_split) -> None:
     bench_train.add_argument(
         "--batch-sizes", type=int, nargs="+", default=[1024, 4096, 8192], help="default 1024 4096 8192"
     )
-    bench_train.add_argument("--steps", type=int, default=40, help="timed steps per batch size (default %(default)s)")
+    bench_train.add_argument("--steps", type=int, default=None, help="timed steps per batch size (default: one epoch)")
     bench_train.add_argument("--json", action="store_true", help="print only the JSON summary line")
     bench_train.set_defaults(func=_bench("main_train"))
 
@@ -297,6 +297,12 @@ def add_commands(commands, add_filter_args, filter_and_split) -> None:
     )
     bench_pipeline.add_argument(
         "--workdir", default=None, help="where data and outputs go (default: a new temporary folder)"
+    )
+    bench_pipeline.add_argument(
+        "--memory-limit-gb",
+        type=float,
+        default=None,
+        help="stop a size whose process tree passes this much memory (default: 90%% of this machine's)",
     )
     bench_pipeline.add_argument("--json", action="store_true", help="print only the JSON summary line")
     bench_pipeline.set_defaults(func=_bench("main_pipeline"))

@@ -83,7 +83,7 @@ def run_fn(fn_args) -> None:
     dataset = retrieval.streaming_training_dataset(
         split_patterns(fn_args.train_files, f.TRAIN_SPLIT),
         spec,
-        data.liked_rows,
+        data,
         config.batch_size,
         config.shuffle_buffer,
         seed=config.seed,

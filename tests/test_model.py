@@ -171,9 +171,10 @@ def test_in_batch_loss_matches_tfrs_retrieval_task():
 
     rng = np.random.default_rng(0)
     query = tf.math.l2_normalize(tf.constant(rng.normal(size=(64, DIM)), tf.float32), axis=1)
-    candidates = tf.math.l2_normalize(tf.constant(rng.normal(size=(64, DIM)), tf.float32), axis=1)
+    item_vectors = tf.math.l2_normalize(tf.constant(rng.normal(size=(20, DIM)), tf.float32), axis=1)
+    item_probability = tf.constant(rng.uniform(0.01, 0.2, 20), tf.float32)
     ids = tf.constant(rng.integers(0, 20, 64))  # many duplicates: accidental hits matter
-    probability = tf.constant(rng.uniform(0.01, 0.2, 64), tf.float32)
+    candidates, probability = tf.gather(item_vectors, ids), tf.gather(item_probability, ids)
     weight = tf.constant(rng.uniform(0.5, 1.0, 64), tf.float32)
     task = tfrs.tasks.Retrieval(temperature=0.05, remove_accidental_hits=True)
     expected = task(
@@ -185,5 +186,9 @@ def test_in_batch_loss_matches_tfrs_retrieval_task():
         compute_metrics=False,
         compute_batch_metrics=False,
     )
-    got = retrieval.in_batch_softmax_loss(query, candidates, ids, probability, weight, 0.05)
+    # The model passes each distinct item of the batch once.
+    items, positions = tf.unique(ids, out_idx=tf.int64)
+    got = retrieval.in_batch_softmax_loss(
+        query, tf.gather(item_vectors, items), positions, tf.gather(item_probability, items), weight, 0.05
+    )
     np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-5)

@@ -116,19 +116,28 @@ def test_tables_from_one_streaming_pass(tmp_path):
     assert data.item_counts().tolist() == [2, 2, 0]
 
 
-def test_streamed_batches_hold_exactly_the_liked_rows(tmp_path):
+@pytest.mark.parametrize("shuffle_buffer, epochs", [(100, 2), (3, 3)])
+def test_streamed_batches_hold_exactly_the_liked_rows(tmp_path, shuffle_buffer, epochs):
     files = _files(tmp_path)
+    data = _load(files)
     dataset = retrieval.streaming_training_dataset(
-        trainer.split_patterns(files, f.TRAIN_SPLIT), SPEC, liked_rows=4, batch_size=2, shuffle_buffer=100
+        trainer.split_patterns(files, f.TRAIN_SPLIT), SPEC, data, batch_size=2, shuffle_buffer=shuffle_buffer
     )
-    epochs = [collections.Counter(), collections.Counter()]
-    for step, (user_index, anime_index, weight) in enumerate(dataset.take(4)):
+    seen = collections.Counter()
+    # 4 liked rows in batches of 2; windows of 3 rows line up with epochs every 3 epochs.
+    for user_index, anime_index, weight, history_values, history_rows in dataset.take(2 * epochs):
         assert user_index.shape == (2,)
-        for u, a, w in zip(user_index.numpy(), anime_index.numpy(), weight.numpy()):
-            epochs[step // 2][(int(u), int(a))] += 1
+        for row, (u, a, w) in enumerate(zip(user_index.numpy(), anime_index.numpy(), weight.numpy())):
+            seen[(int(u), int(a))] += 1
             assert w == 0.5 + u
+            # Each row carries its user's liked history (anime indices).
+            assert (
+                sorted(history_values.numpy()[history_rows.numpy() == row])
+                == _rows(data.history_splits, data.history_values)[u]
+            )
+    # Every liked row once per epoch, whether or not all of them fit in one shuffle window.
     liked = collections.Counter((ui, ai) for _, ui, _, ai, liked in INTERACTIONS if liked)
-    assert epochs[0] == liked and epochs[1] == liked
+    assert seen == collections.Counter({row: epochs for row in liked}) and set(liked.values()) == {1}
 
 
 def test_split_patterns_name_the_missing_split():

@@ -14,26 +14,28 @@ from animerec.model.towers import CandidateTower, QueryTower
 def in_batch_softmax_loss(
     query: tf.Tensor,
     candidates: tf.Tensor,
-    candidate_ids: tf.Tensor,
+    positions: tf.Tensor,
     sampling_probability: tf.Tensor,
     sample_weight: tf.Tensor,
     temperature: float,
 ) -> tf.Tensor:
     """tfrs.tasks.Retrieval's loss (remove_accidental_hits=True, logQ, SUM reduction), cheaper.
 
-    The task builds a dense [B, B] identity as labels and a categorical cross
-    entropy over it; integer labels give the same value at a fraction of the
-    memory traffic, which is most of a training step at batch 4096.
+    `candidates` holds each distinct item of the batch once ([U, dim], from
+    tf.unique) and `positions` the column of each row's own item. The task
+    scores every row against all B rows' candidates, masks the other copies of
+    the row's own item and counts each other item once per copy; adding
+    log(copies) to an item's logit everywhere but in its own rows' positive
+    column gives the same value from a [B, U] matrix, with the candidate tower
+    run once per distinct item and no [B, B] masks.
     """
     logits = tf.matmul(query, candidates, transpose_b=True) / temperature
-    logits -= tf.math.log(sampling_probability)[None, :]
-    batch = tf.shape(logits)[0]
-    # Other rows of the batch with the same candidate are not negatives.
-    same = tf.equal(candidate_ids[:, None], candidate_ids[None, :])
-    accidental = tf.logical_and(same, tf.logical_not(tf.eye(batch, dtype=tf.bool)))
-    logits = tf.where(accidental, tf.constant(logits.dtype.min / 10, logits.dtype), logits)
-    labels = tf.range(batch)
-    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+    copies = tf.math.bincount(tf.cast(positions, tf.int32), minlength=tf.shape(candidates)[0], dtype=logits.dtype)
+    log_copies = tf.math.log(copies)
+    logits += (log_copies - tf.math.log(sampling_probability))[None, :]
+    own = tf.stack([tf.range(tf.shape(positions, out_type=positions.dtype)[0]), positions], axis=1)
+    logits = tf.tensor_scatter_nd_sub(logits, own, tf.gather(log_copies, positions))
+    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=positions, logits=logits)
     return tf.reduce_sum(losses * sample_weight)
 
 
@@ -76,13 +78,19 @@ class RetrievalModel(tfrs.Model):
         out[f.ANIME_INDEX] = anime_index
         return out
 
+    # AutoGraph would otherwise transpile every tf_keras layer call it reaches (tf_keras is
+    # not on its skip list): 15-20 s before the first step. Nothing here branches on tensors.
+    @tf.autograph.experimental.do_not_convert
     def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:
-        user_index, anime_index, weight = inputs
-        history = tf.gather(self.liked_history, user_index)
+        user_index, anime_index, weight, history_values, history_rows = inputs
+        history = tf.RaggedTensor.from_value_rowids(
+            history_values, history_rows, nrows=tf.shape(user_index, out_type=tf.int64)[0], validate=False
+        )
         query = self.query_tower(user_index, history, exclude=anime_index)
-        candidates = self.candidate_tower(self.candidate_features(anime_index))
+        items, positions = tf.unique(anime_index, out_idx=anime_index.dtype)
+        candidates = self.candidate_tower(self.candidate_features(items))
         return in_batch_softmax_loss(
-            query, candidates, anime_index, tf.gather(self.sampling_probability, anime_index), weight, self.temperature
+            query, candidates, positions, tf.gather(self.sampling_probability, items), weight, self.temperature
         )
 
 
@@ -111,14 +119,49 @@ def build_model_from_config(data: TrainingData, config) -> RetrievalModel:
     )
 
 
+def with_histories(dataset: tf.data.Dataset, data: TrainingData) -> tf.data.Dataset:
+    """Adds each row's user's liked history (flat anime indices and each one's row in the
+    batch) to (user index, anime index, weight) batches: RetrievalModel's training
+    input. The gather runs in tf.data's threads, beside the training step; numpy does it
+    in a third of the time tf.gather on a RaggedTensor and value_rowids take."""
+    splits, values = data.history_splits, data.history_values
+
+    def gather(user_index: np.ndarray):
+        starts = splits[user_index]
+        lengths = splits[user_index + 1] - starts
+        rows = np.repeat(np.arange(len(user_index), dtype=np.int64), lengths)
+        offsets = np.arange(len(rows), dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        return values[starts[rows] + offsets].astype(np.int64), rows
+
+    def add(user_index, anime_index, weight):
+        history_values, history_rows = tf.numpy_function(gather, [user_index], [tf.int64, tf.int64], stateful=False)
+        return (
+            user_index,
+            anime_index,
+            weight,
+            tf.ensure_shape(history_values, [None]),
+            tf.ensure_shape(history_rows, [None]),
+        )
+
+    return dataset.map(add, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
+
+
 def streaming_training_dataset(
-    file_patterns, feature_spec: dict, liked_rows: int, batch_size: int, shuffle_buffer: int, seed: int = 0
+    file_patterns, feature_spec: dict, data: TrainingData, batch_size: int, shuffle_buffer: int, seed: int = 0
 ) -> tf.data.Dataset:
-    """(user index, anime index, weight) batches of liked rows, streamed from Transform's
-    TFRecords, shuffled through a bounded buffer, repeated without end (epochs are
-    counted in steps). Nothing but the buffer is held in memory."""
+    """Training batches of liked rows (with_histories), streamed from Transform's
+    TFRecords and repeated without end (epochs are counted in steps).
+
+    Rows are shuffled in windows of `shuffle_buffer` liked rows: each window is one
+    tensor per column, permuted with one gather, while the next one is read. A
+    per-element shuffle buffer moves rows through tf.data one at a time, which
+    costs more CPU than a training step here. Nothing but two windows is held in
+    memory; when every liked row fits in one window an epoch is exactly one pass.
+    """
     files, compression = glob_files(file_patterns)
     spec = {name: feature_spec[name] for name in (f.USER_INDEX, f.ANIME_INDEX, f.LIKED, f.WEIGHT)}
+    liked_rows = data.liked_rows
+    window = max(1, min(liked_rows, shuffle_buffer))
 
     def liked_only(serialized):
         parsed = tf.io.parse_example(serialized, spec)
@@ -127,9 +170,12 @@ def streaming_training_dataset(
             tf.boolean_mask(tf.reshape(parsed[name], [-1]), keep) for name in (f.USER_INDEX, f.ANIME_INDEX, f.WEIGHT)
         )
 
+    def shuffled(*columns):
+        order = tf.random.shuffle(tf.range(tf.shape(columns[0])[0]), seed=seed)
+        return tuple(tf.gather(column, order) for column in columns)
+
     # Files are interleaved in blocks by one reader: parallel readers hand every small
-    # record between threads, several times slower. When every liked row fits in the
-    # buffer an epoch is exactly one pass over them.
+    # record between threads, several times slower.
     dataset = (
         tf.data.Dataset.from_tensor_slices(files)
         .shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
@@ -140,21 +186,21 @@ def streaming_training_dataset(
         )
         .batch(8192)
         .map(liked_only, num_parallel_calls=tf.data.AUTOTUNE)
-        .unbatch()
-        .shuffle(max(1, min(liked_rows, shuffle_buffer)), seed=seed, reshuffle_each_iteration=True)
         .repeat()
+        .rebatch(window)
+        .map(shuffled)
+        .prefetch(1)
     )
-    return dataset.batch(min(batch_size, max(1, liked_rows)), drop_remainder=True).prefetch(2)
+    return with_histories(dataset.rebatch(min(batch_size, max(1, liked_rows)), drop_remainder=True), data)
 
 
 def training_dataset(data: TrainingData, batch_size: int, seed: int = 0) -> tf.data.Dataset:
-    """Batches of the liked rows held in `data` (small datasets, tests, benchmarks)."""
+    """Training batches of the liked rows held in `data` (small datasets, tests)."""
     dataset = tf.data.Dataset.from_tensor_slices((data.user_index, data.anime_index, data.weight))
-    return (
-        dataset.shuffle(min(len(data.user_index), 1_000_000), seed=seed, reshuffle_each_iteration=True)
-        .batch(batch_size, drop_remainder=len(data.user_index) > batch_size)
-        .prefetch(2)
+    dataset = dataset.shuffle(min(len(data.user_index), 1_000_000), seed=seed, reshuffle_each_iteration=True).batch(
+        batch_size, drop_remainder=len(data.user_index) > batch_size
     )
+    return with_histories(dataset, data)
 
 
 def catalog_embeddings(model: RetrievalModel, data: TrainingData, batch_size: int = 4096) -> np.ndarray:

@@ -77,15 +77,12 @@ class QueryTower(tf.keras.Model):
     def call(self, user_index: tf.Tensor, history: tf.RaggedTensor, exclude: tf.Tensor) -> tf.Tensor:
         if not self.history_embedding.built:
             self.history_embedding(tf.zeros([0], tf.int64))  # builds it under its own name
-        # Sum of history embeddings as a sparse x dense product: its gradient is one dense
-        # [items, dim] matrix instead of an IndexedSlices row per history item.
-        rows = tf.shape(history.row_splits, out_type=tf.int64)[0] - 1
-        counts_matrix = tf.sparse.SparseTensor(
-            indices=tf.stack([history.value_rowids(), history.flat_values], axis=1),
-            values=tf.ones_like(history.flat_values, dtype=tf.float32),
-            dense_shape=tf.stack([rows, tf.shape(self.history_embedding.embeddings, out_type=tf.int64)[0]]),
+        # A fused gather-and-sum whose gradient is one dense [items, dim] matrix, not an
+        # IndexedSlices row per history item. A history built from_value_rowids (the
+        # training input does that) keeps its row ids, so none are recomputed here.
+        summed = tf.sparse.segment_sum(
+            self.history_embedding.embeddings, history.flat_values, history.value_rowids(), num_segments=history.nrows()
         )
-        summed = tf.sparse.sparse_dense_matmul(counts_matrix, self.history_embedding.embeddings)
         count = tf.cast(history.row_lengths(), tf.float32)
         has_exclude = exclude >= 0
         summed -= tf.where(has_exclude[:, None], self.history_embedding(tf.maximum(exclude, 0)), 0.0)
