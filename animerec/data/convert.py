@@ -39,39 +39,42 @@ def _tf():
 
 
 class _ExampleWriter:
-    """Writes tf.Examples of the raw schema into numbered shards of one split."""
+    """Writes tf.Examples of the raw schema into numbered shards of one split.
+
+    Rows arrive as columns and are encoded a block at a time by tfx_bsl's Arrow
+    encoder: several times faster than filling and serializing one proto per row.
+    """
 
     def __init__(self, folder: str, prefix: str):
+        from tfx_bsl.coders import example_coder  # noqa: PLC0415 - heavy import, only where records are written
+
         self._tf = _tf()
+        self._encoder = example_coder.RecordBatchToExamplesEncoder()
         self._folder = folder
         self._prefix = prefix
         self._shard = 0
         self._rows_in_shard = 0
         self._writer = None
         os.makedirs(folder, exist_ok=True)
-        self._example = self._tf.train.Example()
-        feature = self._example.features.feature
-        for name in features.RAW_INT_FEATURES:
-            feature[name].int64_list.value.append(0)
-        for name in features.RAW_TEXT_FEATURES:
-            feature[name].bytes_list.value.append(b"")
-        self._ints = [feature[name].int64_list.value for name in features.RAW_INT_FEATURES]
-        self._texts = [feature[name].bytes_list.value for name in features.RAW_TEXT_FEATURES]
 
     def _open(self):
         path = os.path.join(self._folder, f"{self._prefix}-{self._shard:05d}.tfrecord")
         self._writer = self._tf.io.TFRecordWriter(path)
 
-    def write(self, ints: tuple, texts: tuple = (b"", b"", b"")) -> None:
-        if self._writer is None or self._rows_in_shard >= ROWS_PER_SHARD:
-            self.close()
-            self._open()
-        for values, value in zip(self._ints, ints):
-            values[0] = value
-        for values, value in zip(self._texts, texts):
-            values[0] = value
-        self._writer.write(self._example.SerializeToString())
-        self._rows_in_shard += 1
+    def write_columns(self, ints: dict, texts: dict | None = None) -> None:
+        """One record per row: `ints` maps every RAW_INT_FEATURES name to an array,
+        `texts` every RAW_TEXT_FEATURES name to a list of bytes (empty when None)."""
+        rows = len(ints[features.RAW_INT_FEATURES[0]])
+        start = 0
+        while start < rows:
+            if self._writer is None or self._rows_in_shard >= ROWS_PER_SHARD:
+                self.close()
+                self._open()
+            stop = min(rows, start + ROWS_PER_SHARD - self._rows_in_shard)
+            for record in self._encoder.encode(_record_batch(ints, texts, start, stop)):
+                self._writer.write(record)
+            self._rows_in_shard += stop - start
+            start = stop
 
     def close(self) -> None:
         if self._writer is not None:
@@ -79,6 +82,31 @@ class _ExampleWriter:
             self._writer = None
             self._shard += 1
             self._rows_in_shard = 0
+
+
+def _record_batch(ints: dict, texts: dict | None, start: int, stop: int):
+    """Rows start:stop as an Arrow RecordBatch of one-value list columns."""
+    import pyarrow as pa  # noqa: PLC0415
+
+    rows = stop - start
+    offsets = pa.py_buffer(np.arange(rows + 1, dtype=np.int32))
+
+    def one_value_lists(values: pa.Array) -> pa.Array:
+        return pa.ListArray.from_buffers(pa.list_(values.type), rows, [None, offsets], children=[values])
+
+    columns = [
+        one_value_lists(pa.array(np.asarray(ints[name][start:stop], dtype=np.int64)))
+        for name in features.RAW_INT_FEATURES
+    ]
+    for name in features.RAW_TEXT_FEATURES:
+        if texts is None:  # rows * b"": every value offset is 0
+            values = pa.Array.from_buffers(
+                pa.binary(), rows, [None, pa.py_buffer(np.zeros(rows + 1, np.int32)), pa.py_buffer(b"")]
+            )
+        else:
+            values = pa.array(texts[name][start:stop], pa.binary())
+        columns.append(one_value_lists(values))
+    return pa.RecordBatch.from_arrays(columns, [*features.RAW_INT_FEATURES, *features.RAW_TEXT_FEATURES])
 
 
 def input_fingerprint(data_dir: str, liked_filter, split) -> str:
@@ -119,13 +147,19 @@ def convert_kaggle(
     progress(f"Catalog: {len(catalog):,} anime from {', '.join(os.path.basename(r.path) for r in catalog_reports)}")
 
     catalog_writer = _ExampleWriter(os.path.join(tmp_dir, features.CATALOG_SPLIT), "catalog")
-    for anime_id, name, genres, synopsis in zip(
-        catalog["anime_id"], catalog["name"], catalog["genres"], catalog["synopsis"]
-    ):
-        catalog_writer.write(
-            (features.NO_USER, int(anime_id), 0, 0),
-            (name.encode("utf-8"), genres.encode("utf-8"), synopsis.encode("utf-8")),
-        )
+    anime_ids = catalog["anime_id"].to_numpy()
+    catalog_writer.write_columns(
+        dict(
+            zip(
+                features.RAW_INT_FEATURES,
+                (np.full(len(catalog), features.NO_USER), anime_ids, np.zeros(len(catalog)), np.zeros(len(catalog))),
+            )
+        ),
+        {
+            name: [text.encode("utf-8") for text in catalog[column]]
+            for name, column in zip(features.RAW_TEXT_FEATURES, ("name", "genres", "synopsis"))
+        },
+    )
     catalog_writer.close()
 
     animelist_path = os.path.join(data_dir, kaggle.ANIMELIST_CSV)
@@ -141,15 +175,9 @@ def convert_kaggle(
         animelist_path, catalog["anime_id"].to_numpy(), liked_filter, split, read_report, stats
     ):
         liked = (block.reason == liked_index).astype(np.int64)
-        for user_id, anime_id, rating, is_liked, is_eval in zip(
-            block.user_id.tolist(),
-            block.anime_id.tolist(),
-            block.rating.tolist(),
-            liked.tolist(),
-            block.is_eval.tolist(),
-        ):
-            split_name = features.EVAL_SPLIT if is_eval else features.TRAIN_SPLIT
-            writers[split_name].write((user_id, anime_id, rating, is_liked))
+        for split_name, rows in ((features.EVAL_SPLIT, block.is_eval), (features.TRAIN_SPLIT, ~block.is_eval)):
+            columns = (block.user_id[rows], block.anime_id[rows], block.rating[rows], liked[rows])
+            writers[split_name].write_columns(dict(zip(features.RAW_INT_FEATURES, columns)))
         if time.time() - last_report > 10:
             last_report = time.time()
             progress(
