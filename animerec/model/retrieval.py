@@ -67,7 +67,6 @@ class RetrievalModel(tfrs.Model):
         self.query_tower = QueryTower(
             data.user_vocab_size, data.anime_vocab_size, embedding_dim, use_user_embedding, shared
         )
-        self.liked_history = ragged_from_csr(data.history_splits, data.history_values)
         self.candidate_tokens = {name: tf.constant(t) for name, t in data.candidate_tokens_by_anime_index.items()}
         counts = data.item_counts().astype(np.float64)
         self.sampling_probability = tf.constant(np.maximum(counts, 1.0) / counts.sum(), tf.float32)
