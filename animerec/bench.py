@@ -24,7 +24,7 @@ from animerec import features as f
 
 
 def synthetic_training_data(users: int, anime: int, history: int, seen: int, seed: int = 0):
-    """TrainingData of the real size with random ids: for serving benchmarks only."""
+    """TrainingData of the real size with random ids: for benchmarks only."""
     from animerec.model.data import Catalog, TrainingData  # noqa: PLC0415
 
     rng = np.random.default_rng(seed)
