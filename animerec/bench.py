@@ -209,22 +209,18 @@ def main_serve(args) -> int:
 
 def write_training_examples(path: str, user_index: np.ndarray, anime_index: np.ndarray, liked: np.ndarray) -> None:
     """Interaction rows in the layout of Transform's output (GZIP TFRecords)."""
-    import pyarrow as pa  # noqa: PLC0415
     import tensorflow as tf  # noqa: PLC0415
-    from tfx_bsl.coders import example_coder  # noqa: PLC0415
 
-    offsets = np.arange(len(user_index) + 1, dtype=np.int32)
+    from animerec.data.convert import encode_examples  # noqa: PLC0415
+
     columns = {
         f.USER_INDEX: user_index.astype(np.int64),
         f.ANIME_INDEX: anime_index.astype(np.int64),
         f.LIKED: liked.astype(np.int64),
         f.WEIGHT: np.ones(len(user_index), np.float32),
     }
-    batch = pa.RecordBatch.from_arrays(
-        [pa.ListArray.from_arrays(offsets, pa.array(values)) for values in columns.values()], list(columns)
-    )
     with tf.io.TFRecordWriter(path, options="GZIP") as writer:
-        for record in example_coder.RecordBatchToExamplesEncoder().encode(batch):
+        for record in encode_examples(columns):
             writer.write(record)
 
 

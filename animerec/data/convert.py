@@ -38,18 +38,36 @@ def _tf():
     return tf
 
 
-class _ExampleWriter:
-    """Writes tf.Examples of the raw schema into numbered shards of one split.
+def encode_examples(columns: dict) -> list:
+    """Serialized tf.Examples with one value per feature per row, from equal-length
+    columns (numpy arrays, lists of bytes or Arrow arrays), by tfx_bsl's Arrow encoder:
+    a block at a time instead of filling and serializing one proto per row."""
+    import pyarrow as pa  # noqa: PLC0415 - heavy imports, only where records are written
+    from tfx_bsl.coders import example_coder  # noqa: PLC0415
 
-    Rows arrive as columns and are encoded a block at a time by tfx_bsl's Arrow
-    encoder: several times faster than filling and serializing one proto per row.
-    """
+    rows = len(next(iter(columns.values())))
+    offsets = pa.py_buffer(np.arange(rows + 1, dtype=np.int32))
+    lists = []
+    for values in columns.values():
+        values = values if isinstance(values, pa.Array) else pa.array(values)
+        lists.append(pa.ListArray.from_buffers(pa.list_(values.type), rows, [None, offsets], children=[values]))
+    return example_coder.RecordBatchToExamplesEncoder().encode(pa.RecordBatch.from_arrays(lists, list(columns)))
+
+
+def _empty_texts(rows: int):
+    """`rows` empty byte strings as an Arrow array (every value offset is 0)."""
+    import pyarrow as pa  # noqa: PLC0415
+
+    return pa.Array.from_buffers(
+        pa.binary(), rows, [None, pa.py_buffer(np.zeros(rows + 1, np.int32)), pa.py_buffer(b"")]
+    )
+
+
+class _ExampleWriter:
+    """Writes tf.Examples of the raw schema into numbered shards of one split."""
 
     def __init__(self, folder: str, prefix: str):
-        from tfx_bsl.coders import example_coder  # noqa: PLC0415 - heavy import, only where records are written
-
         self._tf = _tf()
-        self._encoder = example_coder.RecordBatchToExamplesEncoder()
         self._folder = folder
         self._prefix = prefix
         self._shard = 0
@@ -71,7 +89,10 @@ class _ExampleWriter:
                 self.close()
                 self._open()
             stop = min(rows, start + ROWS_PER_SHARD - self._rows_in_shard)
-            for record in self._encoder.encode(_record_batch(ints, texts, start, stop)):
+            block = {name: np.asarray(ints[name][start:stop], dtype=np.int64) for name in features.RAW_INT_FEATURES}
+            for name in features.RAW_TEXT_FEATURES:
+                block[name] = _empty_texts(stop - start) if texts is None else texts[name][start:stop]
+            for record in encode_examples(block):
                 self._writer.write(record)
             self._rows_in_shard += stop - start
             start = stop
@@ -82,31 +103,6 @@ class _ExampleWriter:
             self._writer = None
             self._shard += 1
             self._rows_in_shard = 0
-
-
-def _record_batch(ints: dict, texts: dict | None, start: int, stop: int):
-    """Rows start:stop as an Arrow RecordBatch of one-value list columns."""
-    import pyarrow as pa  # noqa: PLC0415
-
-    rows = stop - start
-    offsets = pa.py_buffer(np.arange(rows + 1, dtype=np.int32))
-
-    def one_value_lists(values: pa.Array) -> pa.Array:
-        return pa.ListArray.from_buffers(pa.list_(values.type), rows, [None, offsets], children=[values])
-
-    columns = [
-        one_value_lists(pa.array(np.asarray(ints[name][start:stop], dtype=np.int64)))
-        for name in features.RAW_INT_FEATURES
-    ]
-    for name in features.RAW_TEXT_FEATURES:
-        if texts is None:  # rows * b"": every value offset is 0
-            values = pa.Array.from_buffers(
-                pa.binary(), rows, [None, pa.py_buffer(np.zeros(rows + 1, np.int32)), pa.py_buffer(b"")]
-            )
-        else:
-            values = pa.array(texts[name][start:stop], pa.binary())
-        columns.append(one_value_lists(values))
-    return pa.RecordBatch.from_arrays(columns, [*features.RAW_INT_FEATURES, *features.RAW_TEXT_FEATURES])
 
 
 def input_fingerprint(data_dir: str, liked_filter, split) -> str:
