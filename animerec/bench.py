@@ -351,6 +351,8 @@ class _TreeMemory:
         self.peak = 0
         self.stage = "convert"
         self.by_stage: dict[str, int] = {}
+        # The main process alone: the runner, and the in-process Trainer and Evaluator.
+        self.main_by_stage: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -358,9 +360,11 @@ class _TreeMemory:
         me = self._psutil.Process()
         while not self._stop.wait(self.interval):
             try:
-                total = me.memory_info().rss + sum(c.memory_info().rss for c in me.children(recursive=True))
+                main = me.memory_info().rss
+                total = main + sum(c.memory_info().rss for c in me.children(recursive=True))
             except self._psutil.Error:
                 continue
+            self.main_by_stage[self.stage] = max(self.main_by_stage.get(self.stage, 0), main)
             self.peak = max(self.peak, total)
             self.by_stage[self.stage] = max(self.by_stage.get(self.stage, 0), total)
             if self.limit and total > self.limit and self.exceeded is None:
@@ -450,11 +454,16 @@ def bench_pipeline(
             "rows_per_second": round(actual / run["seconds"]["total"]),
             "peak_memory_gb": round(memory.peak / 1e9, 2),
             "stage_peak_memory_gb": {s: round(memory.by_stage.get(s, 0) / 1e9, 2) for s in PIPELINE_STAGES},
+            "stage_peak_main_memory_gb": {s: round(memory.main_by_stage.get(s, 0) / 1e9, 2) for s in PIPELINE_STAGES},
         }
         results.append(result)
         progress(
             f"{actual:>11,} rows: total {result['total_seconds']:>7.1f}s ({result['rows_per_second']:,} rows/s), peak {result['peak_memory_gb']} GB; "
-            + ", ".join(f"{k} {v}s ({result['stage_peak_memory_gb'][k]} GB)" for k, v in stages.items())
+            + ", ".join(
+                f"{k} {v}s ({result['stage_peak_memory_gb'][k]} GB, main process "
+                f"{result['stage_peak_main_memory_gb'][k]} GB)"
+                for k, v in stages.items()
+            )
         )
     if not results:
         return {"sizes": [], "stopped": stopped}

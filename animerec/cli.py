@@ -66,9 +66,12 @@ def _data_summary(args) -> int:
 
 def _data_convert(args) -> int:
     from animerec.data import convert
+    from animerec.pipeline.local_runner import direct_runner_args
 
     liked_filter, split = _filter_and_split(args)
-    convert.convert_kaggle(args.data_dir, args.out, liked_filter, split)
+    convert.convert_kaggle(
+        args.data_dir, args.out, liked_filter, split, beam_pipeline_args=direct_runner_args(args.workers)
+    )
     return 0
 
 
@@ -103,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert = data_commands.add_parser("convert", help="convert the Kaggle files into ExampleGen input (TFRecords)")
     convert.add_argument("--data-dir", required=True, help="folder with the Kaggle CSV files")
     convert.add_argument("--out", required=True, help="output folder (train/, eval/, catalog/)")
+    convert.add_argument("--workers", type=int, help="DirectRunner worker processes (default: one per core)")
     _add_filter_args(convert)
     convert.set_defaults(func=_data_convert)
 

@@ -25,6 +25,10 @@ HISTORY_FILE = "training_history.json"
 EMBEDDINGS_FILE = "catalog_embeddings.npz"
 
 
+# Eval users scored per block in evaluate_in_training.
+SCORE_BATCH = 1024
+
+
 def split_patterns(file_patterns, split: str) -> list[str]:
     """The patterns of one TFX split (folders named Split-<name>) among the Trainer's inputs."""
     patterns = model_data.as_patterns(file_patterns)
@@ -56,11 +60,18 @@ def evaluate_in_training(
     for i, pos in zip(inverse, positions):
         truth[i].add(int(pos))
     queries = retrieval.query_embeddings(model, data, users)
-    scores = queries @ retrieval.catalog_embeddings(model, data).T + catalog_bias
-    rows = np.repeat(np.arange(len(users)), np.diff(data.seen_splits)[users])
-    cols = np.concatenate([data.seen_values[data.seen_splits[u] : data.seen_splits[u + 1]] for u in users])
-    scores[rows, cols] = -np.inf
-    ranked = retrieval_metrics.top_k(scores, max(ks))
+    candidates = retrieval.catalog_embeddings(model, data).T
+    ranked = []
+    # Scored a block of users at a time: [users, catalog] scores for every eval user
+    # would take 4.5 GB at 20M interactions and 25 GB at MAL's full size.
+    for start in range(0, len(users), SCORE_BATCH):
+        block = users[start : start + SCORE_BATCH]
+        scores = queries[start : start + SCORE_BATCH] @ candidates + catalog_bias
+        rows = np.repeat(np.arange(len(block)), np.diff(data.seen_splits)[block])
+        cols = np.concatenate([data.seen_values[data.seen_splits[u] : data.seen_splits[u + 1]] for u in block])
+        scores[rows, cols] = -np.inf
+        ranked.append(retrieval_metrics.top_k(scores, max(ks)))
+    ranked = np.concatenate(ranked) if ranked else np.zeros((0, max(ks)), np.int64)
     return retrieval_metrics.retrieval_metrics(ranked, truth, len(data.catalog.anime_id), ks)
 
 

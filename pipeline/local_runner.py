@@ -172,7 +172,20 @@ def run_local(
     os.makedirs(output_dir, exist_ok=True)
     start = time.time()
     progress(f"[{time.strftime('%H:%M:%S')}] Converting {data_dir}")
-    convert.convert_kaggle(data_dir, paths["examples_input"], liked_filter, split, progress=progress)
+    log_path = os.path.join(output_dir, "pipeline.log")
+    progress(f"Full log: {log_path}")
+    # The converter runs on this machine's DirectRunner even when the pipeline's Beam
+    # arguments name a distributed runner: its input and output are local files.
+    local_args = beam_pipeline_args if beam_pipeline_args and "--runner=DirectRunner" in beam_pipeline_args else None
+    with _logs_to_file(log_path):
+        convert.convert_kaggle(
+            data_dir,
+            paths["examples_input"],
+            liked_filter,
+            split,
+            progress=progress,
+            beam_pipeline_args=local_args or direct_runner_args(),
+        )
     timings = {"convert": time.time() - start}
 
     pipeline = create_pipeline(
@@ -188,8 +201,6 @@ def run_local(
         beam_pipeline_args=beam_pipeline_args if beam_pipeline_args is not None else direct_runner_args(),
     )
     tracker = _ComponentProgress(progress)
-    log_path = os.path.join(output_dir, "pipeline.log")
-    progress(f"Full log: {log_path}")
     with _logs_to_file(log_path), tracker.installed(), _program_name_only():
         tfx.orchestration.LocalDagRunner().run(pipeline)
     timings.update(tracker.seconds)

@@ -14,6 +14,7 @@ from tfx import v1 as tfx
 
 from animerec import features
 from animerec.components.anomalies_gate import AnomaliesGate
+from animerec.components.example_gen import ImportExampleGen
 from animerec.components.retrieval_evaluator.component import GateConfig, RetrievalEvaluator
 from animerec.config import TrainingConfig
 
@@ -43,7 +44,7 @@ def create_pipeline(
     SchemaGen (to regenerate schema/schema.pbtxt); otherwise it is imported.
     train_steps caps the optimizer steps (tests use a handful).
     """
-    example_gen = tfx.components.ImportExampleGen(
+    example_gen = ImportExampleGen(
         input_base=data_root,
         input_config=tfx.proto.Input(
             splits=[tfx.proto.Input.Split(name=split, pattern=f"{split}/*") for split in features.SPLITS]
@@ -63,6 +64,10 @@ def create_pipeline(
         examples=example_gen.outputs["examples"],
         schema=schema_gen.outputs["schema"],
         preprocessing_fn=PREPROCESSING_FN,
+        # StatisticsGen already describes the raw data. Transform's own statistics would
+        # make Beam hold every transformed record until the write finishes (the post-
+        # transform statistics wait on it), so memory would grow with the dataset.
+        disable_statistics=True,
         splits_config=tfx.proto.SplitsConfig(
             analyze=[features.TRAIN_SPLIT, features.CATALOG_SPLIT], transform=list(features.SPLITS)
         ),

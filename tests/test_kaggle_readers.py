@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from animerec.data import kaggle
+from tests.conftest import write_csv
 
 
 def test_anime_with_synopsis_real_file(real_data_dir):
@@ -84,3 +85,27 @@ def test_current_genres_header_is_accepted(tmp_path):
     frame, _ = kaggle.read_anime_with_synopsis(str(path))
     assert frame["genres"].tolist() == ["Drama", ""]
     assert np.isnan(frame["score"][0]) and frame["score"][1] == 8.1
+
+
+def test_key_aligned_ranges_cut_between_users_and_read_back_every_row(tmp_path):
+    rng = np.random.default_rng(3)
+    lines = [f"{u},{a},{rng.integers(0, 11)},2,1\n" for u in range(40) for a in range(rng.integers(1, 30))]
+    path = write_csv(
+        tmp_path, kaggle.ANIMELIST_CSV, "user_id,anime_id,rating,watching_status,watched_episodes\n" + "".join(lines)
+    )
+    whole = list(kaggle.iter_animelist(path, kaggle.ReadReport(path)))
+    ranges = kaggle.key_aligned_ranges(path, 200)
+    assert len(ranges) > 5
+    with open(path, "rb") as f:
+        raw = f.read()
+    assert ranges[0].start == raw.index(b"\n") + 1 and ranges[-1].stop == len(raw)
+    for before, after in zip(ranges, ranges[1:]):
+        assert before.stop == after.start
+        previous_line = raw[: after.start - 1].rsplit(b"\n", 1)[-1]
+        assert previous_line.split(b",")[0] != raw[after.start :].split(b",")[0]  # a cut between two users
+        assert after.first_line == raw[: after.start].count(b"\n") + 1
+    parts = [b for r in ranges for b in kaggle.iter_animelist(path, kaggle.ReadReport(path), byte_range=r)]
+    for field in ("user_id", "anime_id", "rating", "line"):
+        assert np.array_equal(
+            np.concatenate([getattr(b, field) for b in parts]), np.concatenate([getattr(b, field) for b in whole])
+        )

@@ -66,8 +66,11 @@ def test_every_component_is_a_task_with_the_image_and_entrypoint(job):
     assert "resolver" in executors["latest_blessed_model_resolver-model-resolver_executor"]
     evaluator_args = executors["RetrievalEvaluator_executor"]["container"]["args"]
     assert "animerec.components.retrieval_evaluator.executor.Executor" in evaluator_args
+    # ExampleGen runs our in-order executor (no reshuffle), in the container too.
+    example_gen_args = " ".join(executors["ImportExampleGen_executor"]["container"]["args"])
+    assert "animerec.components.example_gen.InOrderExecutor" in example_gen_args
     # Beam-based components get the distributed runner's arguments.
-    for name in ("Transform", "StatisticsGen"):
+    for name in ("ImportExampleGen", "Transform", "StatisticsGen"):
         args = executors[f"{name}_executor"]["container"]["args"]
         assert all(arg in args for arg in BEAM_ARGS), name
 

@@ -98,3 +98,32 @@ def test_not_blessed_on_regression_against_last_blessed():
     assert reasons[2].startswith("FAIL") and "last blessed model 0.3200" in reasons[2]
     # Within the tolerance it passes.
     assert m.decide_blessing(_metrics(0.30, 0.20, last=0.309), GATE)[0]
+
+
+def test_ease_is_the_closed_form_on_binary_interactions():
+    rng = np.random.default_rng(1)
+    users, items = rng.integers(0, 30, 200), rng.integers(0, 12, 200)  # with repeated pairs
+    x = np.zeros((30, 12))
+    x[users, items] = 1.0
+    p = np.linalg.inv(x.T @ x + 3.0 * np.eye(12))
+    expected = -p / np.diag(p)
+    np.fill_diagonal(expected, 0.0)
+    np.testing.assert_allclose(m.ease_item_weights(users, items, n_items=12, l2=3.0), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_popularity_ranking_is_the_same_scored_in_blocks(monkeypatch):
+    from animerec import features as f
+    from animerec.components.retrieval_evaluator import executor
+
+    rng = np.random.default_rng(2)
+    catalog = np.arange(100, 140)
+    train = {f.USER_ID: rng.integers(0, 9, 90), f.ANIME_ID: rng.choice(catalog, 90), f.LIKED: rng.integers(0, 2, 90)}
+    eval_ = {f.USER_ID: np.arange(9), f.ANIME_ID: rng.choice(catalog, 9), f.LIKED: np.ones(9, np.int64)}
+    data = executor.EvalData(train, eval_, catalog)
+    whole = executor.rank_popularity(data, 10)
+    monkeypatch.setattr(executor, "SCORE_BATCH", 2)
+    assert np.array_equal(executor.rank_popularity(data, 10), whole)
+    # Each user's own training titles are masked, block by block.
+    for row in range(len(data.users)):
+        seen = set(data.seen_col[data.seen_row == row].tolist())
+        assert not seen & set(whole[row].tolist())

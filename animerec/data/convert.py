@@ -6,10 +6,13 @@ Output layout (one ImportExampleGen input split per folder):
     <out>/catalog/*.tfrecord  one record per anime with name, genres, synopsis
     <out>/conversion_report.json
 
-Every record carries every raw feature (features.RAW_FEATURES) so that the
-three splits share one dense schema. Output is written to a temporary folder
-and renamed into place, and skipped when the inputs and settings are
-unchanged, so ExampleGen's cache stays valid across runs.
+Interaction records are written in one global random order (spilled into
+buckets at random, each bucket permuted), so ExampleGen need not reshuffle them
+and the Trainer's shuffle windows draw from every user. Every record carries
+every raw feature (features.RAW_FEATURES) so that the three splits share one
+dense schema. Output is written to a temporary folder and renamed into place,
+and skipped when the inputs and settings are unchanged, so ExampleGen's cache
+stays valid across runs.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
+import pickle
 import shutil
 import time
 from collections.abc import Callable
@@ -30,6 +35,15 @@ from animerec.data import interactions, kaggle
 REPORT_FILE = "conversion_report.json"
 # Interaction records per output shard; shards let Beam read in parallel.
 ROWS_PER_SHARD = 2_000_000
+# About the fewest bytes an animelist.csv row takes with realistic ids (the Kaggle
+# file averages 18): sizes the shuffle buckets so that few pass ROWS_PER_SHARD rows.
+MIN_CSV_ROW_BYTES = 12
+SHUFFLE_SEED = 0
+# animelist.csv is read in user-aligned ranges of about this size, in parallel.
+RANGE_BYTES = 32 << 20
+INTERACTION_SPLITS = (features.TRAIN_SPLIT, features.EVAL_SPLIT)
+# Without beam_pipeline_args the converter runs in-process (small inputs, tests).
+IN_PROCESS_BEAM_ARGS = ["--runner=DirectRunner", "--direct_running_mode=in_memory", "--direct_num_workers=1"]
 
 
 def _tf():
@@ -105,6 +119,123 @@ class _ExampleWriter:
             self._rows_in_shard = 0
 
 
+@dataclasses.dataclass(frozen=True)
+class _RangeTask:
+    """One Beam element of the first stage: a user-aligned range of animelist.csv."""
+
+    index: int
+    path: str
+    byte_range: kaggle.ByteRange
+    catalog_ids: np.ndarray
+    liked_filter: interactions.LikedFilter
+    split: interactions.SplitConfig
+    buckets: int
+    spill_dir: str
+
+
+@dataclasses.dataclass(frozen=True)
+class _BucketTask:
+    """One Beam element of the second stage: a shuffle bucket of one split."""
+
+    split_name: str
+    bucket: int
+    ranges: int
+    spill_dir: str
+    out_dir: str
+
+
+def _spill_path(spill_dir: str, split_name: str, bucket: int, range_index: int) -> str:
+    return os.path.join(spill_dir, f"{split_name}-{bucket:05d}-{range_index:05d}.bin")
+
+
+def _summary_path(spill_dir: str, range_index: int) -> str:
+    return os.path.join(spill_dir, f"range-{range_index:05d}.pickle")
+
+
+def _convert_range(task: _RangeTask) -> int:
+    """Labels one range's rows (liked, train or eval) and spills them at random into
+    the shuffle buckets of their split as raw int64 columns; the range's read report
+    and counts go to a summary file."""
+    start = time.time()
+    report, stats = kaggle.ReadReport(task.path), interactions.ScanStats()
+    rng = np.random.default_rng([SHUFFLE_SEED, task.index])
+    liked_index = interactions.REASONS.index(interactions.LIKED)
+    files = {
+        (split_name, b): open(_spill_path(task.spill_dir, split_name, b, task.index), "wb")  # noqa: SIM115
+        for split_name in INTERACTION_SPLITS
+        for b in range(task.buckets)
+    }
+    try:
+        for block in interactions.scan_animelist(
+            task.path, task.catalog_ids, task.liked_filter, task.split, report, stats, byte_range=task.byte_range
+        ):
+            liked = (block.reason == liked_index).astype(np.int64)
+            for split_name, rows in ((features.EVAL_SPLIT, block.is_eval), (features.TRAIN_SPLIT, ~block.is_eval)):
+                columns = np.stack((block.user_id[rows], block.anime_id[rows], block.rating[rows], liked[rows]), axis=1)
+                bucket = rng.integers(0, task.buckets, len(columns))
+                order = np.argsort(bucket, kind="stable")
+                bounds = np.searchsorted(bucket[order], np.arange(task.buckets + 1))
+                for b in range(task.buckets):
+                    columns[order[bounds[b] : bounds[b + 1]]].tofile(files[split_name, b])
+    finally:
+        for f in files.values():
+            f.close()
+    with open(_summary_path(task.spill_dir, task.index), "wb") as f:
+        pickle.dump((report, stats), f)
+    print(
+        f"  {os.path.basename(task.path)} lines {task.byte_range.first_line:,}+: {report.rows_read:,} rows "
+        f"in {time.time() - start:.0f}s",
+        flush=True,
+    )
+    return task.index
+
+
+def _write_bucket(task: _BucketTask) -> None:
+    """Gathers one bucket of one split from every range, permutes it and writes its shard(s)."""
+    paths = [_spill_path(task.spill_dir, task.split_name, task.bucket, r) for r in range(task.ranges)]
+    rows = np.concatenate([np.fromfile(p, np.int64).reshape(-1, len(features.RAW_INT_FEATURES)) for p in paths])
+    if len(rows):
+        rng = np.random.default_rng([SHUFFLE_SEED, INTERACTION_SPLITS.index(task.split_name), task.bucket])
+        rows = rows[rng.permutation(len(rows))]
+        writer = _ExampleWriter(os.path.join(task.out_dir, task.split_name), f"interactions-{task.bucket:05d}")
+        writer.write_columns(dict(zip(features.RAW_INT_FEATURES, rows.T)))
+        writer.close()
+    for p in paths:
+        os.remove(p)
+
+
+def _run_on_beam(range_tasks: list, bucket_tasks: list, beam_pipeline_args: list[str]) -> None:
+    """Both stages in one Beam pipeline (one start of the workers); the second waits
+    for every range through a side input."""
+    # The local job service forwards each worker's start-up warnings; they say nothing here.
+    job_service_log = logging.getLogger("apache_beam.runners.portability.local_job_service")
+    previous_level = job_service_log.level
+    job_service_log.setLevel(logging.ERROR)
+    try:
+        _run_stages(range_tasks, bucket_tasks, beam_pipeline_args)
+    finally:
+        job_service_log.setLevel(previous_level)
+
+
+def _run_stages(range_tasks: list, bucket_tasks: list, beam_pipeline_args: list[str]) -> None:
+    import apache_beam as beam  # noqa: PLC0415 - heavy import
+    from apache_beam.options.pipeline_options import PipelineOptions  # noqa: PLC0415
+
+    with beam.Pipeline(options=PipelineOptions(beam_pipeline_args)) as pipeline:
+        spilled = pipeline | "Ranges" >> beam.Create(range_tasks) | "LabelAndSpill" >> beam.Map(_convert_range)
+        _ = (
+            pipeline
+            | "Buckets" >> beam.Create(bucket_tasks)
+            | "ShuffleAndWrite" >> beam.Map(lambda task, _: _write_bucket(task), beam.pvalue.AsList(spilled))
+        )
+
+
+def shuffle_buckets(animelist_path: str) -> int:
+    """How many buckets the converter's shuffle spills into (from the file's size)."""
+    rows_at_most = os.path.getsize(animelist_path) // MIN_CSV_ROW_BYTES
+    return max(1, -(-rows_at_most // ROWS_PER_SHARD))
+
+
 def input_fingerprint(data_dir: str, liked_filter, split) -> str:
     """Changes when an input file or a setting changes."""
     digest = hashlib.sha256()
@@ -122,8 +253,14 @@ def convert_kaggle(
     liked_filter: interactions.LikedFilter = interactions.LikedFilter(),
     split: interactions.SplitConfig = interactions.SplitConfig(),
     progress: Callable[[str], None] = print,
+    beam_pipeline_args: list[str] | None = None,
 ) -> dict:
     """Converts `data_dir`'s Kaggle files into ExampleGen input under `out_dir`.
+
+    The interactions are converted by two Beam stages (IN_PROCESS_BEAM_ARGS unless
+    `beam_pipeline_args` say otherwise): user-aligned ranges of animelist.csv are
+    labeled and spilled at random into shuffle buckets, then each bucket is
+    permuted and written as a shard. Memory stays at a block of rows per worker.
 
     Returns the conversion report (also written to out_dir/conversion_report.json).
     """
@@ -159,33 +296,36 @@ def convert_kaggle(
     catalog_writer.close()
 
     animelist_path = os.path.join(data_dir, kaggle.ANIMELIST_CSV)
-    read_report = kaggle.ReadReport(animelist_path)
-    stats = interactions.ScanStats()
-    writers = {
-        features.TRAIN_SPLIT: _ExampleWriter(os.path.join(tmp_dir, features.TRAIN_SPLIT), "interactions"),
-        features.EVAL_SPLIT: _ExampleWriter(os.path.join(tmp_dir, features.EVAL_SPLIT), "interactions"),
-    }
-    liked_index = interactions.REASONS.index(interactions.LIKED)
-    last_report = time.time()
-    for block in interactions.scan_animelist(
-        animelist_path, catalog["anime_id"].to_numpy(), liked_filter, split, read_report, stats
-    ):
-        liked = (block.reason == liked_index).astype(np.int64)
-        for split_name, rows in ((features.EVAL_SPLIT, block.is_eval), (features.TRAIN_SPLIT, ~block.is_eval)):
-            columns = (block.user_id[rows], block.anime_id[rows], block.rating[rows], liked[rows])
-            writers[split_name].write_columns(dict(zip(features.RAW_INT_FEATURES, columns)))
-        if time.time() - last_report > 10:
-            last_report = time.time()
-            progress(
-                f"  animelist.csv: {read_report.rows_read:,} rows read, {stats.users:,} users "
-                f"({read_report.rows_read / (time.time() - start):,.0f} rows/s)"
-            )
-    for writer in writers.values():
-        writer.close()
+    spill_dir = os.path.join(tmp_dir, "spill")
+    os.makedirs(spill_dir)
+    ranges = kaggle.key_aligned_ranges(animelist_path, RANGE_BYTES)
+    buckets = shuffle_buckets(animelist_path)
+    progress(
+        f"animelist.csv: {os.path.getsize(animelist_path) / 1e6:,.0f} MB in {len(ranges)} user-aligned range(s), "
+        f"shuffled through {buckets} bucket(s) per split"
+    )
+    beam_pipeline_args = beam_pipeline_args or IN_PROCESS_BEAM_ARGS
+    tasks = [
+        _RangeTask(i, animelist_path, r, anime_ids, liked_filter, split, buckets, spill_dir)
+        for i, r in enumerate(ranges)
+    ]
+    _run_on_beam(
+        tasks,
+        [_BucketTask(s, b, len(ranges), spill_dir, tmp_dir) for s in INTERACTION_SPLITS for b in range(buckets)],
+        beam_pipeline_args,
+    )
+    read_report, stats = kaggle.ReadReport(animelist_path), interactions.ScanStats()
+    for i in range(len(ranges)):
+        with open(_summary_path(spill_dir, i), "rb") as f:
+            range_report, range_stats = pickle.load(f)
+        read_report.merge(range_report)
+        stats.merge(range_stats)
+    interactions.check_ranges_grouped(animelist_path, stats)
+    shutil.rmtree(spill_dir)
     # A split with no rows still needs a file for ExampleGen's input pattern.
     for split_name in (features.TRAIN_SPLIT, features.EVAL_SPLIT):
         folder = os.path.join(tmp_dir, split_name)
-        if not os.listdir(folder):
+        if not os.path.isdir(folder) or not os.listdir(folder):
             raise kaggle.DataError(
                 f"{animelist_path}: no {split_name} rows after filtering "
                 f"({dict(stats.rows_by_reason)}); nothing to train or evaluate on."
@@ -200,6 +340,8 @@ def convert_kaggle(
         "catalog_files": [r.to_dict() for r in catalog_reports],
         "animelist": read_report.to_dict(),
         "interactions": stats.to_dict(),
+        "ranges": len(ranges),
+        "shuffle_buckets": buckets,
         "seconds": round(time.time() - start, 1),
     }
     with open(os.path.join(tmp_dir, REPORT_FILE), "w") as f:

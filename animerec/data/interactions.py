@@ -120,6 +120,20 @@ class ScanStats:
     eval_rows: int = 0
     anime_in_interactions: set = dataclasses.field(default_factory=set)
     anime_without_metadata: set = dataclasses.field(default_factory=set)
+    # Each user of the scan and the line of its first row, in file order (arrays per
+    # block): scans of separate ranges of a file are checked for shared users with them.
+    user_first_lines: list = dataclasses.field(default_factory=list)
+
+    def merge(self, other: ScanStats) -> None:
+        """Adds another scan's counts (of a later part of the file)."""
+        self.rows_by_reason.update(other.rows_by_reason)
+        for name in ("users", "users_with_eval", "users_below_min_history", "users_without_liked"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.train_rows += other.train_rows
+        self.eval_rows += other.eval_rows
+        self.anime_in_interactions |= other.anime_in_interactions
+        self.anime_without_metadata |= other.anime_without_metadata
+        self.user_first_lines.extend(other.user_first_lines)
 
     def to_dict(self) -> dict:
         return {
@@ -143,8 +157,9 @@ def scan_animelist(
     report: kaggle.ReadReport,
     stats: ScanStats,
     block_lines: int = kaggle.DEFAULT_BLOCK_LINES,
+    byte_range: kaggle.ByteRange | None = None,
 ) -> Iterator[LabeledBlock]:
-    """Streams animelist.csv as labeled blocks of whole users.
+    """Streams animelist.csv (or a ByteRange of it) as labeled blocks of whole users.
 
     The rows of the last user of a block are carried into the next block, so
     per-user decisions (duplicates, the split) see all of a user's rows. A user
@@ -154,7 +169,7 @@ def scan_animelist(
     catalog_ids = np.sort(catalog_ids)
     finished_users = np.zeros(0, dtype=bool)  # bitmap over user ids
     carry = None
-    for block in kaggle.iter_animelist(path, report, block_lines):
+    for block in kaggle.iter_animelist(path, report, block_lines, byte_range):
         if carry is not None:
             block = kaggle.InteractionBlock(*(np.concatenate([c, b]) for c, b in zip(carry, _fields(block))))
         if len(block.user_id) == 0:
@@ -165,11 +180,11 @@ def scan_animelist(
         carry = tuple(a[tail_start:] for a in _fields(block))
         whole = kaggle.InteractionBlock(*(a[:tail_start] for a in _fields(block)))
         if len(whole.user_id):
-            finished_users = _check_grouped(path, whole, finished_users)
+            finished_users = _check_grouped(path, whole, finished_users, stats)
             yield _label(whole, catalog_ids, liked_filter, split, report, stats)
     if carry is not None and len(carry[0]):
         whole = kaggle.InteractionBlock(*carry)
-        _check_grouped(path, whole, finished_users)
+        _check_grouped(path, whole, finished_users, stats)
         yield _label(whole, catalog_ids, liked_filter, split, report, stats)
 
 
@@ -177,9 +192,10 @@ def _fields(block: kaggle.InteractionBlock) -> tuple:
     return (block.user_id, block.anime_id, block.rating, block.status, block.episodes, block.line)
 
 
-def _check_grouped(path: str, block: kaggle.InteractionBlock, finished: np.ndarray) -> np.ndarray:
+def _check_grouped(path: str, block: kaggle.InteractionBlock, finished: np.ndarray, stats: ScanStats) -> np.ndarray:
     change = np.concatenate([[True], block.user_id[1:] != block.user_id[:-1]])
     users = block.user_id[change]
+    stats.user_first_lines.append((users, block.line[change]))
     needed = int(users.max()) + 1
     if needed > len(finished):
         finished = np.concatenate([finished, np.zeros(max(needed - len(finished), len(finished)), dtype=bool)])
@@ -188,13 +204,32 @@ def _check_grouped(path: str, block: kaggle.InteractionBlock, finished: np.ndarr
     if seen_before.any() or (counts > 1).any():
         user = users[seen_before][0] if seen_before.any() else _first_repeated(users)
         line = block.line[change][np.flatnonzero(users == user)[-1]]
-        raise kaggle.DataError(
-            f"{path} line {line}, field user_id: user {user} appears again after rows of other users. "
-            "The converter streams the file grouped by user_id, as Kaggle ships it; sort it first "
-            "(for example: (head -1 animelist.csv; tail -n +2 animelist.csv | sort -t, -k1,1n -s) > sorted.csv)."
-        )
+        raise_not_grouped(path, user, line)
     finished[users] = True
     return finished
+
+
+def raise_not_grouped(path: str, user: int, line: int) -> None:
+    raise kaggle.DataError(
+        f"{path} line {line}, field user_id: user {user} appears again after rows of other users. "
+        "The converter streams the file grouped by user_id, as Kaggle ships it; sort it first "
+        "(for example: (head -1 animelist.csv; tail -n +2 animelist.csv | sort -t, -k1,1n -s) > sorted.csv)."
+    )
+
+
+def check_ranges_grouped(path: str, stats: ScanStats) -> None:
+    """After scanning ranges separately (each checked on its own): no user spans two of
+    them. `stats.user_first_lines` must be in file order."""
+    if not stats.user_first_lines:
+        return
+    users = np.concatenate([u for u, _ in stats.user_first_lines])
+    lines = np.concatenate([n for _, n in stats.user_first_lines])
+    _, first, counts = np.unique(users, return_index=True, return_counts=True)
+    if (counts > 1).any():
+        repeated = np.ones(len(users), dtype=bool)
+        repeated[first] = False
+        at = np.flatnonzero(repeated)[np.argmin(lines[repeated])]
+        raise_not_grouped(path, int(users[at]), int(lines[at]))
 
 
 def _first_repeated(users: np.ndarray):

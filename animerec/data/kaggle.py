@@ -78,6 +78,14 @@ class ReadReport:
         if len(self.examples[reason]) < MAX_EXAMPLES_PER_REASON:
             self.examples[reason].append(where)
 
+    def merge(self, other: ReadReport) -> None:
+        """Adds the report of a later part of the same file."""
+        self.rows_read += other.rows_read
+        self.set_aside.update(other.set_aside)
+        self.repaired.update(other.repaired)
+        for reason, where in other.examples.items():
+            self.examples[reason].extend(where[: MAX_EXAMPLES_PER_REASON - len(self.examples[reason])])
+
     def to_dict(self) -> dict:
         return {
             "path": self.path,
@@ -283,14 +291,63 @@ class InteractionBlock:
     line: np.ndarray  # 1-based line number of each row in the file
 
 
-def iter_animelist(path: str, report: ReadReport, block_lines: int = DEFAULT_BLOCK_LINES) -> Iterator[InteractionBlock]:
-    """Streams animelist.csv in blocks of valid rows.
+@dataclasses.dataclass(frozen=True)
+class ByteRange:
+    """Whole lines [start, stop) of a CSV file; the first one is line `first_line` (1-based)."""
+
+    start: int
+    stop: int
+    first_line: int
+
+
+def key_aligned_ranges(path: str, range_bytes: int) -> list[ByteRange]:
+    """Splits a CSV file's rows into ranges of about `range_bytes` that never split a
+    run of rows sharing their first field (animelist.csv's user_id), so each range can
+    be read on its own. Line numbers come from one pass counting newlines."""
+    _require_file(path)
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        data_start = len(f.readline())
+        cuts = [data_start]
+        for target in range(data_start + range_bytes, size, range_bytes):
+            if target <= cuts[-1]:
+                continue
+            f.seek(target - 1)
+            f.readline()  # to the start of the next whole line
+            key = None
+            while True:
+                position = f.tell()
+                line = f.readline()
+                if not line:
+                    break
+                if key is not None and line.split(b",", 1)[0] != key:
+                    cuts.append(position)
+                    break
+                key = line.split(b",", 1)[0]
+        cuts.append(size)
+        ranges, line, f_position = [], 2, data_start
+        f.seek(data_start)
+        for start, stop in zip(cuts, cuts[1:]):
+            if stop <= start:
+                continue
+            ranges.append(ByteRange(start, stop, line))
+            while f_position < stop:
+                chunk = f.read(min(1 << 24, stop - f_position))
+                line += chunk.count(b"\n")
+                f_position += len(chunk)
+    return ranges
+
+
+def iter_animelist(
+    path: str, report: ReadReport, block_lines: int = DEFAULT_BLOCK_LINES, byte_range: ByteRange | None = None
+) -> Iterator[InteractionBlock]:
+    """Streams animelist.csv (or one ByteRange of it) in blocks of valid rows.
 
     Malformed rows (wrong field count, non-numeric field, rating outside 0-10,
     unknown status, negative ids or episodes, non-UTF-8 bytes, blank lines) are
     counted in `report` with their line numbers; memory stays at one block.
     """
-    for line_start, values in _iter_int_blocks(path, ANIMELIST_COLUMNS, report, block_lines):
+    for line_start, values in _iter_int_blocks(path, ANIMELIST_COLUMNS, report, block_lines, byte_range):
         user_id, anime_id, rating, status, episodes = values.T
         line = np.arange(line_start, line_start + len(values))
         ok = np.ones(len(values), dtype=bool)
@@ -334,7 +391,7 @@ def _report_rows(report, reason, field, bad, line, values) -> None:
 
 
 def _iter_int_blocks(
-    path: str, columns: tuple[str, ...], report: ReadReport, block_lines: int
+    path: str, columns: tuple[str, ...], report: ReadReport, block_lines: int, byte_range: ByteRange | None = None
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yields (first line number, int64 array [rows, len(columns)]) per block.
 
@@ -354,9 +411,18 @@ def _iter_int_blocks(
         _check_header(path, header, columns)
         if header != list(columns):
             raise DataError(f"{path} line 1: expected columns {','.join(columns)} in that order, found {header}.")
-        line_no = 2
+        line_no, stop = 2, None
+        if byte_range is not None:
+            f.seek(byte_range.start)
+            line_no, stop = byte_range.first_line, byte_range.stop
         while True:
             lines = f.readlines(block_lines * 20)
+            last = False
+            if stop is not None:
+                end = f.tell()
+                while lines and end > stop:  # the range ends at the start of a line
+                    end -= len(lines.pop())
+                last = end >= stop
             if not lines:
                 break
             if lines[-1] and not lines[-1].endswith(b"\n"):
@@ -370,6 +436,8 @@ def _iter_int_blocks(
             else:
                 yield line_no, values
             line_no += len(lines)
+            if last:
+                break
 
 
 def _parse_fast(lines: list[bytes], n_columns: int) -> np.ndarray | None:

@@ -69,9 +69,20 @@ class EvalData:
         return m.recall_curve(ranked_positions, self.truth, RECALL_CURVE_KS)
 
 
+def _seen_in(data: EvalData, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seen (row, column) pairs of users [start, stop), rows counted from start."""
+    seen = (data.seen_row >= start) & (data.seen_row < stop)
+    return data.seen_row[seen] - start, data.seen_col[seen]
+
+
 def rank_popularity(data: EvalData, k: int) -> np.ndarray:
-    scores = np.tile(m.popularity_scores(data.liked_position, len(data.catalog_ids)), (len(data.users), 1))
-    return m.top_k(m.mask_seen(scores, data.seen_row, data.seen_col), k)
+    popularity = m.popularity_scores(data.liked_position, len(data.catalog_ids))
+    ranked = []
+    for start in range(0, len(data.users), SCORE_BATCH):
+        users = data.users[start : start + SCORE_BATCH]
+        scores = np.tile(popularity, (len(users), 1))
+        ranked.append(m.top_k(m.mask_seen(scores, *_seen_in(data, start, start + len(users))), k))
+    return np.concatenate(ranked) if ranked else np.zeros((0, k), np.int64)
 
 
 def rank_ease(data: EvalData, k: int, l2: float = EASE_L2, max_items: int = EASE_MAX_ITEMS) -> np.ndarray:
@@ -93,8 +104,7 @@ def rank_ease(data: EvalData, k: int, l2: float = EASE_L2, max_items: int = EASE
         x[rows[in_batch], column[data.liked_position[keep]][in_batch]] = 1.0
         scores = np.full((len(batch_users), len(data.catalog_ids)), -1e9, np.float32)
         scores[:, items] = x @ weights
-        seen = (data.seen_row >= start) & (data.seen_row < start + len(batch_users))
-        scores = m.mask_seen(scores, data.seen_row[seen] - start, data.seen_col[seen])
+        scores = m.mask_seen(scores, *_seen_in(data, start, start + len(batch_users)))
         ranked.append(m.top_k(scores, k))
     return np.concatenate(ranked)
 
