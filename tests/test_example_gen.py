@@ -2,6 +2,7 @@
 
 import glob
 import os
+import sys
 
 import tensorflow as tf
 from tfx.dsl.components.base import base_beam_executor
@@ -34,7 +35,9 @@ def _grouped_transforms(pipeline) -> list[str]:
     )
 
 
-def test_splits_are_copied_record_for_record_in_order(tmp_path):
+def test_splits_are_copied_record_for_record_in_order(tmp_path, monkeypatch):
+    # TFX's Beam executors parse sys.argv with absl flags: not pytest's arguments.
+    monkeypatch.setattr(sys, "argv", sys.argv[:1])
     records = {"train": [_example(u, u * 7 % 101) for u in range(500)], "eval": [_example(u, 3) for u in range(40)]}
     for split, split_records in records.items():
         os.makedirs(tmp_path / "in" / split)
