@@ -207,27 +207,23 @@ def _write_bucket(task: _BucketTask) -> None:
 def _run_on_beam(range_tasks: list, bucket_tasks: list, beam_pipeline_args: list[str]) -> None:
     """Both stages in one Beam pipeline (one start of the workers); the second waits
     for every range through a side input."""
+    import apache_beam as beam  # noqa: PLC0415 - heavy import
+    from apache_beam.options.pipeline_options import PipelineOptions  # noqa: PLC0415
+
     # The local job service forwards each worker's start-up warnings; they say nothing here.
     job_service_log = logging.getLogger("apache_beam.runners.portability.local_job_service")
     previous_level = job_service_log.level
     job_service_log.setLevel(logging.ERROR)
     try:
-        _run_stages(range_tasks, bucket_tasks, beam_pipeline_args)
+        with beam.Pipeline(options=PipelineOptions(beam_pipeline_args)) as pipeline:
+            spilled = pipeline | "Ranges" >> beam.Create(range_tasks) | "LabelAndSpill" >> beam.Map(_convert_range)
+            _ = (
+                pipeline
+                | "Buckets" >> beam.Create(bucket_tasks)
+                | "ShuffleAndWrite" >> beam.Map(lambda task, _: _write_bucket(task), beam.pvalue.AsList(spilled))
+            )
     finally:
         job_service_log.setLevel(previous_level)
-
-
-def _run_stages(range_tasks: list, bucket_tasks: list, beam_pipeline_args: list[str]) -> None:
-    import apache_beam as beam  # noqa: PLC0415 - heavy import
-    from apache_beam.options.pipeline_options import PipelineOptions  # noqa: PLC0415
-
-    with beam.Pipeline(options=PipelineOptions(beam_pipeline_args)) as pipeline:
-        spilled = pipeline | "Ranges" >> beam.Create(range_tasks) | "LabelAndSpill" >> beam.Map(_convert_range)
-        _ = (
-            pipeline
-            | "Buckets" >> beam.Create(bucket_tasks)
-            | "ShuffleAndWrite" >> beam.Map(lambda task, _: _write_bucket(task), beam.pvalue.AsList(spilled))
-        )
 
 
 def shuffle_buckets(animelist_path: str) -> int:

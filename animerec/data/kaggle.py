@@ -320,10 +320,11 @@ def key_aligned_ranges(path: str, range_bytes: int) -> list[ByteRange]:
                 line = f.readline()
                 if not line:
                     break
-                if key is not None and line.split(b",", 1)[0] != key:
+                line_key = line.split(b",", 1)[0]
+                if key is not None and line_key != key:
                     cuts.append(position)
                     break
-                key = line.split(b",", 1)[0]
+                key = line_key
         cuts.append(size)
         ranges, line, f_position = [], 2, data_start
         f.seek(data_start)
