@@ -37,6 +37,8 @@ def synthetic_training_data(users: int, anime: int, history: int, seen: int, see
             name: rng.integers(0, f.TEXT_VOCAB_SIZE[name], (anime, length))
             for name, length in f.TEXT_MAX_TOKENS.items()
         },
+        mal_score=np.full(anime, 7.0, np.float32),
+        members=np.full(anime, 1000),
     )
 
     def csr(mean: int):
@@ -64,15 +66,52 @@ def synthetic_training_data(users: int, anime: int, history: int, seen: int, see
     )
 
 
-def build_serving_model(out_dir: str, users: int, anime: int, dim: int, history: int, seen: int) -> str:
-    """Exports an untrained full-size model as version 1 under out_dir."""
+def synthetic_second_stage(data, seed: int = 0):
+    """A second stage of the default size with random weights (EASE over 8,000 titles at
+    the default rank, the default ranker and candidate counts): for benchmarks only."""
+    from animerec.config import TrainingConfig  # noqa: PLC0415
+    from animerec.evaluation import EASE_MAX_ITEMS  # noqa: PLC0415
+    from animerec.model import ranking, two_stage  # noqa: PLC0415
+
+    config = TrainingConfig()
+    rng = np.random.default_rng(seed)
+    catalog_size = len(data.catalog.anime_id)
+    items = rng.choice(catalog_size, min(EASE_MAX_ITEMS, catalog_size), replace=False)
+    item_in = np.zeros((catalog_size, config.item_item_rank), np.float32)
+    item_in[items] = rng.normal(size=(len(items), config.item_item_rank))
+    item_out = rng.normal(size=(config.item_item_rank, len(items) + 1)).astype(np.float32)
+    item_out[:, -1] = 0.0
+    column = np.full(catalog_size, len(items), np.int32)
+    column[items] = np.arange(len(items))
+    genres = ranking.genre_matrix(data.catalog.tokens[f.GENRE_TOKENS] % 40, 40)
+    features = ranking.RankingFeatures(
+        item_in,
+        item_out,
+        column,
+        data.likes_by_catalog_position(),
+        genres,
+        data.catalog.mal_score,
+        data.catalog.members,
+    )
+    width = len(ranking.FEATURE_NAMES)
+    ranker = ranking.Ranker([0.0] * width, [1.0] * width, tuple(config.ranker_hidden_units[0]), config.ranker_members)
+    ranker(np.zeros((1, 1, width), np.float32))  # builds its weights
+    return two_stage.SecondStage(features, ranker, config.ranking_candidates, config.item_item_candidates, 0.25, {})
+
+
+def build_serving_model(
+    out_dir: str, users: int, anime: int, dim: int, history: int, seen: int, second_stage: bool = True
+) -> str:
+    """Exports an untrained full-size model as version 1 under out_dir (retrieval alone,
+    or with a second stage of the default size)."""
     from animerec.model import export, retrieval  # noqa: PLC0415
 
     data = synthetic_training_data(users, anime, history, seen)
     model = retrieval.RetrievalModel(data, dim, temperature=0.05)
     embeddings = retrieval.catalog_embeddings(model, data)
     path = os.path.join(out_dir, "1")
-    export.export_serving_model(model, data, embeddings, top_k=100, path=path)
+    stage = synthetic_second_stage(data) if second_stage else None
+    export.export_serving_model(model, data, embeddings, top_k=100, path=path, second_stage=stage)
     return path
 
 
@@ -157,10 +196,19 @@ def bench_serve(
     levels: tuple[int, ...] = (1, 4, 16),
     progress=print,
 ) -> dict:
+    """Both serving models, back to back in one run: retrieval alone, then the two stages."""
+    out = {}
+    for name, second_stage in (("retrieval only", False), ("two stages", True)):
+        progress(f"== {name}")
+        out[name] = _bench_one_model(users, anime, dim, history, seen, seconds, levels, second_stage, progress)
+    return out
+
+
+def _bench_one_model(users, anime, dim, history, seen, seconds, levels, second_stage, progress) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         serving_dir = os.path.join(tmp, "serving")
         start = time.time()
-        model_dir = build_serving_model(serving_dir, users, anime, dim, history, seen)
+        model_dir = build_serving_model(serving_dir, users, anime, dim, history, seen, second_stage)
         size_mb = sum(os.path.getsize(os.path.join(d, n)) for d, _, ns in os.walk(model_dir) for n in ns) / 1e6
         progress(
             f"Built a {users:,}-user, {anime:,}-anime, dim-{dim} model ({size_mb:,.0f} MB) in {time.time() - start:.0f}s"
@@ -190,21 +238,7 @@ def bench_serve(
             server.wait(timeout=30)
         in_process = model_only_ms(model_dir, users)
         progress(f"model only (in-process signature call, one user): {in_process:.2f} ms")
-    return {"levels": results, "model_only_ms": in_process}
-
-
-def main_serve(args) -> int:
-    result = bench_serve(
-        users=args.users,
-        anime=args.anime,
-        dim=args.dim,
-        seconds=args.seconds,
-        levels=tuple(args.levels),
-        progress=(lambda _: None) if args.json else print,
-    )
-    if args.json:
-        print(json.dumps(result))
-    return 0
+    return {"levels": results, "model_only_ms": in_process, "size_mb": round(size_mb)}
 
 
 def write_training_examples(path: str, user_index: np.ndarray, anime_index: np.ndarray, liked: np.ndarray) -> None:
@@ -406,9 +440,9 @@ def bench_pipeline(
     """
     import psutil  # noqa: PLC0415
 
-    from animerec.components.retrieval_evaluator.metrics import GateConfig  # noqa: PLC0415
     from animerec.config import TrainingConfig  # noqa: PLC0415
     from animerec.data import synth  # noqa: PLC0415
+    from animerec.evaluation import GateConfig  # noqa: PLC0415
     from animerec.pipeline import local_runner  # noqa: PLC0415
 
     workdir = workdir or tempfile.mkdtemp(prefix="animerec-bench-")

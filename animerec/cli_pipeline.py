@@ -8,8 +8,8 @@ DEFAULT_K = 10
 
 
 def _run(args) -> int:
-    from animerec.components.retrieval_evaluator.metrics import GateConfig
     from animerec.config import TrainingConfig
+    from animerec.evaluation import GateConfig
     from animerec.pipeline import local_runner
 
     training = TrainingConfig(
@@ -17,6 +17,7 @@ def _run(args) -> int:
         epochs=args.epochs,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
+        seed=args.seed,
     )
     gate = GateConfig(min_value=args.min_recall, min_lift_over_popularity=args.min_lift)
     liked_filter, split = args.filter_and_split(args)
@@ -72,9 +73,16 @@ def _report(args) -> int:
 
 
 def _kubeflow_compile(args) -> int:
+    import sys
+
     from animerec.config import TrainingConfig
     from animerec.kubeflow import runner
 
+    try:
+        kind = runner.package_format(args.output)
+    except ValueError as error:
+        print(f"animerec: error: {error}", file=sys.stderr)
+        return 2
     training = TrainingConfig(epochs=args.epochs, batch_size=args.batch_size)
     runner.compile_pipeline(
         args.output,
@@ -86,13 +94,53 @@ def _kubeflow_compile(args) -> int:
         training=training,
         **({"schema_file": args.schema_file} if args.schema_file else {}),
     )
-    print(f"Wrote the KFP v2 pipeline job to {args.output}")
+    if kind == "yaml":
+        print(f"Wrote the KFP v2 pipeline spec to {args.output} (for `animerec kubeflow submit` or kfp.Client)")
+    else:
+        print(f"Wrote the KFP v2 pipeline job to {args.output} (for `animerec kubeflow run-local`)")
+    return 0
+
+
+def _kubeflow_submit(args) -> int:
+    import sys
+
+    from animerec.kubeflow import submit
+
+    try:
+        result = submit.submit(
+            args.host,
+            args.package,
+            params=args.param,
+            experiment=args.experiment,
+            run_name=args.run_name,
+            pipeline_name=args.pipeline_name,
+            version_name=args.version_name,
+            pipeline_root=args.pipeline_root,
+            namespace=args.namespace,
+        )
+    except submit.SubmitError as error:
+        print(f"animerec: error: {error}", file=sys.stderr)
+        return 2
+    print(f"Pipeline: {result.pipeline_id} (version {result.pipeline_version_id})")
+    print(f"Experiment: {args.experiment} ({result.experiment_id})")
+    print(f"Parameters: {json.dumps(result.parameters, sort_keys=True) if result.parameters else 'the defaults'}")
+    print(f"Pipeline root: {result.pipeline_root or 'the cluster default'}")
+    print(f"Run ID: {result.run_id}")
+    print(f"Run URL: {result.run_url}")
     return 0
 
 
 def _kubeflow_run_local(args) -> int:
+    import sys
+
     from animerec.kubeflow import local_launcher
 
+    if not args.job.lower().endswith(".json"):
+        print(
+            f"animerec: error: {args.job}: run-local runs the pipeline job (JSON); compile one with `--output NAME.json`",
+            file=sys.stderr,
+        )
+        return 2
     parameters = {}
     for item in args.param:
         name, sep, value = item.partition("=")
@@ -155,8 +203,8 @@ def _recommend(args) -> int:
 
 
 def add_commands(commands, add_filter_args, filter_and_split) -> None:
-    from animerec.components.retrieval_evaluator.metrics import GateConfig
     from animerec.config import TrainingConfig
+    from animerec.evaluation import GateConfig
 
     defaults = TrainingConfig()
     gate = GateConfig()
@@ -170,6 +218,7 @@ def add_commands(commands, add_filter_args, filter_and_split) -> None:
     run.add_argument("--batch-size", type=int, default=defaults.batch_size, help="default %(default)s")
     run.add_argument("--embedding-dim", type=int, default=defaults.embedding_dim, help="default %(default)s")
     run.add_argument("--learning-rate", type=float, default=defaults.learning_rate, help="default %(default)s")
+    run.add_argument("--seed", type=int, default=defaults.seed, help="training seed (default %(default)s)")
     run.add_argument(
         "--min-recall", type=float, default=gate.min_value, help="blessing floor on recall@50 (default %(default)s)"
     )
@@ -197,8 +246,15 @@ def add_commands(commands, add_filter_args, filter_and_split) -> None:
 
     kubeflow = commands.add_parser("kubeflow", help="Kubeflow Pipelines integration")
     kubeflow_commands = kubeflow.add_subparsers(dest="kubeflow_command", metavar="SUBCOMMAND", required=True)
-    compile_ = kubeflow_commands.add_parser("compile", help="compile the pipeline into a KFP v2 pipeline job (JSON)")
-    compile_.add_argument("--output", required=True, help="path of the JSON pipeline job to write")
+    compile_ = kubeflow_commands.add_parser(
+        "compile", help="compile the pipeline for KFP v2: a pipeline spec (.yaml) or a pipeline job (.json)"
+    )
+    compile_.add_argument(
+        "--output",
+        required=True,
+        help="file to write: NAME.yaml (or .yml) is the pipeline spec that kfp.Client and `kubeflow submit` "
+        "upload; NAME.json is the pipeline job that `kubeflow run-local` runs",
+    )
     compile_.add_argument(
         "--pipeline-root",
         default="gs://YOUR_BUCKET/animerec/pipeline_root",
@@ -246,6 +302,35 @@ def add_commands(commands, add_filter_args, filter_and_split) -> None:
         "--param", action="append", default=[], help="a runtime parameter NAME=VALUE (e.g. data_root=out/x), repeatable"
     )
     run_local.set_defaults(func=_kubeflow_run_local)
+    submit = kubeflow_commands.add_parser(
+        "submit", help="upload a compiled pipeline spec (.yaml) to Kubeflow Pipelines and start a run"
+    )
+    submit.add_argument(
+        "--host", required=True, help="the KFP API endpoint, e.g. http://localhost:8080 (a port-forward of the UI)"
+    )
+    submit.add_argument("--package", required=True, help="the pipeline spec YAML from `kubeflow compile`")
+    submit.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        help="a runtime parameter NAME=VALUE, typed as the pipeline declares it, repeatable "
+        "(unset ones keep their compiled defaults)",
+    )
+    submit.add_argument(
+        "--experiment", default="Default", help="experiment of the run, created if absent (default %(default)s)"
+    )
+    submit.add_argument("--run-name", default=None, help="the run's name (default: PIPELINE DATE TIME)")
+    submit.add_argument(
+        "--pipeline-name",
+        default=None,
+        help="the uploaded pipeline's name (default: the spec's, animerec); when it exists, a new version is added",
+    )
+    submit.add_argument("--version-name", default=None, help="name of a new version (default: PIPELINE DATE TIME)")
+    submit.add_argument("--pipeline-root", default=None, help="this run's pipeline root (default: the one compiled in)")
+    submit.add_argument(
+        "--namespace", default=None, help="Kubernetes namespace of the pipeline and experiment (multi-user KFP)"
+    )
+    submit.set_defaults(func=_kubeflow_submit)
 
     batch = commands.add_parser("batch-recommend", help="top k for every known user, as a Beam job, to Parquet")
     batch.add_argument(

@@ -18,6 +18,11 @@ SYNOPSIS = "synopsis"
 RAW_INT_FEATURES = (USER_ID, ANIME_ID, RATING, LIKED)
 RAW_TEXT_FEATURES = (NAME, GENRES, SYNOPSIS)
 RAW_FEATURES = RAW_INT_FEATURES + RAW_TEXT_FEATURES
+# Catalog metadata from MyAnimeList: on catalog records only, and only where known
+# (zero or one value), so interaction records carry no bytes for them.
+MAL_SCORE = "mal_score"  # float, MAL's mean score (1-10)
+MEMBERS = "members"  # int, MAL users who list the title
+RAW_CATALOG_FEATURES = (MAL_SCORE, MEMBERS)
 
 NO_USER = -1  # user_id of a catalog record
 
@@ -58,6 +63,8 @@ OUTPUT_IS_FALLBACK = "is_fallback"
 RECOMMEND_SIGNATURE = "recommend"
 # Excludes training titles only, not those held out for eval: for the Evaluator.
 EVAL_SIGNATURE = "recommend_for_eval"
+# As EVAL_SIGNATURE, with the first stage (two-tower retrieval) alone: the Evaluator's ablation row.
+EVAL_RETRIEVAL_SIGNATURE = "retrieve_for_eval"
 TF_EXAMPLE_SIGNATURE = "serving_tf_example"
 EMBED_CANDIDATES_SIGNATURE = "embed_candidates"
 

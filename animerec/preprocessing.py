@@ -5,7 +5,8 @@ training interactions (anime ids on liked rows only, so a title nobody liked
 is out of vocabulary and is retrieved through its text), name, genre and
 synopsis tokens on catalog rows. Token ids are shifted by one so that 0 is
 padding and out-of-vocabulary; text outputs are variable-length lists of at
-most TEXT_MAX_TOKENS ids, empty on interaction rows.
+most TEXT_MAX_TOKENS ids, empty on interaction rows. MAL's score and member
+count pass through (catalog rows only).
 """
 
 from __future__ import annotations
@@ -84,6 +85,9 @@ def preprocessing_fn(inputs: dict) -> dict:
         f.ANIME_INDEX: tft.apply_vocabulary(anime_key, anime_vocab, num_oov_buckets=1),
         f.WEIGHT: scale / 10.0,
     }
+    # Catalog metadata passes through as it came: zero or one value, on catalog rows only.
+    for name in f.RAW_CATALOG_FEATURES:
+        outputs[name] = inputs[name]
     for raw, output in f.TEXT_TOKEN_FEATURES.items():
         text = _squeeze(inputs[raw])
         tokens = _genres(text) if raw == f.GENRES else _words(text)

@@ -16,17 +16,12 @@ import tensorflow_transform as tft
 from absl import logging
 
 from animerec import features as f
-from animerec.components.retrieval_evaluator import metrics as retrieval_metrics
 from animerec.config import TrainingConfig
 from animerec.model import data as model_data
-from animerec.model import export, retrieval
+from animerec.model import export, retrieval, two_stage
 
 HISTORY_FILE = "training_history.json"
 EMBEDDINGS_FILE = "catalog_embeddings.npz"
-
-
-# Eval users scored per block in evaluate_in_training.
-SCORE_BATCH = 1024
 
 
 def split_patterns(file_patterns, split: str) -> list[str]:
@@ -38,7 +33,7 @@ def split_patterns(file_patterns, split: str) -> list[str]:
     return found
 
 
-def load_training_data(train_files, tf_transform_output: tft.TFTransformOutput) -> model_data.TrainingData:
+def load_training_data(train_files, tf_transform_output: tft.TFTransformOutput, validation_percent: int = 0):
     return model_data.load_training_data(
         split_patterns(train_files, f.TRAIN_SPLIT),
         split_patterns(train_files, f.CATALOG_SPLIT),
@@ -46,33 +41,8 @@ def load_training_data(train_files, tf_transform_output: tft.TFTransformOutput) 
         user_vocab_size=tf_transform_output.vocabulary_size_by_name(f.USER_VOCAB),
         anime_vocab_size=tf_transform_output.vocabulary_size_by_name(f.ANIME_VOCAB),
         text_vocab_sizes={name: tf_transform_output.vocabulary_size_by_name(v) + 1 for name, v in f.TEXT_VOCAB.items()},
+        validation_percent=validation_percent,
     )
-
-
-def evaluate_in_training(
-    model, data: model_data.TrainingData, eval_columns: dict, catalog_bias=0.0, ks=(10, 50, 100)
-) -> dict:
-    """Recall/NDCG@k on the eval split over the full catalog, training titles excluded."""
-    user_index = eval_columns[f.USER_INDEX].reshape(-1)
-    positions = data.catalog.positions(eval_columns[f.ANIME_ID].reshape(-1))
-    users, inverse = np.unique(user_index, return_inverse=True)
-    truth = [set() for _ in users]
-    for i, pos in zip(inverse, positions):
-        truth[i].add(int(pos))
-    queries = retrieval.query_embeddings(model, data, users)
-    candidates = retrieval.catalog_embeddings(model, data).T
-    ranked = []
-    # Scored a block of users at a time: [users, catalog] scores for every eval user
-    # would take 4.5 GB at 20M interactions and 25 GB at MAL's full size.
-    for start in range(0, len(users), SCORE_BATCH):
-        block = users[start : start + SCORE_BATCH]
-        scores = queries[start : start + SCORE_BATCH] @ candidates + catalog_bias
-        rows = np.repeat(np.arange(len(block)), np.diff(data.seen_splits)[block])
-        cols = np.concatenate([data.seen_values[data.seen_splits[u] : data.seen_splits[u + 1]] for u in block])
-        scores[rows, cols] = -np.inf
-        ranked.append(retrieval_metrics.top_k(scores, max(ks)))
-    ranked = np.concatenate(ranked) if ranked else np.zeros((0, max(ks)), np.int64)
-    return retrieval_metrics.retrieval_metrics(ranked, truth, len(data.catalog.anime_id), ks)
 
 
 def run_fn(fn_args) -> None:
@@ -81,7 +51,7 @@ def run_fn(fn_args) -> None:
     tf.keras.utils.set_random_seed(config.seed)
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
     start = time.time()
-    data = load_training_data(fn_args.train_files, tf_transform_output)
+    data = load_training_data(fn_args.train_files, tf_transform_output, config.validation_percent)
     logging.info(
         "Loaded %d liked rows, %d users, %d catalog anime in %.1fs",
         data.liked_rows,
@@ -110,17 +80,27 @@ def run_fn(fn_args) -> None:
     seconds = time.time() - start
     examples_per_second = epochs * steps_per_epoch * config.batch_size / seconds
 
-    eval_columns = model_data.read_examples(fn_args.eval_files, {k: spec[k] for k in (f.USER_INDEX, f.ANIME_ID)})
-    catalog_bias = retrieval.popularity_bias(data, config.popularity_prior, config.temperature)
-    eval_metrics = evaluate_in_training(model, data, eval_columns, catalog_bias)
-    data = data.with_heldout(eval_columns[f.USER_INDEX].reshape(-1), eval_columns[f.ANIME_ID].reshape(-1))
-    with tf.summary.create_file_writer(os.path.join(fn_args.model_run_dir, "eval")).as_default():
-        for name, value in eval_metrics.items():
-            tf.summary.scalar(name, value, step=epochs)
-    logging.info("Eval over the full catalog: %s", eval_metrics)
+    # Every choice of the second stage is made on the validation rows carved out of train.
+    start = time.time()
+    second_stage = two_stage.fit_second_stage(model, data, config)
+    second_stage_seconds = time.time() - start
+    validation = second_stage.report if second_stage else {}
+    with tf.summary.create_file_writer(os.path.join(fn_args.model_run_dir, "validation")).as_default():
+        for name, value in validation.get("validation_recall@50", {}).items():
+            tf.summary.scalar(f"recall@50/{name}", value, step=epochs)
 
+    # The exported model knows every training row, and excludes the eval rows as seen
+    # (the eval split is read for that alone, never to choose anything).
+    eval_columns = model_data.read_examples(fn_args.eval_files, {k: spec[k] for k in (f.USER_INDEX, f.ANIME_ID)})
+    data = data.with_validation_in_history().with_heldout(
+        eval_columns[f.USER_INDEX].reshape(-1), eval_columns[f.ANIME_ID].reshape(-1)
+    )
+    prior = second_stage.popularity_prior if second_stage else config.popularity_prior_grid[0]
+    catalog_bias = retrieval.popularity_bias(data, prior, config.temperature)
     embeddings = retrieval.catalog_embeddings(model, data)
-    export.export_serving_model(model, data, embeddings, config.top_k, fn_args.serving_model_dir, catalog_bias)
+    export.export_serving_model(
+        model, data, embeddings, config.top_k, fn_args.serving_model_dir, catalog_bias, second_stage
+    )
     os.makedirs(fn_args.model_run_dir, exist_ok=True)
     with open(os.path.join(fn_args.model_run_dir, HISTORY_FILE), "w") as out:
         json.dump(
@@ -131,7 +111,8 @@ def run_fn(fn_args) -> None:
                 "batch_size": config.batch_size,
                 "train_seconds": seconds,
                 "examples_per_second": examples_per_second,
-                "eval": eval_metrics,
+                "second_stage_seconds": second_stage_seconds,
+                "validation": validation,
                 "config": config.to_json_dict(),
             },
             out,

@@ -3,16 +3,24 @@
 Only paths, the runner and Beam's arguments differ from the local run. The data
 root and the training configuration are runtime parameters of the compiled
 pipeline; the pipeline root is chosen per run by the KFP client (pipeline_root=).
+
+Two package formats come out of one compilation, chosen by the output's extension:
+- .yaml / .yml: the PipelineSpec, what kfp's compiler writes and what kfp.Client and
+  the KFP API server load (upload_pipeline, create_run_from_pipeline_package). The
+  runtime parameters' defaults are in the root component's inputDefinitions and the
+  pipeline root in defaultPipelineRoot.
+- .json: the PipelineJob (the PipelineSpec under pipelineSpec, the defaults in
+  runtimeConfig), what KubeflowV2DagRunner writes; `kubeflow run-local` runs it.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 
-from animerec.components.retrieval_evaluator.metrics import GateConfig
 from animerec.config import TrainingConfig
-from animerec.pipeline.pipeline import create_pipeline
+from animerec.evaluation import GateConfig
 
 PIPELINE_NAME = "animerec"
 DEFAULT_IMAGE = "animerec-pipeline:0.1.0"
@@ -20,6 +28,68 @@ DEFAULT_IMAGE = "animerec-pipeline:0.1.0"
 IMAGE_SCHEMA_FILE = "/pipeline/schema/schema.pbtxt"
 DATA_ROOT_PARAMETER = "data_root"
 TRAINING_PARAMETER = "training_config"
+YAML_EXTENSIONS = (".yaml", ".yml")
+JSON_EXTENSIONS = (".json",)
+
+
+def package_format(output_path: str) -> str:
+    """'yaml' (the PipelineSpec) or 'json' (the PipelineJob), from the file's extension."""
+    lower = output_path.lower()
+    if lower.endswith(YAML_EXTENSIONS):
+        return "yaml"
+    if lower.endswith(JSON_EXTENSIONS):
+        return "json"
+    raise ValueError(
+        f"{output_path}: the output must end with .yaml or .yml (the pipeline spec that kfp.Client uploads) "
+        "or .json (the pipeline job that `kubeflow run-local` runs)"
+    )
+
+
+def pipeline_spec_from_job(job: dict) -> dict:
+    """The job's PipelineSpec with its runtime defaults in it, as kfp's compiler writes one.
+
+    KubeflowV2DagRunner keeps the runtime parameters' defaults and the pipeline root in
+    the job's runtimeConfig, which a PipelineSpec package does not carry: each default
+    becomes the root input's defaultValue (optional, as kfp marks inputs with defaults)
+    and the pipeline root becomes defaultPipelineRoot.
+    """
+    spec = copy.deepcopy(job["pipelineSpec"])
+    runtime = job.get("runtimeConfig", {})
+    parameters = spec.get("root", {}).get("inputDefinitions", {}).get("parameters", {})
+    for name, value in runtime.get("parameterValues", {}).items():
+        if name not in parameters:
+            raise ValueError(f"the job's runtimeConfig sets {name!r}, which is not an input of the pipeline")
+        parameters[name]["defaultValue"] = value
+        parameters[name]["isOptional"] = True
+    if runtime.get("gcsOutputDirectory"):
+        spec["defaultPipelineRoot"] = runtime["gcsOutputDirectory"]
+    return spec
+
+
+def _yaml_header(spec: dict) -> str:
+    lines = ["# PIPELINE DEFINITION", f"# Name: {spec['pipelineInfo']['name']}", "# Inputs:"]
+    for name, parameter in sorted(spec.get("root", {}).get("inputDefinitions", {}).get("parameters", {}).items()):
+        default = f" [Default: {json.dumps(parameter['defaultValue'])}]" if "defaultValue" in parameter else ""
+        lines.append(f"#    {name}: {parameter.get('parameterType', 'STRING')}{default}")
+    return "\n".join(lines) + "\n"
+
+
+def write_package(job: dict, output_path: str) -> None:
+    """Writes the job as a PipelineSpec YAML or a PipelineJob JSON, by output_path's extension."""
+    import yaml  # noqa: PLC0415
+    from tfx.dsl.io import fileio  # noqa: PLC0415 - heavy import; also writes gs:// paths
+
+    kind = package_format(output_path)
+    folder = os.path.dirname(output_path)
+    if folder and not fileio.exists(folder):
+        fileio.makedirs(folder)
+    with fileio.open(output_path, "w") as fh:
+        if kind == "yaml":
+            spec = pipeline_spec_from_job(job)
+            fh.write(_yaml_header(spec))
+            fh.write(yaml.safe_dump(spec, sort_keys=True))
+        else:
+            fh.write(json.dumps(job, sort_keys=True))
 
 
 def compile_pipeline(
@@ -33,8 +103,11 @@ def compile_pipeline(
     gate: GateConfig = GateConfig(),
     schema_file: str = IMAGE_SCHEMA_FILE,
 ) -> dict:
-    """Writes the KFP v2 pipeline job (JSON) to output_path and returns it."""
+    """Writes the pipeline to output_path (PipelineSpec YAML or PipelineJob JSON) and returns the job."""
+    package_format(output_path)  # a bad extension fails before the compilation
     from tfx import v1 as tfx  # noqa: PLC0415 - heavy import
+
+    from animerec.pipeline.pipeline import create_pipeline  # noqa: PLC0415 - imports TensorFlow
 
     data_root_parameter = tfx.dsl.experimental.RuntimeParameter(name=DATA_ROOT_PARAMETER, ptype=str, default=data_root)
     training_parameter = tfx.dsl.experimental.RuntimeParameter(
@@ -59,4 +132,6 @@ def compile_pipeline(
         output_filename=os.path.basename(output_path),
     )
     defaults = {DATA_ROOT_PARAMETER: data_root, TRAINING_PARAMETER: training_parameter.default}
-    return runner.run(pipeline, parameter_values=defaults, write_out=True)
+    job = runner.run(pipeline, parameter_values=defaults, write_out=False)
+    write_package(job, output_path)
+    return job

@@ -18,9 +18,9 @@ import sys
 import time
 from collections.abc import Callable
 
-from animerec.components.retrieval_evaluator.metrics import GateConfig
 from animerec.config import TrainingConfig
 from animerec.data import convert, interactions
+from animerec.evaluation import GateConfig
 from animerec.pipeline.pipeline import SCHEMA_FILE, create_pipeline
 
 PIPELINE_NAME = "animerec"

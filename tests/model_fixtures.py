@@ -18,6 +18,8 @@ def small_training_data(seed: int = 0) -> TrainingData:
         titles=np.array([f"Title {i}".encode() for i in ANIME_IDS]),
         genres=np.array([b"Action", b"Drama", b"Action, Comedy", b"Drama", b"Action", b"Comedy"]),
         tokens={name: rng.integers(1, 6, size=(6, length)) for name, length in f.TEXT_MAX_TOKENS.items()},
+        mal_score=np.array([8.1, 7.5, 0.0, 6.9, 7.2, 8.8], np.float32),
+        members=np.array([5000, 300, 0, 1200, 40, 90000]),
     )
     # Liked rows: user 0 likes 10, 20; user 1 likes 20, 30, 40; user 2 likes 10.
     user_index = np.array([0, 0, 1, 1, 1, 2])

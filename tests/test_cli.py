@@ -24,6 +24,7 @@ SUBCOMMANDS = [
     ["recommend"],
     ["batch-recommend"],
     ["kubeflow"],
+    ["kubeflow", "submit"],
     ["kubeflow", "compile"],
     ["kubeflow", "run-local"],
     ["bench"],

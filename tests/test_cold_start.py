@@ -33,6 +33,8 @@ def _data() -> TrainingData:
         titles=np.array([b"t"] * len(groups)),
         genres=np.array([b"g"] * len(groups)),
         tokens={name: np.stack([t[name] for t in tokens]) for name in f.TEXT_MAX_TOKENS},
+        mal_score=np.full(len(groups), 7.0, np.float32),
+        members=np.full(len(groups), 1000),
     )
     users, items = [], []
     for user in range(60):

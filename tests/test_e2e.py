@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from animerec.components.retrieval_evaluator.metrics import GateConfig
 from animerec.config import TrainingConfig
 from animerec.data import kaggle, synth
+from animerec.evaluation import GateConfig
 from animerec.pipeline import local_runner
 
 pytestmark = pytest.mark.e2e
@@ -74,8 +74,9 @@ def test_pipeline_on_synthetic_data_caches_and_gates(tmp_path):
     assert first["pushed_model"], "a blessed model is pushed"
     assert first["evaluation"]["blessed"]
     metrics = first["evaluation"]["metrics"]
-    assert set(metrics) == {"model", "popularity", "ease"}
+    assert set(metrics) == {"model", "retrieval only", "popularity", "ease"}
     assert 0.0 <= metrics["model"]["recall@50"] <= 1.0
+    assert metrics["ease"]["l2"] in TrainingConfig().ease_l2_grid, "EASE's L2 is chosen on validation"
     assert os.path.exists(os.path.join(os.path.dirname(first["evaluation"]["report"]), "recall_at_k.png"))
     assert_never_recommends_seen(first["pushed_model"], data_dir)
 
@@ -106,7 +107,7 @@ def test_pipeline_on_synthetic_data_caches_and_gates(tmp_path):
 def test_pipeline_on_real_sample_beats_popularity(tmp_path, real_data_dir):
     result = local_runner.run_local(real_data_dir, str(tmp_path / "out"), progress=print)
     metrics = result["evaluation"]["metrics"]
-    print(json.dumps({k: {m: round(v, 4) for m, v in d.items()} for k, d in metrics.items()}))
+    print(json.dumps({k: {m: round(v, 4) for m, v in d.items() if isinstance(v, float)} for k, d in metrics.items()}))
     # The default gate: recall@50 above popularity by 10% at least.
     assert result["evaluation"]["blessed"], metrics
     assert metrics["model"]["recall@50"] > 1.1 * metrics["popularity"]["recall@50"]

@@ -6,8 +6,10 @@ import pytest
 import yaml
 from google.protobuf import json_format
 from kfp import components
+from kfp.client import client as kfp_client
 from kfp.pipeline_spec import pipeline_spec_pb2
 
+from animerec import cli
 from animerec.config import TrainingConfig
 from animerec.kubeflow import runner
 
@@ -40,6 +42,50 @@ def job(tmp_path_factory):
     )
     with open(path) as fh:
         return json.load(fh)
+
+
+@pytest.fixture(scope="module")
+def spec_package(tmp_path_factory):
+    """The same pipeline as `job`, compiled by the CLI into the pipeline spec YAML."""
+    path = str(tmp_path_factory.mktemp("kfp") / "pipeline.yaml")
+    argv = ["kubeflow", "compile", "--output", path, "--image", IMAGE, "--pipeline-root", "gs://b/root"]
+    argv += ["--data-root", "gs://b/data", "--serving-dir", "gs://b/serving", "--epochs", "3"]
+    argv += [f"--beam-arg={arg}" for arg in BEAM_ARGS]
+    assert cli.main(argv) == 0
+    return path
+
+
+def test_the_yaml_package_is_what_kfp_client_loads(spec_package, job):
+    # The loader behind kfp.Client.upload_pipeline and create_run_from_pipeline_package (strict proto parsing).
+    spec = kfp_client._extract_pipeline_yaml(spec_package).pipeline_spec
+    assert spec.pipeline_info.name == runner.PIPELINE_NAME
+    assert spec.schema_version == "2.1.0"  # the only version the KFP 2 API server accepts
+    # The runtime parameters keep their compiled defaults, and the pipeline root its default.
+    parameters = spec.root.input_definitions.parameters
+    assert parameters[runner.DATA_ROOT_PARAMETER].default_value.string_value == "gs://b/data"
+    assert json.loads(parameters[runner.TRAINING_PARAMETER].default_value.string_value)["epochs"] == 3
+    assert all(
+        p.is_optional and p.parameter_type == pipeline_spec_pb2.ParameterType.STRING for p in parameters.values()
+    )
+    assert spec.default_pipeline_root == "gs://b/root"
+    # Otherwise it is the job's spec, unchanged.
+    for parameter in parameters.values():
+        parameter.ClearField("default_value")
+        parameter.ClearField("is_optional")
+    spec.ClearField("default_pipeline_root")
+    assert spec == json_format.ParseDict(job["pipelineSpec"], pipeline_spec_pb2.PipelineSpec())
+    # kfp's component loader sees the defaults too.
+    inputs = components.load_component_from_file(spec_package).component_spec.inputs
+    assert inputs[runner.DATA_ROOT_PARAMETER].default == "gs://b/data"
+
+
+def test_the_output_extension_chooses_the_format(tmp_path, capsys):
+    assert cli.main(["kubeflow", "compile", "--output", str(tmp_path / "pipeline.txt")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("animerec: error: ") and ".yaml or .yml" in err and ".json" in err
+    assert err.count("\n") == 1
+    assert cli.main(["kubeflow", "run-local", "--job", str(tmp_path / "p.yaml"), "--root", str(tmp_path)]) == 2
+    assert "compile one with `--output NAME.json`" in capsys.readouterr().err
 
 
 def test_kfp_loaders_accept_it(job):

@@ -5,9 +5,9 @@ import os
 
 import pytest
 
-from animerec.components.retrieval_evaluator.metrics import GateConfig
 from animerec.config import TrainingConfig
 from animerec.data import convert, synth
+from animerec.evaluation import GateConfig
 from animerec.kubeflow import local_launcher, runner
 from animerec.serving import server
 from tests.test_e2e import assert_never_recommends_seen

@@ -11,8 +11,10 @@ from animerec import features as f
 from animerec.preprocessing import preprocessing_fn
 
 
-def _row(user_id, anime_id, rating=0, liked=0, name="", genres="", synopsis=""):
+def _row(user_id, anime_id, rating=0, liked=0, name="", genres="", synopsis="", mal_score=(), members=()):
     return {
+        f.MAL_SCORE: list(mal_score),
+        f.MEMBERS: list(members),
         f.USER_ID: [user_id],
         f.ANIME_ID: [anime_id],
         f.RATING: [rating],
@@ -25,8 +27,23 @@ def _row(user_id, anime_id, rating=0, liked=0, name="", genres="", synopsis=""):
 
 ROWS = [
     # Catalog: anime 1 and 2 are liked below, anime 3 never (cold start).
-    _row(f.NO_USER, 1, name="Cowboy Bebop", genres="Action, Sci-Fi", synopsis="A bounty hunter crew in space."),
-    _row(f.NO_USER, 2, name="Bebop Movie", genres="Action, Drama", synopsis="Another bounty in space, a movie."),
+    _row(
+        f.NO_USER,
+        1,
+        name="Cowboy Bebop",
+        genres="Action, Sci-Fi",
+        synopsis="A bounty hunter crew in space.",
+        mal_score=[8.78],
+        members=[1251960],
+    ),
+    _row(
+        f.NO_USER,
+        2,
+        name="Bebop Movie",
+        genres="Action, Drama",
+        synopsis="Another bounty in space, a movie.",
+        mal_score=[8.39],
+    ),
     _row(f.NO_USER, 3, name="Quiet Days", genres="Slice of Life", synopsis="Tea and school."),
     # Interactions.
     _row(7, 1, rating=9, liked=1),
@@ -41,6 +58,8 @@ ROWS = [
 def transformed(tmp_path_factory):
     spec = {name: tf.io.FixedLenFeature([1], tf.int64) for name in f.RAW_INT_FEATURES}
     spec.update({name: tf.io.FixedLenFeature([1], tf.string) for name in f.RAW_TEXT_FEATURES})
+    spec[f.MAL_SCORE] = tf.io.VarLenFeature(tf.float32)
+    spec[f.MEMBERS] = tf.io.VarLenFeature(tf.int64)
     metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(spec))
     temp = str(tmp_path_factory.mktemp("tft"))
     with tft_beam.Context(temp_dir=temp, force_tf_compat_v1=False):
@@ -83,6 +102,15 @@ def test_text_tokens_from_the_catalog(transformed):
     assert [name_vocab[i - 1] for i in bebop[f.NAME_TOKENS] if i] == [b"cowboy", b"bebop"]
     # Interaction rows carry no text: empty lists, so they cost nothing at 100M rows.
     assert all(len(r[name]) == 0 for r in rows[3:] for name in f.TEXT_MAX_TOKENS)
+
+
+def test_catalog_metadata_passes_through_on_catalog_rows_only(transformed):
+    rows, output = transformed
+    assert [[round(float(v), 2) for v in r[f.MAL_SCORE]] for r in rows[:3]] == [[8.78], [8.39], []]
+    assert [list(r[f.MEMBERS]) for r in rows[:3]] == [[1251960], [], []]
+    assert all(len(r[f.MAL_SCORE]) == 0 and len(r[f.MEMBERS]) == 0 for r in rows[3:])
+    spec = output.transformed_feature_spec()
+    assert isinstance(spec[f.MAL_SCORE], tf.io.VarLenFeature) and spec[f.MAL_SCORE].dtype == tf.float32
 
 
 def test_trainer_reads_token_lists_padded_to_fixed_width(transformed):

@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from animerec.components.retrieval_evaluator import metrics as m
+from animerec import evaluation as m
+from animerec import ids as m_ids
 
 
 def test_top_k_breaks_ties_by_lower_index():
@@ -111,19 +112,93 @@ def test_ease_is_the_closed_form_on_binary_interactions():
     np.testing.assert_allclose(m.ease_item_weights(users, items, n_items=12, l2=3.0), expected, rtol=1e-4, atol=1e-6)
 
 
-def test_popularity_ranking_is_the_same_scored_in_blocks(monkeypatch):
-    from animerec import features as f
-    from animerec.components.retrieval_evaluator import executor
+def _task(rng, users=9, catalog_size=40, rows=90):
+    train_user, train_position = rng.integers(0, users, rows), rng.integers(0, catalog_size, rows)
+    liked = rng.integers(0, 2, rows) == 1
+    return m.EvalData(
+        catalog_size,
+        train_user[liked],
+        train_position[liked],
+        train_user,
+        train_position,
+        np.arange(users),
+        rng.integers(0, catalog_size, users),
+    )
 
-    rng = np.random.default_rng(2)
-    catalog = np.arange(100, 140)
-    train = {f.USER_ID: rng.integers(0, 9, 90), f.ANIME_ID: rng.choice(catalog, 90), f.LIKED: rng.integers(0, 2, 90)}
-    eval_ = {f.USER_ID: np.arange(9), f.ANIME_ID: rng.choice(catalog, 9), f.LIKED: np.ones(9, np.int64)}
-    data = executor.EvalData(train, eval_, catalog)
-    whole = executor.rank_popularity(data, 10)
-    monkeypatch.setattr(executor, "SCORE_BATCH", 2)
-    assert np.array_equal(executor.rank_popularity(data, 10), whole)
+
+def test_popularity_and_ease_rankings_are_the_same_scored_in_blocks(monkeypatch):
+    data = _task(np.random.default_rng(2))
+    index = m.EaseIndex.of(data)
+    # Weights on a 1/1024 grid: their sums are exact whatever the BLAS blocking, so no near-tie flips.
+    weights = np.round(index.weights(10.0) * 1024) / 1024
+    whole = m.rank_popularity(data, 10), index.rank(data, weights, 10)
+    monkeypatch.setattr(m, "SCORE_BATCH", 2)
+    assert np.array_equal(m.rank_popularity(data, 10), whole[0])
+    assert np.array_equal(index.rank(data, weights, 10), whole[1])
     # Each user's own training titles are masked, block by block.
-    for row in range(len(data.users)):
-        seen = set(data.seen_col[data.seen_row == row].tolist())
-        assert not seen & set(whole[row].tolist())
+    for ranked in whole:
+        for row in range(len(data.users)):
+            seen = set(data.seen_col[data.seen_row == row].tolist())
+            assert not seen & set(ranked[row].tolist())
+
+
+def test_ease_index_scores_as_the_closed_form():
+    rng = np.random.default_rng(3)
+    data = _task(rng, users=30, catalog_size=12, rows=200)
+    index = m.EaseIndex.of(data)
+    _, rows = np.unique(data.liked_user, return_inverse=True)
+    expected = m.ease_item_weights(rows, index.column[data.liked_position], len(index.items), 5.0)
+    np.testing.assert_allclose(index.weights(5.0), expected, atol=1e-5)
+
+
+def test_tune_ease_l2_picks_the_best_value_of_the_grid():
+    data = _task(np.random.default_rng(4), users=40, catalog_size=30, rows=600)
+    best, scores = m.tune_ease_l2(data, grid=(0.1, 10.0, 1000.0))
+    assert set(scores) == {0.1, 10.0, 1000.0}
+    assert scores[best] == max(scores.values())
+    index = m.EaseIndex.of(data)
+    assert scores[10.0] == data.metrics(index.rank(data, index.weights(10.0), 30))["recall@50"]
+
+
+def test_catalog_positions_map_padding_and_unknown_ids_to_minus_one():
+    """A -1 pad (fewer titles left than k) must not become catalog position 0 and count as a hit."""
+    catalog = np.array([10, 20, 30])
+    assert m_ids.catalog_positions(catalog, np.array([[20, -1, 5, 30, 99]])).tolist() == [[1, -1, -1, 2, -1]]
+    ranked = m_ids.catalog_positions(catalog, np.array([[20, -1, -1]]))
+    assert m.retrieval_metrics(ranked, [{0, 1}], catalog_size=3, ks=(3,))["recall@3"] == 0.5
+
+
+def test_slices_by_history_length_and_cold_titles():
+    # Users 0 (2 liked), 1 (7 liked); title 9 was never liked in training (cold).
+    liked_user = np.array([0, 0] + [1] * 7)
+    liked_position = np.array([0, 1, 0, 1, 2, 3, 4, 5, 6])
+    data = m.EvalData(
+        10, liked_user, liked_position, liked_user, liked_position, np.array([0, 0, 1]), np.array([7, 9, 8])
+    )
+    ranked = np.array([[9, 2, 3], [8, 7, 9]])
+    slices = data.slices(ranked, k=1)
+    assert slices["history 1-5"] == {"users": 1, "recall@1": 0.5}
+    assert slices["history 6-20"] == {"users": 1, "recall@1": 1.0}
+    assert slices["history >100"] == {"users": 0, "recall@1": None}
+    # Cold truth: user 0 {7, 9} (finds 9 first: 0.5), user 1 {8} (found: 1.0).
+    assert slices["cold titles"] == {"users": 2, "recall@1": 0.75}
+
+
+def test_validation_task_holds_out_liked_rows_of_users_with_enough_history():
+    rng = np.random.default_rng(5)
+    user_id = np.repeat(np.arange(50), 20)
+    anime_id = np.tile(np.arange(20), 50)
+    liked = rng.random(len(user_id)) < 0.8
+    liked[user_id >= 45] &= np.tile(np.arange(20), 5) < 3  # users 45+ like 3 titles at most
+    task = m.validation_task(user_id, anime_id, anime_id, liked, catalog_size=20, percent=20, min_history=5)
+    assert 30 < len(task.users) <= 45 and task.users.max() < 45
+    held = set(
+        zip(np.repeat(task.users, [len(t) for t in task.truth]).tolist(), [p for t in task.truth for p in sorted(t)])
+    )
+    assert held <= set(zip(user_id[liked].tolist(), anime_id[liked].tolist()))
+    assert not held & set(zip(task.liked_user.tolist(), task.liked_position.tolist()))
+    assert not held & set(zip(task.users[task.seen_row].tolist(), task.seen_col.tolist()))
+    # The same rows whatever the order they come in.
+    order = rng.permutation(len(user_id))
+    shuffled = m.validation_task(user_id[order], anime_id[order], anime_id[order], liked[order], 20, 20, 5)
+    assert [sorted(t) for t in shuffled.truth] == [sorted(t) for t in task.truth]

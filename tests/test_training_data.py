@@ -18,6 +18,8 @@ SPEC = {
     f.NAME: tf.io.FixedLenFeature([1], tf.string),
     f.GENRES: tf.io.FixedLenFeature([1], tf.string),
     **{name: tf.io.VarLenFeature(tf.int64) for name in f.TEXT_MAX_TOKENS},
+    f.MAL_SCORE: tf.io.VarLenFeature(tf.float32),
+    f.MEMBERS: tf.io.VarLenFeature(tf.int64),
 }
 # (user_id, user_index, anime_id, anime_index, liked); anime 30 is out of the anime vocabulary (index 2).
 INTERACTIONS = [
@@ -29,6 +31,8 @@ INTERACTIONS = [
     (9, 2, 10, 0, 1),
 ]
 CATALOG = [(30, 2, b"C", b"Drama", [5]), (10, 0, b"A", b"Action", [1, 2, 3]), (20, 1, b"B", b"Action, Drama", [])]
+# MyAnimeList metadata where known (anime 20 has none).
+METADATA = {10: {f.MAL_SCORE: 8.5, f.MEMBERS: 1000}, 30: {f.MAL_SCORE: 6.25}}
 
 
 def _example(values: dict) -> bytes:
@@ -78,6 +82,7 @@ def _files(tmp_path):
             f.NAME: name,
             f.GENRES: genres,
             **{n: tokens for n in f.TEXT_MAX_TOKENS},
+            **METADATA.get(a, {}),
         }
         for a, ai, name, genres, tokens in CATALOG
     ]
@@ -86,14 +91,15 @@ def _files(tmp_path):
     return [str(tmp_path / "Split-train" / "*"), str(tmp_path / "Split-catalog" / "*")]
 
 
-def _load(files):
+def _load(files, user_vocab_size=3, anime_vocab_size=2, validation_percent=0):
     return model_data.load_training_data(
         trainer.split_patterns(files, f.TRAIN_SPLIT),
         trainer.split_patterns(files, f.CATALOG_SPLIT),
         SPEC,
-        user_vocab_size=3,
-        anime_vocab_size=2,
+        user_vocab_size=user_vocab_size,
+        anime_vocab_size=anime_vocab_size,
         text_vocab_sizes={n: 6 for n in f.TEXT_MAX_TOKENS},
+        validation_percent=validation_percent,
     )
 
 
@@ -109,6 +115,8 @@ def test_tables_from_one_streaming_pass(tmp_path):
     assert tokens.shape == (3, f.TEXT_MAX_TOKENS[f.SYNOPSIS_TOKENS])
     assert tokens[0, :4].tolist() == [1, 2, 3, 0] and not tokens[1].any() and tokens[2, 0] == 5
     # Row per user index, plus the empty row for unknown users.
+    assert data.catalog.mal_score.tolist() == [8.5, 0.0, 6.25]  # 0 where unknown
+    assert data.catalog.members.tolist() == [1000, 0, 0]
     assert data.user_ids.tolist() == [8, 7, 9, -1]
     assert _rows(data.history_splits, data.history_values) == [[1], [0, 1], [0], []]  # liked anime indices
     assert _rows(data.seen_splits, data.seen_values) == [[0, 1], [0, 1, 2], [0], []]  # catalog positions
@@ -143,3 +151,68 @@ def test_streamed_batches_hold_exactly_the_liked_rows(tmp_path, shuffle_buffer, 
 def test_split_patterns_name_the_missing_split():
     with pytest.raises(ValueError, match="no catalog split"):
         trainer.split_patterns(["/x/Split-train/*"], f.CATALOG_SPLIT)
+
+
+def test_validation_rows_are_carved_out_of_histories_and_training_batches(tmp_path):
+    """With validation_percent, some liked rows of users with enough history leave the
+    histories and the streamed training rows; put back, they give the histories again."""
+    rng = np.random.default_rng(0)
+    n_users, n_anime = 30, 40
+    rows = []
+    for user in range(n_users):
+        for anime in rng.choice(n_anime, 12 if user < 25 else 3, replace=False):  # users 25+ have too little
+            rows.append(
+                {
+                    f.USER_ID: 1000 + user,
+                    f.USER_INDEX: user,
+                    f.ANIME_ID: 500 + anime,
+                    f.ANIME_INDEX: anime,
+                    f.LIKED: 1,
+                    f.WEIGHT: 1.0,
+                    f.NAME: b"",
+                    f.GENRES: b"",
+                    **{n: [] for n in f.TEXT_MAX_TOKENS},
+                }
+            )
+    catalog = [
+        {
+            f.USER_ID: f.NO_USER,
+            f.USER_INDEX: n_users,
+            f.ANIME_ID: 500 + a,
+            f.ANIME_INDEX: a,
+            f.LIKED: 0,
+            f.WEIGHT: 0.0,
+            f.NAME: b"t",
+            f.GENRES: b"g",
+            **{n: [1] for n in f.TEXT_MAX_TOKENS},
+        }
+        for a in range(n_anime)
+    ]
+    _write(str(tmp_path / "Split-train"), rows)
+    _write(str(tmp_path / "Split-catalog"), catalog)
+    files = [str(tmp_path / "Split-train" / "*"), str(tmp_path / "Split-catalog" / "*")]
+    whole = _load(files, n_users, n_anime)
+    data = _load(files, n_users, n_anime, validation_percent=20)
+    held = _rows(data.validation_splits, data.validation_values)
+    fit = _rows(data.history_splits, data.history_values)
+    assert 0 < sum(map(len, held)) < 0.4 * len(rows)
+    assert all(not held[u] for u in range(25, n_users + 1)), "users below the minimum history keep every row"
+    assert all(fit[u] for u in range(n_users)), "every user keeps rows to fit on"
+    assert all(not set(fit[u]) & set(held[u]) for u in range(n_users))
+    assert _rows(*_csr_of(data.with_validation_in_history())) == _rows(whole.history_splits, whole.history_values)
+    # The validation task: the held-out titles are the truth, and are not excluded as seen.
+    task = data.validation_task()
+    for row, user in enumerate(task.users):
+        assert task.truth[row] == {a for a in held[user]}  # anime index == catalog position here
+        assert not task.truth[row] & set(task.seen_col[task.seen_row == row].tolist())
+    # Training batches stream the fitting rows only, each once per epoch.
+    dataset = retrieval.streaming_training_dataset(
+        trainer.split_patterns(files, f.TRAIN_SPLIT), SPEC, data, batch_size=data.liked_rows, shuffle_buffer=10_000
+    )
+    user_index, anime_index, *_ = next(iter(dataset))
+    streamed = sorted(zip(user_index.numpy().tolist(), anime_index.numpy().tolist()))
+    assert streamed == sorted((u, a) for u in range(n_users) for a in fit[u])
+
+
+def _csr_of(data):
+    return data.history_splits, data.history_values

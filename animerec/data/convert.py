@@ -63,9 +63,25 @@ def encode_examples(columns: dict) -> list:
     offsets = pa.py_buffer(np.arange(rows + 1, dtype=np.int32))
     lists = []
     for values in columns.values():
+        if isinstance(values, pa.ListArray):  # already a list per row (optional_values)
+            lists.append(values)
+            continue
         values = values if isinstance(values, pa.Array) else pa.array(values)
         lists.append(pa.ListArray.from_buffers(pa.list_(values.type), rows, [None, offsets], children=[values]))
     return example_coder.RecordBatchToExamplesEncoder().encode(pa.RecordBatch.from_arrays(lists, list(columns)))
+
+
+def optional_values(values: np.ndarray, dtype) -> pa.ListArray:  # noqa: F821 - pyarrow is imported lazily
+    """An Arrow list column of zero (NaN) or one value per row: a tf.Example feature that
+    is absent where the value is unknown."""
+    import pyarrow as pa  # noqa: PLC0415
+
+    known = ~np.isnan(values)
+    offsets = np.concatenate([[0], np.cumsum(known)]).astype(np.int32)
+    children = pa.array(values[known].astype(dtype))
+    return pa.ListArray.from_buffers(
+        pa.list_(children.type), len(values), [None, pa.py_buffer(offsets)], children=[children]
+    )
 
 
 def _empty_texts(rows: int):
@@ -93,9 +109,10 @@ class _ExampleWriter:
         path = os.path.join(self._folder, f"{self._prefix}-{self._shard:05d}.tfrecord")
         self._writer = self._tf.io.TFRecordWriter(path)
 
-    def write_columns(self, ints: dict, texts: dict | None = None) -> None:
+    def write_columns(self, ints: dict, texts: dict | None = None, optional: dict | None = None) -> None:
         """One record per row: `ints` maps every RAW_INT_FEATURES name to an array,
-        `texts` every RAW_TEXT_FEATURES name to a list of bytes (empty when None)."""
+        `texts` every RAW_TEXT_FEATURES name to a list of bytes (empty when None),
+        `optional` RAW_CATALOG_FEATURES names to optional_values columns."""
         rows = len(ints[features.RAW_INT_FEATURES[0]])
         start = 0
         while start < rows:
@@ -106,6 +123,8 @@ class _ExampleWriter:
             block = {name: np.asarray(ints[name][start:stop], dtype=np.int64) for name in features.RAW_INT_FEATURES}
             for name in features.RAW_TEXT_FEATURES:
                 block[name] = _empty_texts(stop - start) if texts is None else texts[name][start:stop]
+            for name, values in (optional or {}).items():
+                block[name] = values.slice(start, stop - start)
             for record in encode_examples(block):
                 self._writer.write(record)
             self._rows_in_shard += stop - start
@@ -232,9 +251,13 @@ def shuffle_buckets(animelist_path: str) -> int:
     return max(1, -(-rows_at_most // ROWS_PER_SHARD))
 
 
+# Bumped when the records' layout changes, so that older conversions are not reused.
+RECORD_FORMAT = 2  # 2: catalog metadata (mal_score, members)
+
+
 def input_fingerprint(data_dir: str, liked_filter, split) -> str:
-    """Changes when an input file or a setting changes."""
-    digest = hashlib.sha256()
+    """Changes when an input file, a setting or the record format changes."""
+    digest = hashlib.sha256(f"format {RECORD_FORMAT}".encode())
     for name in sorted(os.listdir(data_dir)):
         if name.endswith(".csv"):
             stat = os.stat(os.path.join(data_dir, name))
@@ -287,6 +310,10 @@ def convert_kaggle(
         {
             name: [text.encode("utf-8") for text in catalog[column]]
             for name, column in zip(features.RAW_TEXT_FEATURES, ("name", "genres", "synopsis"))
+        },
+        {
+            features.MAL_SCORE: optional_values(catalog["score"].to_numpy(np.float64), np.float32),
+            features.MEMBERS: optional_values(catalog["members"].to_numpy(np.float64), np.int64),
         },
     )
     catalog_writer.close()

@@ -92,6 +92,49 @@ def assign_eval(user_id: np.ndarray, anime_id: np.ndarray, liked: np.ndarray, co
     return candidate
 
 
+# The validation split is carved out of train with the same hash under another seed,
+# so it is independent of the eval split.
+VALIDATION_SEED = 1
+# Share of an eligible user's liked training rows held out for validation, and the
+# liked rows a user needs to get any (as the eval split's defaults).
+VALIDATION_PERCENT = 20
+VALIDATION_MIN_HISTORY = 5
+
+
+def validation_users(
+    user_id: np.ndarray,
+    anime_id: np.ndarray,
+    percent: int = VALIDATION_PERCENT,
+    min_history: int = VALIDATION_MIN_HISTORY,
+    seed: int = VALIDATION_SEED,
+) -> np.ndarray:
+    """The sorted raw ids of the users who get validation rows.
+
+    `user_id` and `anime_id` are the liked training rows, in any order. As with the
+    eval split, users below `min_history` liked rows, and users whose rows would all
+    go to validation, keep every row for fitting.
+    """
+    users, user = np.unique(user_id, return_inverse=True)
+    candidate = split_hash(user_id, anime_id, seed) < percent
+    liked = np.bincount(user, minlength=len(users))
+    held = np.bincount(user, weights=candidate, minlength=len(users))
+    return users[(liked >= min_history) & (held > 0) & (held < liked)]
+
+
+def is_validation(
+    user_id: np.ndarray,
+    anime_id: np.ndarray,
+    eligible_users: np.ndarray,
+    percent: int = VALIDATION_PERCENT,
+    seed: int = VALIDATION_SEED,
+) -> np.ndarray:
+    """True for the liked training rows held out for validation (`eligible_users` from validation_users)."""
+    if len(eligible_users) == 0:
+        return np.zeros(len(user_id), dtype=bool)
+    at = np.minimum(np.searchsorted(eligible_users, user_id), len(eligible_users) - 1)
+    return (eligible_users[at] == user_id) & (split_hash(user_id, anime_id, seed) < percent)
+
+
 @dataclasses.dataclass
 class LabeledBlock:
     """Valid rows of whole users, labeled."""

@@ -173,7 +173,8 @@ def read_anime(path: str) -> tuple[pd.DataFrame, ReadReport]:
 
 
 def read_catalog(data_dir: str) -> tuple[pd.DataFrame, list[ReadReport]]:
-    """The candidate catalog: anime.csv joined with the synopses.
+    """The candidate catalog: anime.csv joined with the synopses, with MAL's score and
+    member count (NaN where unknown).
 
     anime.csv lists every anime (titles left out of the synopsis file by its
     author included); the synopsis file adds the text. Either file alone is
@@ -195,7 +196,7 @@ def read_catalog(data_dir: str) -> tuple[pd.DataFrame, list[ReadReport]]:
     if os.path.exists(anime_path):
         anime, report = read_anime(anime_path)
         reports.append(report)
-        frames.append(anime[["anime_id", "name", "genres", "score"]])
+        frames.append(anime[["anime_id", "name", "genres", "score", "members"]])
     if len(frames) == 1:
         catalog = frames[0]
     else:
@@ -207,8 +208,10 @@ def read_catalog(data_dir: str) -> tuple[pd.DataFrame, list[ReadReport]]:
         for column in ("name", "genres", "score"):
             catalog.loc[only_synopsis, column] = by_id.loc[catalog.loc[only_synopsis, "anime_id"], column].values
     catalog["synopsis"] = catalog.get("synopsis", pd.Series("", index=catalog.index)).fillna("")
+    # Members are in anime.csv only: NaN for titles it lacks (or without that file).
+    catalog["members"] = catalog.get("members", pd.Series(np.nan, index=catalog.index)).astype(np.float64)
     catalog = catalog.sort_values("anime_id").reset_index(drop=True)
-    return catalog[["anime_id", "name", "genres", "synopsis", "score"]], reports
+    return catalog[["anime_id", "name", "genres", "synopsis", "score", "members"]], reports
 
 
 def _first_present(path: str, columns, candidates: tuple[str, ...]) -> str:

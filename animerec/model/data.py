@@ -16,6 +16,9 @@ import numpy as np
 import tensorflow as tf
 
 from animerec import features as f
+from animerec.data import interactions
+from animerec.evaluation import EvalData
+from animerec.ids import catalog_positions
 
 READ_BATCH = 65536
 
@@ -27,12 +30,19 @@ class Catalog:
     titles: np.ndarray
     genres: np.ndarray
     tokens: dict  # text token feature -> [N, max_tokens]
+    mal_score: np.ndarray  # MyAnimeList's mean score, 0 where unknown
+    members: np.ndarray  # MyAnimeList members listing the title, 0 where unknown
 
     def positions(self, anime_id: np.ndarray) -> np.ndarray:
         """Catalog positions of raw anime ids (-1 where absent)."""
-        pos = np.searchsorted(self.anime_id, anime_id)
-        pos = np.minimum(pos, len(self.anime_id) - 1)
-        return np.where(self.anime_id[pos] == anime_id, pos, -1)
+        return catalog_positions(self.anime_id, anime_id)
+
+    def positions_of_index(self, anime_vocab_size: int) -> np.ndarray:
+        """Catalog position per Transform anime index (anime_vocab_size + 1 entries, -1 where none)."""
+        out = np.full(anime_vocab_size + 1, -1, np.int64)
+        known = self.anime_index < anime_vocab_size
+        out[self.anime_index[known]] = np.flatnonzero(known)
+        return out
 
 
 @dataclasses.dataclass
@@ -43,7 +53,7 @@ class TrainingData:
     catalog: Catalog
     # Per user index (user_vocab_size + 1 rows, the last one empty).
     user_ids: np.ndarray  # raw user id per index, -1 where unknown
-    history_splits: np.ndarray  # liked anime indices
+    history_splits: np.ndarray  # liked anime indices (validation rows left out)
     history_values: np.ndarray
     seen_splits: np.ndarray  # catalog positions of every training row (liked or not)
     seen_values: np.ndarray
@@ -54,6 +64,57 @@ class TrainingData:
     # Catalog positions held out for eval: seen by the user, so serving excludes them too.
     heldout_splits: np.ndarray | None = None
     heldout_values: np.ndarray | None = None
+    # Liked training rows held out for validation (anime indices per user index), and the
+    # raw ids of the users who have some (interactions.validation_users).
+    validation_splits: np.ndarray | None = None
+    validation_values: np.ndarray | None = None
+    validation_user_ids: np.ndarray | None = None
+    validation_percent: int = 0
+
+    def with_validation_in_history(self) -> TrainingData:
+        """The validation rows put back into the liked histories: what the exported model knows."""
+        if self.validation_splits is None:
+            return self
+        n_users = len(self.history_splits) - 1
+        users = np.concatenate(
+            [
+                np.repeat(np.arange(n_users), np.diff(self.history_splits)),
+                np.repeat(np.arange(n_users), np.diff(self.validation_splits)),
+            ]
+        )
+        splits, values = _csr(users, np.concatenate([self.history_values, self.validation_values]), n_users)
+        return dataclasses.replace(
+            self, history_splits=splits, history_values=values, validation_splits=None, validation_values=None
+        )
+
+    def validation_task(self, max_users: int | None = None) -> EvalData:
+        """Validation as a ranking task over user indices and catalog positions: the fitting
+        histories are the liked rows, every training row but the validation ones is seen."""
+        n_users = len(self.history_splits) - 1
+        position = self.catalog.positions_of_index(self.anime_vocab_size)
+        history_user = np.repeat(np.arange(n_users), np.diff(self.history_splits))
+        held_user = np.repeat(np.arange(n_users), np.diff(self.validation_splits))
+        held_position = position[self.validation_values]
+        seen_user = np.repeat(np.arange(n_users), np.diff(self.seen_splits))
+        n_catalog = len(self.catalog.anime_id)
+        seen_key = seen_user * n_catalog + self.seen_values
+        keep = ~np.isin(seen_key, held_user * n_catalog + held_position)
+        return EvalData(
+            n_catalog,
+            history_user,
+            position[self.history_values],
+            seen_user[keep],
+            self.seen_values[keep],
+            held_user,
+            held_position,
+            max_users=max_users,
+        )
+
+    def is_validation_row(self, user_id: np.ndarray, anime_id: np.ndarray) -> np.ndarray:
+        """For raw (user, anime) ids of liked training rows: held out for validation?"""
+        if self.validation_user_ids is None:
+            return np.zeros(len(user_id), dtype=bool)
+        return interactions.is_validation(user_id, anime_id, self.validation_user_ids, self.validation_percent)
 
     def with_heldout(self, user_index: np.ndarray, anime_id: np.ndarray) -> TrainingData:
         """Adds the eval split's rows (raw anime ids by user index) as held-out seen titles."""
@@ -95,8 +156,11 @@ def dense_parser(feature_spec: dict):
         rows = tf.shape(serialized, out_type=tf.int64)[0]
         for name, value in parsed.items():
             if isinstance(value, tf.sparse.SparseTensor):
-                shape = tf.stack([rows, f.TEXT_MAX_TOKENS[name]])
-                parsed[name] = tf.sparse.to_dense(tf.sparse.reset_shape(value, shape), default_value=f.PAD_TOKEN)
+                # Token lists pad to their length; optional catalog values are one value, 0 where absent.
+                shape = tf.stack([rows, f.TEXT_MAX_TOKENS.get(name, 1)])
+                parsed[name] = tf.sparse.to_dense(
+                    tf.sparse.reset_shape(value, shape), default_value=tf.constant(f.PAD_TOKEN, value.dtype)
+                )
         return parsed
 
     return parse
@@ -139,7 +203,7 @@ def _csr(rows: np.ndarray, values: np.ndarray, n_rows: int) -> tuple[np.ndarray,
     return splits, values[order].astype(np.int64)
 
 
-CATALOG_COLUMNS = (f.ANIME_ID, f.ANIME_INDEX, f.NAME, f.GENRES, *f.TEXT_MAX_TOKENS)
+CATALOG_COLUMNS = (f.ANIME_ID, f.ANIME_INDEX, f.NAME, f.GENRES, *f.TEXT_MAX_TOKENS, *f.RAW_CATALOG_FEATURES)
 INTERACTION_COLUMNS = (f.USER_ID, f.USER_INDEX, f.ANIME_ID, f.ANIME_INDEX, f.LIKED)
 
 
@@ -153,6 +217,8 @@ def catalog_from_columns(columns: dict[str, np.ndarray]) -> Catalog:
         titles=flat[f.NAME][order],
         genres=flat[f.GENRES][order],
         tokens={name: flat[name][order] for name in f.TEXT_MAX_TOKENS},
+        mal_score=flat[f.MAL_SCORE][order].astype(np.float32),
+        members=flat[f.MEMBERS][order].astype(np.int64),
     )
 
 
@@ -163,11 +229,14 @@ def load_training_data(
     user_vocab_size: int,
     anime_vocab_size: int,
     text_vocab_sizes: dict,
+    validation_percent: int = 0,
 ) -> TrainingData:
     """The catalog, and histories and seen lists from one streaming pass over the training split.
 
     Only five narrow columns are read, kept as int32 while streaming: no text,
-    and nothing per interaction survives but the CSR tables.
+    and nothing per interaction survives but the CSR tables. With validation_percent,
+    liked rows carved out per user (interactions.is_validation) are kept apart from
+    the histories.
     """
     catalog = catalog_from_columns(read_examples(catalog_patterns, {k: feature_spec[k] for k in CATALOG_COLUMNS}))
     n_users = user_vocab_size + 1  # + the empty row for unknown users
@@ -180,10 +249,26 @@ def load_training_data(
         items.append(batch[f.ANIME_INDEX].reshape(-1).astype(np.int32))
         positions.append(catalog.positions(batch[f.ANIME_ID].reshape(-1)).astype(np.int32))
         liked.append(batch[f.LIKED].reshape(-1) == 1)
-    users, liked = np.concatenate(users), np.concatenate(liked)
-    history_splits, history_values = _csr(users[liked], np.concatenate(items)[liked], n_users)
-    seen_splits, seen_values = _csr(users, np.concatenate(positions), n_users)
+    users, liked, items, positions = (np.concatenate(c) for c in (users, liked, items, positions))
+    validation = {}
+    fit = liked
+    if validation_percent > 0:
+        user_id, anime_id = user_ids[users[liked]], catalog.anime_id[positions[liked]]
+        eligible = interactions.validation_users(user_id, anime_id, validation_percent)
+        held = np.zeros(len(users), dtype=bool)
+        held[liked] = interactions.is_validation(user_id, anime_id, eligible, validation_percent)
+        fit = liked & ~held
+        splits, values = _csr(users[held], items[held], n_users)
+        validation = dict(
+            validation_splits=splits,
+            validation_values=values,
+            validation_user_ids=eligible,
+            validation_percent=validation_percent,
+        )
+    history_splits, history_values = _csr(users[fit], items[fit], n_users)
+    seen_splits, seen_values = _csr(users, positions, n_users)
     return TrainingData(
+        **validation,
         user_vocab_size=user_vocab_size,
         anime_vocab_size=anime_vocab_size,
         text_vocab_sizes=text_vocab_sizes,

@@ -1,13 +1,17 @@
-"""The serving SavedModel: top-k retrieval over the whole catalog, seen titles excluded.
+"""The serving SavedModel: two stages over the whole catalog, seen titles excluded.
 
-Brute-force scoring with stock TensorFlow ops only, so stock TF Serving loads
-it. The query tower runs at export time: each known user's embedding (from
-their liked history) is stored, so a request is a lookup, one product with the
-catalog matrix, the exclusions and a top-k (about 25 ops). Signatures (names in animerec.features):
+Stock TensorFlow ops only, so stock TF Serving loads it. The query tower runs at
+export time: each known user's embedding (from their liked history) is stored,
+so retrieval is a lookup, one product with the catalog matrix, the exclusions
+and a top-N. The ranker (animerec.model.ranking) then reorders those N
+candidates (max(N, k) when k is larger) from the user's liked history and the
+candidates' item-item, genre and popularity features, and the top k are
+returned; `scores` are the ranker's logits. Signatures (names in animerec.features):
   serving_default(user_id[B] int64) -> anime_ids[B,K], scores[B,K], titles[B,K], genres[B,K], is_fallback[B]
   recommend(user_id[B], k scalar int32, exclude_anime_ids[B,M] int64, -1 padded) -> the same, top k
   serving_tf_example(examples[B] string: serialized tf.Example with user_id) -> the same as serving_default
   recommend_for_eval: as recommend, but titles held out for evaluation are not excluded (the Evaluator's view)
+  retrieve_for_eval: as recommend_for_eval, retrieval alone (the first stage, for the Evaluator's ablation)
 A user id the model has not seen, or one without a liked title, gets the most
 popular unseen titles with is_fallback=True instead of an error. Slots beyond
 the titles left unseen are padded with anime id -1, score -inf and "".
@@ -21,6 +25,7 @@ import tensorflow as tf
 from animerec import features as f
 from animerec.model.data import TrainingData
 from animerec.model.retrieval import RetrievalModel, query_embeddings
+from animerec.model.two_stage import SecondStage, liked_positions
 
 # user_id, k and per-request exclusions: the inputs of `recommend` and `recommend_for_eval`.
 RECOMMEND_INPUTS = [
@@ -73,9 +78,19 @@ class RecommenderModule(tf.Module):
         catalog_embeddings: np.ndarray,
         top_k: int,
         catalog_bias: np.ndarray | None = None,
+        second_stage: SecondStage | None = None,
     ):
         super().__init__()
         catalog = data.catalog
+        self.second_stage = second_stage
+        if second_stage is not None:
+            self.ranking_features = second_stage.features
+            self.ranker = second_stage.ranker
+            self.candidates = min(second_stage.candidates, len(catalog.anime_id))
+            self.item_item_candidates = min(second_stage.item_item_candidates, len(catalog.anime_id))
+            liked_splits, liked_values = _csr_int32(*liked_positions(data))
+            self.liked_splits = tf.Variable(liked_splits, trainable=False, name="liked_splits")
+            self.liked_values = tf.Variable(liked_values, trainable=False, name="liked_values")
         self.top_k = min(top_k, len(catalog.anime_id))
         self.catalog_size = len(catalog.anime_id)
         # Stored [dim, catalog]: a plain product reads it in order, no transpose per request.
@@ -122,7 +137,12 @@ class RecommenderModule(tf.Module):
         )
 
     def _recommend(
-        self, user_id: tf.Tensor, k: tf.Tensor, exclude_anime_ids: tf.Tensor | None, exclude_heldout: bool = True
+        self,
+        user_id: tf.Tensor,
+        k: tf.Tensor,
+        exclude_anime_ids: tf.Tensor | None,
+        exclude_heldout: bool = True,
+        two_stage: bool = True,
     ) -> dict:
         k = tf.cast(k, tf.int32)
         checks = [
@@ -148,19 +168,36 @@ class RecommenderModule(tf.Module):
         if exclude_anime_ids is not None:
             excluded.append(self.anime_table.lookup(exclude_anime_ids))
         scores = _mask_columns(scores, tf.concat(excluded, axis=1))
-        top = tf.math.top_k(scores, k=k)
+        if two_stage and self.second_stage is not None:
+            positions, values = self._rerank(row, use_model, scores, k)
+        else:
+            top = tf.math.top_k(scores, k=k)
+            positions, values = top.indices, top.values
         # When fewer than k titles are left unseen, the rest of the list is padding
         # (id -1, empty title), never a title the user has seen.
-        valid = tf.math.is_finite(top.values)
+        valid = tf.math.is_finite(values)
         return {
             f.OUTPUT_ANIME_IDS: tf.where(
-                valid, tf.gather(self.catalog_anime_ids, top.indices), tf.constant(-1, tf.int64)
+                valid, tf.gather(self.catalog_anime_ids, positions), tf.constant(-1, tf.int64)
             ),
-            f.OUTPUT_SCORES: top.values,
-            f.OUTPUT_TITLES: tf.where(valid, tf.gather(self.catalog_titles, top.indices), ""),
-            f.OUTPUT_GENRES: tf.where(valid, tf.gather(self.catalog_genres, top.indices), ""),
+            f.OUTPUT_SCORES: values,
+            f.OUTPUT_TITLES: tf.where(valid, tf.gather(self.catalog_titles, positions), ""),
+            f.OUTPUT_GENRES: tf.where(valid, tf.gather(self.catalog_genres, positions), ""),
             f.OUTPUT_IS_FALLBACK: tf.logical_not(use_model),
         }
+
+    def _rerank(self, row: tf.Tensor, use_model: tf.Tensor, scores: tf.Tensor, k: tf.Tensor):
+        """The ranker's top k of the candidates (retrieval's top max(N, k) and the item-item
+        top M); fallback rows keep retrieval's (popularity) order."""
+        history = _padded_rows(self.liked_values, self.liked_splits, row)
+        candidates, features, present = self.ranking_features(
+            history, scores, tf.maximum(k, self.candidates), self.item_item_candidates
+        )
+        ranked = self.ranker(features)
+        ranked = tf.where(use_model[:, None], ranked, tf.gather(scores, candidates, batch_dims=1))
+        ranked = tf.where(present, ranked, float("-inf"))
+        order = tf.math.top_k(ranked, k=k)
+        return tf.gather(candidates, order.indices, batch_dims=1), order.values
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.int64, name=f.SERVING_USER_ID)])
     def serve(self, user_id):
@@ -174,6 +211,10 @@ class RecommenderModule(tf.Module):
     def recommend_for_eval(self, user_id, k, exclude_anime_ids):
         return self._recommend(user_id, k, exclude_anime_ids, exclude_heldout=False)
 
+    @tf.function(input_signature=RECOMMEND_INPUTS)
+    def retrieve_for_eval(self, user_id, k, exclude_anime_ids):
+        return self._recommend(user_id, k, exclude_anime_ids, exclude_heldout=False, two_stage=False)
+
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def serve_tf_example(self, examples):
         parsed = tf.io.parse_example(examples, {f.USER_ID: tf.io.FixedLenFeature([1], tf.int64)})
@@ -186,6 +227,7 @@ class RecommenderModule(tf.Module):
             f.RECOMMEND_SIGNATURE: self.recommend.get_concrete_function(),
             f.TF_EXAMPLE_SIGNATURE: self.serve_tf_example.get_concrete_function(),
             f.EVAL_SIGNATURE: self.recommend_for_eval.get_concrete_function(),
+            f.EVAL_RETRIEVAL_SIGNATURE: self.retrieve_for_eval.get_concrete_function(),
         }
 
 
@@ -196,6 +238,7 @@ def export_serving_model(
     top_k: int,
     path: str,
     catalog_bias: np.ndarray | None = None,
+    second_stage: SecondStage | None = None,
 ) -> None:
-    module = RecommenderModule(model, data, catalog_embeddings, top_k, catalog_bias)
+    module = RecommenderModule(model, data, catalog_embeddings, top_k, catalog_bias, second_stage)
     tf.saved_model.save(module, path, signatures=module.signatures())

@@ -149,7 +149,8 @@ def streaming_training_dataset(
     file_patterns, feature_spec: dict, data: TrainingData, batch_size: int, shuffle_buffer: int, seed: int = 0
 ) -> tf.data.Dataset:
     """Training batches of liked rows (with_histories), streamed from Transform's
-    TFRecords and repeated without end (epochs are counted in steps).
+    TFRecords and repeated without end (epochs are counted in steps). Rows held out
+    for validation (data.validation_*) are left out.
 
     Rows are shuffled in windows of `shuffle_buffer` liked rows: each window is one
     tensor per column, permuted with one gather, while the next one is read. A
@@ -158,13 +159,23 @@ def streaming_training_dataset(
     memory; when every liked row fits in one window an epoch is exactly one pass.
     """
     files, compression = glob_files(file_patterns)
-    spec = {name: feature_spec[name] for name in (f.USER_INDEX, f.ANIME_INDEX, f.LIKED, f.WEIGHT)}
+    spec = {
+        name: feature_spec[name] for name in (f.USER_ID, f.ANIME_ID, f.USER_INDEX, f.ANIME_INDEX, f.LIKED, f.WEIGHT)
+    }
     liked_rows = data.liked_rows
     window = max(1, min(liked_rows, shuffle_buffer))
 
     def liked_only(serialized):
         parsed = tf.io.parse_example(serialized, spec)
         keep = tf.equal(tf.reshape(parsed[f.LIKED], [-1]), 1)
+        if data.validation_user_ids is not None:
+            held = tf.numpy_function(
+                data.is_validation_row,
+                [tf.reshape(parsed[f.USER_ID], [-1]), tf.reshape(parsed[f.ANIME_ID], [-1])],
+                tf.bool,
+                stateful=False,
+            )
+            keep &= ~tf.ensure_shape(held, [None])
         return tuple(
             tf.boolean_mask(tf.reshape(parsed[name], [-1]), keep) for name in (f.USER_INDEX, f.ANIME_INDEX, f.WEIGHT)
         )

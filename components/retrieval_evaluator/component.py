@@ -14,7 +14,7 @@ from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
 from animerec.components.retrieval_evaluator import executor
-from animerec.components.retrieval_evaluator.metrics import GateConfig
+from animerec.evaluation import GateConfig
 
 __all__ = ["GateConfig", "RetrievalEvaluator", "RetrievalEvaluatorSpec"]
 

@@ -14,17 +14,16 @@ from tfx.dsl.components.base import base_executor
 from tfx.types import artifact_utils
 from tfx.utils import io_utils, path_utils
 
+from animerec import evaluation as m
 from animerec import features as f
-from animerec.components.retrieval_evaluator import metrics as m
+from animerec.ids import catalog_positions
+from animerec.report import plot_recall
 
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.md"
+RECALL_PLOT = "recall_at_k.png"
 RECALL_CURVE_KS = (5, 10, 20, 30, 50, 75, 100)
-# EASE inverts an items x items matrix: it covers the most-liked titles up to this many.
-EASE_MAX_ITEMS = 8000
-EASE_L2 = 200.0
 MAX_EVAL_USERS = 20000
-SCORE_BATCH = 512
 
 
 def _read_split(examples: types.Artifact, split: str) -> dict[str, np.ndarray]:
@@ -35,117 +34,82 @@ def _read_split(examples: types.Artifact, split: str) -> dict[str, np.ndarray]:
     return {k: v.reshape(-1) for k, v in read_examples(pattern, spec).items()}
 
 
-class EvalData:
-    """The eval split's truth and the training split's liked and seen titles, by catalog position."""
-
-    def __init__(self, train: dict, eval_: dict, catalog_ids: np.ndarray, max_users: int = MAX_EVAL_USERS):
-        self.catalog_ids = np.sort(catalog_ids)
-        users = np.unique(eval_[f.USER_ID])
-        if len(users) > max_users:
-            users = np.random.default_rng(0).choice(users, max_users, replace=False)
-            users.sort()
-        self.users = users
-        user_pos = {int(u): i for i, u in enumerate(users)}
-        self.truth = [set() for _ in users]
-        for u, a in zip(eval_[f.USER_ID], self._positions(eval_[f.ANIME_ID])):
-            if int(u) in user_pos:
-                self.truth[user_pos[int(u)]].add(int(a))
-        is_interaction = train[f.USER_ID] != f.NO_USER
-        train_users = train[f.USER_ID][is_interaction]
-        positions = self._positions(train[f.ANIME_ID][is_interaction])
-        liked = train[f.LIKED][is_interaction] == 1
-        self.liked_user, self.liked_position = train_users[liked], positions[liked]
-        in_eval = np.isin(train_users, users)
-        self.seen_row = np.searchsorted(users, train_users[in_eval])
-        self.seen_col = positions[in_eval]
-
-    def _positions(self, anime_ids: np.ndarray) -> np.ndarray:
-        return np.searchsorted(self.catalog_ids, anime_ids)
-
-    def metrics(self, ranked_positions: np.ndarray) -> dict:
-        return m.retrieval_metrics(ranked_positions, self.truth, len(self.catalog_ids))
-
-    def curve(self, ranked_positions: np.ndarray) -> list[float]:
-        return m.recall_curve(ranked_positions, self.truth, RECALL_CURVE_KS)
+def load_tasks(examples: types.Artifact, max_users: int = MAX_EVAL_USERS) -> tuple[m.EvalData, m.EvalData, np.ndarray]:
+    """The eval task (train rows -> eval split), the validation task carved out of train,
+    and the sorted catalog ids."""
+    catalog_ids = np.sort(_read_split(examples, f.CATALOG_SPLIT)[f.ANIME_ID])
+    train = _read_split(examples, f.TRAIN_SPLIT)
+    interaction = train[f.USER_ID] != f.NO_USER
+    user, anime = train[f.USER_ID][interaction], train[f.ANIME_ID][interaction]
+    position = catalog_positions(catalog_ids, anime)
+    liked = train[f.LIKED][interaction] == 1
+    eval_ = _read_split(examples, f.EVAL_SPLIT)
+    data = m.EvalData(
+        len(catalog_ids),
+        user[liked],
+        position[liked],
+        user,
+        position,
+        eval_[f.USER_ID],
+        catalog_positions(catalog_ids, eval_[f.ANIME_ID]),
+        max_users=max_users,
+    )
+    validation = m.validation_task(user, anime, position, liked, len(catalog_ids))
+    return data, validation, catalog_ids
 
 
-def _seen_in(data: EvalData, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seen (row, column) pairs of users [start, stop), rows counted from start."""
-    seen = (data.seen_row >= start) & (data.seen_row < stop)
-    return data.seen_row[seen] - start, data.seen_col[seen]
-
-
-def rank_popularity(data: EvalData, k: int) -> np.ndarray:
-    popularity = m.popularity_scores(data.liked_position, len(data.catalog_ids))
-    ranked = []
-    for start in range(0, len(data.users), SCORE_BATCH):
-        users = data.users[start : start + SCORE_BATCH]
-        scores = np.tile(popularity, (len(users), 1))
-        ranked.append(m.top_k(m.mask_seen(scores, *_seen_in(data, start, start + len(users))), k))
-    return np.concatenate(ranked) if ranked else np.zeros((0, k), np.int64)
-
-
-def rank_ease(data: EvalData, k: int, l2: float = EASE_L2, max_items: int = EASE_MAX_ITEMS) -> np.ndarray:
-    counts = np.bincount(data.liked_position, minlength=len(data.catalog_ids))
-    items = np.argsort(-counts, kind="stable")[: min(max_items, int((counts > 0).sum()))]
-    column = np.full(len(data.catalog_ids), -1)
-    column[items] = np.arange(len(items))
-    keep = column[data.liked_position] >= 0
-    users, user_rows = np.unique(data.liked_user[keep], return_inverse=True)
-    weights = m.ease_item_weights(user_rows, column[data.liked_position[keep]], len(items), l2)
-    ranked = []
-    for start in range(0, len(data.users), SCORE_BATCH):
-        batch_users = data.users[start : start + SCORE_BATCH]
-        x = np.zeros((len(batch_users), len(items)), np.float32)
-        rows = np.searchsorted(batch_users, data.liked_user[keep])
-        in_batch = (rows < len(batch_users)) & (
-            batch_users[np.minimum(rows, len(batch_users) - 1)] == data.liked_user[keep]
-        )
-        x[rows[in_batch], column[data.liked_position[keep]][in_batch]] = 1.0
-        scores = np.full((len(batch_users), len(data.catalog_ids)), -1e9, np.float32)
-        scores[:, items] = x @ weights
-        scores = m.mask_seen(scores, *_seen_in(data, start, start + len(batch_users)))
-        ranked.append(m.top_k(scores, k))
-    return np.concatenate(ranked)
-
-
-def rank_model(model_dir: str, data: EvalData, k: int) -> np.ndarray:
-    """Top k catalog positions from the SavedModel's eval signature (training titles excluded)."""
+def rank_model(
+    model_dir: str, data: m.EvalData, catalog_ids: np.ndarray, k: int, signature: str = f.EVAL_SIGNATURE
+) -> np.ndarray:
+    """Top k catalog positions from one of the SavedModel's eval signatures (training titles excluded)."""
     loaded = tf.saved_model.load(model_dir)
-    recommend = loaded.signatures[f.EVAL_SIGNATURE]
+    recommend = loaded.signatures[signature]
     ranked = []
-    for start in range(0, len(data.users), SCORE_BATCH):
-        users = data.users[start : start + SCORE_BATCH]
+    for start in range(0, len(data.users), m.SCORE_BATCH):
+        users = data.users[start : start + m.SCORE_BATCH]
         out = recommend(
             user_id=tf.constant(users, tf.int64),
             k=tf.constant(k, tf.int32),
             exclude_anime_ids=tf.zeros([len(users), 0], tf.int64),
         )
-        ranked.append(data._positions(out[f.OUTPUT_ANIME_IDS].numpy()))
-    return np.concatenate(ranked)
+        ranked.append(catalog_positions(catalog_ids, out[f.OUTPUT_ANIME_IDS].numpy()))
+    return np.concatenate(ranked) if ranked else np.zeros((0, k), np.int64)
 
 
 def evaluate(examples: types.Artifact, model_dir: str, baseline_model_dir: str | None) -> tuple[dict, dict]:
-    """Metrics and recall curves for the model, the baselines and the last blessed model."""
-    train = _read_split(examples, f.TRAIN_SPLIT)
-    catalog = _read_split(examples, f.CATALOG_SPLIT)
-    data = EvalData(train, _read_split(examples, f.EVAL_SPLIT), catalog[f.ANIME_ID])
-    k = min(max(m.KS), len(data.catalog_ids))
+    """Metrics, slices and recall curves for the model (two stages, and retrieval alone),
+    the baselines (EASE with its L2 chosen on validation) and the last blessed model."""
+    data, validation, catalog_ids = load_tasks(examples)
+    k = min(max(m.KS), data.catalog_size)
+    start = time.time()
+    l2, l2_scores = m.tune_ease_l2(validation)
+    logging.info("RetrievalEvaluator: EASE L2 %s chosen on validation (recall@50 %s)", l2, l2_scores)
+    ease_seconds = time.time() - start
+
+    def rank_ease():
+        index = m.EaseIndex.of(data)
+        return index.rank(data, index.weights(l2), k)
+
     rankers = {
-        "model": lambda: rank_model(model_dir, data, k),
-        "popularity": lambda: rank_popularity(data, k),
-        "ease": lambda: rank_ease(data, k),
+        "model": lambda: rank_model(model_dir, data, catalog_ids, k),
+        "retrieval only": lambda: rank_model(model_dir, data, catalog_ids, k, f.EVAL_RETRIEVAL_SIGNATURE),
+        "popularity": lambda: m.rank_popularity(data, k),
+        "ease": rank_ease,
     }
     if baseline_model_dir:
-        rankers["last_blessed"] = lambda: rank_model(baseline_model_dir, data, k)
+        rankers["last_blessed"] = lambda: rank_model(baseline_model_dir, data, catalog_ids, k)
     results, curves = {}, {}
     for name, rank in rankers.items():
         start = time.time()
         ranked = rank()
         results[name] = data.metrics(ranked)
+        results[name]["slices"] = data.slices(ranked)
         results[name]["seconds"] = round(time.time() - start, 2)
-        curves[name] = data.curve(ranked)
+        curves[name] = m.recall_curve(ranked, data.truth, RECALL_CURVE_KS)
         logging.info("RetrievalEvaluator: %s %s", name, results[name])
+    results["ease"]["l2"] = l2
+    results["ease"]["l2_validation_recall@50"] = {str(key): value for key, value in l2_scores.items()}
+    results["ease"]["seconds"] = round(results["ease"]["seconds"] + ease_seconds, 2)
     return results, curves
 
 
@@ -166,26 +130,27 @@ def write_report(out_dir: str, results: dict, curves: dict, blessed: bool, reaso
     for name in names:
         lines.append(f"| {name} | " + " | ".join(f"{results[name][c]:.4f}" for c in columns) + " |")
     lines += ["", "## Blessing", ""] + [f"- {r}" for r in reasons]
-    try:
-        import matplotlib  # noqa: PLC0415
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt  # noqa: PLC0415
-
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for name in names:
-            ax.plot(RECALL_CURVE_KS, curves[name], marker="o", label=name)
-        ax.set_xlabel("k")
-        ax.set_ylabel("recall@k")
-        ax.set_title("Recall@k on the eval split")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(os.path.join(out_dir, "recall_at_k.png"), dpi=110)
-        plt.close(fig)
-        lines += ["", "![recall@k](recall_at_k.png)"]
-    except ImportError:
-        logging.warning("matplotlib is not installed; the report has no plot")
+    slice_names = list(results["model"]["slices"])
+    lines += [
+        "",
+        "## Slices (recall@50)",
+        "",
+        "Users by the number of titles they liked in training, and held-out titles nobody liked in training (cold).",
+        "",
+        "| system | " + " | ".join(f"{n} ({results['model']['slices'][n]['users']} users)" for n in slice_names) + " |",
+        "|---|" + "---|" * len(slice_names),
+    ]
+    for name in names:
+        cells = [results[name]["slices"][n]["recall@50"] for n in slice_names]
+        lines.append(f"| {name} | " + " | ".join("-" if c is None else f"{c:.4f}" for c in cells) + " |")
+    ease = results["ease"]
+    lines += [
+        "",
+        f"EASE's L2 ({ease['l2']:g}) was chosen on the validation split: recall@50 {ease['l2_validation_recall@50']}.",
+    ]
+    lines += ["", "## Blessing", ""] + [f"- {r}" for r in reasons]
+    plot_recall({"k": list(RECALL_CURVE_KS), **curves}, os.path.join(out_dir, RECALL_PLOT))
+    lines += ["", f"![recall@k]({RECALL_PLOT})"]
     with open(os.path.join(out_dir, REPORT_FILE), "w") as fh:
         fh.write("\n".join(lines) + "\n")
     with open(os.path.join(out_dir, "curves.json"), "w") as fh:

@@ -1,0 +1,258 @@
+"""The second stage: a ranking model that reorders the candidates of two retrievers.
+
+The candidates are the two-tower's top titles plus the item-item top titles (both
+unseen). The ranker scores each (user, candidate) pair with what the two-tower
+cannot express: an item-item collaborative score of the candidate given the user's liked history
+(EASE's score, kept as a low-rank factorization so that the SavedModel stays
+small and a request costs one small product), the genre affinity of the candidate with the history,
+the title's popularity here and on MyAnimeList (members) and its MAL score, the
+history's length, and the retrieval score and rank.
+The same RankingFeatures module computes the features in the Trainer and in the
+serving signatures, so training and serving cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+from animerec import features as f
+
+FEATURE_NAMES = (
+    "retrieval_score",
+    "log_retrieval_rank",
+    "item_item",
+    "item_item_share_of_best",
+    "log_item_item_rank",
+    "log_popularity",
+    "mal_score",
+    "log_mal_members",
+    "genre_affinity",
+    "log_history_length",
+)
+
+
+def ease_factors(
+    gram: np.ndarray, items: np.ndarray, catalog_size: int, l2: float, rank: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """EASE's scores as a rank-`rank` factorization: (item_in, item_out, column).
+
+    With P = (G + l2 I)^-1 = Q diag(1 / (w + l2)) Q' (G = X'X = Q diag(w) Q'), EASE
+    scores an unseen title j as -(x P)_j / P_jj. The identity part of P drops out for
+    unseen titles, so keeping the `rank` largest eigenvalues, whose terms
+    1 / (w + l2) - 1 / l2 are the only large ones, gives
+        score_j = (sum over liked h of item_in[h]) . item_out[:, column[j]]
+    exactly when `rank` covers X's rank (the users), closely otherwise.
+    item_in: [catalog, rank] (zero rows for titles outside `items`); item_out:
+    [rank, len(items) + 1] (the last column, zeros, for those titles); column:
+    [catalog] index into item_out's columns.
+    """
+    w, q = np.linalg.eigh(gram)
+    p_diagonal = np.einsum("ij,j,ij->i", q, 1.0 / (w + l2), q)
+    top = np.argsort(-w, kind="stable")[: min(rank, len(w))]
+    shrink = 1.0 / l2 - 1.0 / (w[top] + l2)
+    item_in = np.zeros((catalog_size, rank), np.float32)
+    item_in[items, : len(top)] = q[:, top] * shrink
+    item_out = np.zeros((rank, len(items) + 1), np.float32)
+    item_out[: len(top), : len(items)] = (q[:, top] / p_diagonal[:, None]).T
+    column = np.full(catalog_size, len(items), np.int32)
+    column[items] = np.arange(len(items))
+    return item_in, item_out, column
+
+
+def genre_matrix(genre_tokens: np.ndarray, genre_vocab_size: int) -> np.ndarray:
+    """Unit-norm multi-hot genre rows per catalog position, from the padded genre token ids."""
+    matrix = np.zeros((len(genre_tokens), genre_vocab_size + 1), np.float32)
+    rows = np.repeat(np.arange(len(genre_tokens)), genre_tokens.shape[1])
+    matrix[rows, genre_tokens.reshape(-1)] = 1.0
+    matrix[:, f.PAD_TOKEN] = 0.0
+    return matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-6)
+
+
+class RankingFeatures(tf.Module):
+    """Per (user, candidate) features, from the user's liked history and the candidates."""
+
+    def __init__(
+        self,
+        item_in: np.ndarray,
+        item_out: np.ndarray,
+        item_column: np.ndarray,
+        likes_by_position: np.ndarray,
+        genres: np.ndarray,
+        mal_score: np.ndarray,
+        members: np.ndarray,
+    ):
+        super().__init__()
+        self.catalog_size = len(likes_by_position)
+        self.item_in = tf.Variable(item_in, trainable=False, name="ease_item_in")
+        self.item_out = tf.Variable(item_out, trainable=False, name="ease_item_out")
+        self.item_column = tf.Variable(item_column, trainable=False, name="ease_item_column")
+        self.log_popularity = tf.Variable(
+            np.log1p(likes_by_position).astype(np.float32), trainable=False, name="log_popularity"
+        )
+        self.genres = tf.Variable(genres, trainable=False, name="catalog_genre_matrix")
+        self.mal_score = tf.Variable(np.asarray(mal_score, np.float32), trainable=False, name="mal_score")
+        self.log_members = tf.Variable(
+            np.log1p(np.asarray(members, np.float64)).astype(np.float32), trainable=False, name="log_mal_members"
+        )
+
+    def item_item_scores(self, history: tf.Tensor) -> tf.Tensor:
+        """[batch, catalog]: EASE's scores from the user's liked titles (ease_factors)."""
+        valid = tf.cast(history >= 0, tf.float32)[..., None]
+        user = tf.reduce_sum(tf.gather(self.item_in, tf.maximum(history, 0)) * valid, axis=1)
+        return tf.gather(tf.matmul(user, self.item_out), self.item_column, axis=1)
+
+    def __call__(
+        self, history: tf.Tensor, retrieval_scores: tf.Tensor, retrieved: tf.Tensor, item_item_candidates: int
+    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """The candidates, their features and which are present.
+
+        history: [batch, H] liked catalog positions, -1 padded. retrieval_scores:
+        [batch, catalog], -inf where a title is excluded (seen). The candidates are
+        the union of retrieval's top `retrieved` and the item-item top
+        `item_item_candidates`, ordered by retrieval score: [batch, retrieved +
+        item_item_candidates] catalog positions, with `present` false (and zero
+        features) on padding when the union is smaller.
+        """
+        item_item = self.item_item_scores(history)
+        excluded = tf.math.is_inf(retrieval_scores) & (retrieval_scores < 0)
+        batch = tf.shape(history)[0]
+        chosen = tf.concat(
+            [
+                tf.math.top_k(retrieval_scores, k=retrieved).indices,
+                tf.math.top_k(tf.where(excluded, float("-inf"), item_item), k=item_item_candidates).indices,
+            ],
+            axis=1,
+        )
+        rows = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(chosen))
+        in_union = tf.scatter_nd(
+            tf.stack([rows, chosen], axis=-1), tf.ones(tf.shape(chosen)), [batch, self.catalog_size]
+        )
+        top = tf.math.top_k(
+            tf.where((in_union > 0) & ~excluded, retrieval_scores, float("-inf")),
+            k=tf.minimum(tf.shape(chosen)[1], self.catalog_size),
+        )
+        candidates, present = top.indices, tf.math.is_finite(top.values)
+        return candidates, self.features(history, candidates, top.values, item_item, present), present
+
+    def features(
+        self,
+        history: tf.Tensor,
+        candidates: tf.Tensor,
+        retrieval_scores: tf.Tensor,
+        item_item: tf.Tensor,
+        present: tf.Tensor,
+    ) -> tf.Tensor:
+        """[batch, N, len(FEATURE_NAMES)] features of the candidates ([batch, N] positions
+        with their retrieval scores); item_item is [batch, catalog]."""
+        valid = history >= 0
+        liked = tf.maximum(history, 0)
+        item_item = tf.gather(item_item, candidates, batch_dims=1)
+        count = tf.reduce_sum(tf.cast(valid, tf.float32), axis=1)
+        profile = tf.reduce_sum(tf.gather(self.genres, liked) * tf.cast(valid, tf.float32)[..., None], axis=1)
+        profile = tf.math.l2_normalize(profile, axis=1)
+        affinity = tf.einsum("bg,bng->bn", profile, tf.gather(self.genres, candidates))
+
+        shape = tf.shape(candidates)
+        rank = tf.broadcast_to(tf.math.log1p(tf.cast(tf.range(shape[1]), tf.float32))[None, :], shape)
+        # Relative to the user's own list: robust to how long the history is.
+        ranked_item_item = tf.where(present, item_item, float("-inf"))
+        best = tf.reduce_max(tf.where(present, item_item, 0.0), axis=1, keepdims=True)
+        item_item_rank = tf.argsort(tf.argsort(ranked_item_item, axis=1, direction="DESCENDING", stable=True), axis=1)
+        columns = [
+            tf.where(present, retrieval_scores, 0.0),
+            rank,
+            item_item,
+            item_item / tf.maximum(best, 1e-6),
+            tf.math.log1p(tf.cast(item_item_rank, tf.float32)),
+            tf.gather(self.log_popularity, candidates),
+            tf.gather(self.mal_score, candidates),
+            tf.gather(self.log_members, candidates),
+            affinity,
+            tf.broadcast_to(tf.math.log1p(count)[:, None], shape),
+        ]
+        return tf.where(present[..., None], tf.stack(columns, axis=-1), 0.0)
+
+
+class Ranker(tfrs.Model):
+    """Scores [batch, N, features] -> [batch, N]: the mean of `members` small MLPs, each
+    trained listwise (a softmax over the user's candidates against their held-out
+    titles, tfrs Ranking task) from its own initialization. The validation lists are
+    few (a few hundred users on a small dataset): averaging members cuts the variance
+    one MLP shows from one seed to the next."""
+
+    def __init__(
+        self, mean: list[float], variance: list[float], hidden_units: tuple[int, ...] = (32,), members: int = 5
+    ):
+        super().__init__()
+        # The features' moments, fixed: Normalization.adapt takes seconds a fit here.
+        self.normalization = tf.keras.layers.Normalization(axis=-1, mean=mean, variance=variance)
+        self.scorers = [
+            tf.keras.Sequential(
+                [tf.keras.layers.Dense(units, activation="relu") for units in hidden_units] + [tf.keras.layers.Dense(1)]
+            )
+            for _ in range(members)
+        ]
+        self.task = tfrs.tasks.Ranking(loss=tf.keras.losses.CategoricalCrossentropy(from_logits=True))
+
+    def member_scores(self, features: tf.Tensor) -> tf.Tensor:
+        normalized = self.normalization(features)
+        return tf.stack([tf.squeeze(scorer(normalized), axis=-1) for scorer in self.scorers])
+
+    def call(self, features: tf.Tensor) -> tf.Tensor:
+        return tf.reduce_mean(self.member_scores(features), axis=0)
+
+    @tf.autograph.experimental.do_not_convert
+    def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:
+        features, labels, present = inputs
+        targets = labels / tf.maximum(tf.reduce_sum(labels, axis=1, keepdims=True), 1.0)
+        # Members share no weights, so the sum of their losses trains each one on its own.
+        return tf.add_n(
+            [
+                self.task(labels=targets, predictions=tf.where(present, scores, -1e9))
+                for scores in tf.unstack(self.member_scores(features))
+            ]
+        )
+
+
+def fit_ranker(
+    features: np.ndarray,
+    labels: np.ndarray,
+    present: np.ndarray,
+    hidden_units: tuple[int, ...],
+    epochs: int,
+    max_steps: int,
+    members: int = 5,
+    learning_rate: float = 0.01,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> Ranker:
+    """A Ranker fitted on users' candidate lists for `epochs`, at most `max_steps` batches of
+    `batch_size` lists (lists without a positive teach nothing)."""
+    keep = labels.sum(axis=1) > 0
+    features, labels, present = features[keep], labels[keep].astype(np.float32), present[keep]
+    tf.keras.utils.set_random_seed(seed)
+    values = features[present]
+    # As lists: Keras records a model's constructor arguments and warns about arrays.
+    mean, variance = values.mean(axis=0).tolist(), np.maximum(values.var(axis=0), 1e-6).tolist()
+    ranker = Ranker(mean, variance, hidden_units, members)
+    ranker.compile(optimizer=tf.keras.optimizers.Adam(learning_rate))
+    dataset = (
+        tf.data.Dataset.from_tensor_slices((features, labels, present))
+        .shuffle(len(features), seed=seed)
+        .repeat()
+        .batch(batch_size)
+    )
+    steps = min(max_steps, max(1, epochs * -(-len(features) // batch_size)))
+    ranker.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0)
+    return ranker
+
+
+def rerank(ranker: Ranker, features: np.ndarray, present: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    """The order (indices into each user's candidates) the ranker puts them in, best first."""
+    scores = np.concatenate(
+        [ranker(tf.constant(features[i : i + batch_size])).numpy() for i in range(0, len(features), batch_size)]
+    )
+    scores = np.where(present, scores, -np.inf)
+    return np.argsort(-scores, axis=1, kind="stable")

@@ -1,0 +1,258 @@
+"""The second stage: EASE as factors, candidates from two retrievers, the ranker, the fit on
+validation, and the exported two-stage signatures."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from animerec import evaluation
+from animerec import features as f
+from animerec.config import TrainingConfig
+from animerec.model import export, ranking, retrieval, two_stage
+from animerec.model.data import Catalog, TrainingData, _csr
+
+
+def _liked(rng, users=30, items=12, rows=200):
+    return rng.integers(0, users, rows), rng.integers(0, items, rows)
+
+
+def _features_module(item_in, item_out, column, catalog_size, genres=None):
+    rng = np.random.default_rng(9)
+    return ranking.RankingFeatures(
+        item_in,
+        item_out,
+        column,
+        rng.integers(0, 50, catalog_size).astype(np.float64),
+        genres if genres is not None else ranking.genre_matrix(rng.integers(0, 4, (catalog_size, 3)), 4),
+        rng.uniform(5, 9, catalog_size).astype(np.float32),
+        rng.integers(0, 10_000, catalog_size),
+    )
+
+
+def test_ease_factors_give_ease_scores_on_unseen_titles():
+    rng = np.random.default_rng(0)
+    users, positions = _liked(rng)
+    catalog_size = 15  # titles 12-14 nobody liked: outside EASE's items
+    index = evaluation.EaseIndex(users, positions, catalog_size)
+    l2 = 3.0
+    weights = index.weights(l2)
+    module = _features_module(*ranking.ease_factors(index.gram, index.items, catalog_size, l2, rank=64), catalog_size)
+    history = np.array([[0, 3, 5, -1], [7, -1, -1, -1], [2, 4, 6, 8]], np.int32)
+    got = module.item_item_scores(tf.constant(history)).numpy()
+    for row, liked in enumerate(history):
+        x = np.zeros(len(index.items), np.float32)
+        x[index.column[liked[liked >= 0]]] = 1.0
+        expected = np.zeros(catalog_size, np.float32)
+        expected[index.items] = x @ weights
+        unseen = np.setdiff1d(np.arange(catalog_size), liked)
+        np.testing.assert_allclose(got[row, unseen], expected[unseen], atol=1e-4)
+        assert np.all(got[row, 12:] == 0.0)
+
+
+def test_candidates_are_both_retrievers_top_titles_unseen_and_ordered_by_retrieval():
+    rng = np.random.default_rng(1)
+    users, positions = _liked(rng, items=40, rows=600)
+    index = evaluation.EaseIndex(users, positions, 40)
+    module = _features_module(*ranking.ease_factors(index.gram, index.items, 40, 5.0, rank=32), 40)
+    history = np.array([[1, 2, 3, -1], [5, 6, -1, -1]], np.int32)
+    retrieval_scores = rng.normal(size=(2, 40)).astype(np.float32)
+    retrieval_scores[0, [1, 2, 3, 10]] = -np.inf  # seen
+    retrieval_scores[1, [5, 6]] = -np.inf
+    candidates, features, present = module(tf.constant(history), tf.constant(retrieval_scores), 5, 4)
+    candidates, features, present = candidates.numpy(), features.numpy(), present.numpy()
+    item_item = module.item_item_scores(tf.constant(history)).numpy()
+    assert candidates.shape == present.shape == (2, 9) and features.shape == (2, 9, len(ranking.FEATURE_NAMES))
+    for row in range(2):
+        unseen = np.isfinite(retrieval_scores[row])
+        chosen = set(candidates[row][present[row]].tolist())
+        by_retrieval = np.argsort(-retrieval_scores[row], kind="stable")[:5]
+        by_item_item = np.argsort(-np.where(unseen, item_item[row], -np.inf), kind="stable")[:4]
+        assert chosen == set(by_retrieval.tolist()) | set(by_item_item.tolist())
+        assert all(unseen[c] for c in chosen), "a seen title became a candidate"
+        kept = retrieval_scores[row, candidates[row][present[row]]]
+        assert np.all(np.diff(kept) <= 0), "candidates are in retrieval order"
+        assert np.all(features[row][~present[row]] == 0.0) and np.all(np.isfinite(features[row]))
+        column = ranking.FEATURE_NAMES.index("item_item")
+        np.testing.assert_allclose(
+            features[row, present[row], column], item_item[row, candidates[row][present[row]]], rtol=1e-5
+        )
+
+
+def test_ranker_learns_which_feature_marks_the_liked_title():
+    rng = np.random.default_rng(2)
+    lists, n, width = 300, 20, 4
+    features = rng.normal(size=(lists, n, width)).astype(np.float32)
+    labels = np.zeros((lists, n), np.float32)
+    labels[np.arange(lists), features[:, :, 2].argmax(axis=1)] = 1.0  # feature 2 decides
+    present = np.ones((lists, n), bool)
+    ranker = ranking.fit_ranker(features[:200], labels[:200], present[:200], (8,), epochs=100, max_steps=300, members=2)
+    order = ranking.rerank(ranker, features[200:], present[200:])
+    top = order[:, 0]
+    assert (labels[200:][np.arange(100), top] == 1).mean() > 0.8
+    # Padding is never ranked above a present candidate.
+    present[200:, 0] = False
+    order = ranking.rerank(ranker, features[200:], present[200:])
+    assert np.all(order[:, -1] == 0)
+
+
+def _clustered_data(users=80, seed=0) -> TrainingData:
+    """Two taste groups over 24 titles (0-11 and 12-23); each user likes 10 of their group's."""
+    rng = np.random.default_rng(seed)
+    n_anime = 24
+    catalog = Catalog(
+        anime_id=np.arange(n_anime) + 100,
+        anime_index=np.arange(n_anime),
+        titles=np.array([f"t{i}".encode() for i in range(n_anime)]),
+        genres=np.array([b"Mecha" if i < 12 else b"Romance" for i in range(n_anime)]),
+        tokens={
+            name: np.where(np.arange(n_anime)[:, None] < 12, 1, 2) * np.ones((1, length), np.int64)
+            for name, length in f.TEXT_MAX_TOKENS.items()
+        },
+        mal_score=rng.uniform(6, 9, n_anime).astype(np.float32),
+        members=rng.integers(100, 10_000, n_anime),
+    )
+    user, item = [], []
+    for u in range(users):
+        group = np.arange(12) + (0 if u % 2 == 0 else 12)
+        for a in rng.choice(group, 10, replace=False):
+            user.append(u)
+            item.append(a)
+    user, item = np.array(user), np.array(item)
+    held = evaluation.interactions.is_validation(
+        user + 1000, item + 100, evaluation.interactions.validation_users(user + 1000, item + 100, 20, 5), 20
+    )
+    n_users = users + 1
+    history_splits, history_values = _csr(user[~held], item[~held], n_users)
+    validation_splits, validation_values = _csr(user[held], item[held], n_users)
+    seen_splits, seen_values = _csr(user, item, n_users)
+    return TrainingData(
+        user_vocab_size=users,
+        anime_vocab_size=n_anime,
+        text_vocab_sizes={name: 3 for name in f.TEXT_MAX_TOKENS},
+        catalog=catalog,
+        user_ids=np.append(np.arange(users) + 1000, -1),
+        history_splits=history_splits,
+        history_values=history_values,
+        seen_splits=seen_splits,
+        seen_values=seen_values,
+        user_index=user[~held],
+        anime_index=item[~held],
+        weight=np.ones(int((~held).sum()), np.float32),
+        validation_splits=validation_splits,
+        validation_values=validation_values,
+        validation_user_ids=np.unique(user[held] + 1000),
+        validation_percent=20,
+    )
+
+
+CONFIG = TrainingConfig(
+    embedding_dim=8,
+    ranking_candidates=6,
+    item_item_candidates=4,
+    item_item_rank=16,
+    ease_l2_grid=(1.0, 10.0),
+    popularity_prior_grid=(0.0, 0.5),
+    ranker_epochs=20,
+    ranker_max_steps=60,
+    ranker_members=2,
+    top_k=5,
+)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    data = _clustered_data()
+    tf.keras.utils.set_random_seed(0)
+    model = retrieval.build_model_from_config(data, CONFIG)
+    model.fit(retrieval.training_dataset(data, batch_size=64), epochs=5, verbose=0)
+    return data, model, two_stage.fit_second_stage(model, data, CONFIG)
+
+
+def test_second_stage_is_chosen_on_validation_rows(fitted):
+    data, _, stage = fitted
+    report = stage.report
+    assert report["validation_users"] == len(data.validation_task().users) > 0
+    assert report["ease_l2"] in CONFIG.ease_l2_grid and stage.popularity_prior in CONFIG.popularity_prior_grid
+    assert set(report["validation_recall@50"]) >= {"retrieval only", "ease"}
+    assert stage.candidates == 6 and stage.item_item_candidates == 4
+    # The serving tables know every training row: validation rows are back in the item-item counts.
+    assert float(tf.reduce_sum(stage.features.log_popularity)) == pytest.approx(
+        float(np.log1p(np.bincount(np.concatenate([data.history_values, data.validation_values]), minlength=24)).sum()),
+        rel=1e-5,
+    )
+
+
+def test_ranker_shapes_are_scored_by_cross_fitting():
+    data = _clustered_data(users=60, seed=1)
+    config = TrainingConfig(**{**CONFIG.to_json_dict(), "ranker_hidden_units": [[], [4]]})
+    model = retrieval.build_model_from_config(data, config)
+    stage = two_stage.fit_second_stage(model, data, config)
+    scores = stage.report["validation_recall@50"]
+    assert {"ranker []", "ranker [4]"} <= set(scores)
+    assert stage.report["ranker_hidden_units"] == list(max([(), (4,)], key=lambda h: scores[f"ranker {list(h)}"]))
+
+
+def test_too_few_validation_users_serve_retrieval_alone():
+    data = _clustered_data(users=10)
+    model = retrieval.build_model_from_config(data, CONFIG)
+    assert two_stage.fit_second_stage(model, data, CONFIG) is None
+
+
+@pytest.fixture(scope="module")
+def served(fitted, tmp_path_factory):
+    data, model, stage = fitted
+    full = data.with_validation_in_history()
+    path = str(tmp_path_factory.mktemp("two_stage"))
+    bias = retrieval.popularity_bias(full, stage.popularity_prior, CONFIG.temperature)
+    embeddings = retrieval.catalog_embeddings(model, full)
+    export.export_serving_model(model, full, embeddings, CONFIG.top_k, path, bias, stage)
+    return full, model, stage, tf.saved_model.load(path), embeddings, bias
+
+
+def test_served_two_stages_rank_the_candidates_as_the_ranker_does(served):
+    full, model, stage, loaded, embeddings, bias = served
+    users = np.arange(0, 80, 7)
+    out = loaded.signatures[f.RECOMMEND_SIGNATURE](
+        user_id=tf.constant(users + 1000, tf.int64),
+        k=tf.constant(5),
+        exclude_anime_ids=tf.zeros([len(users), 0], tf.int64),
+    )
+    ids = out[f.OUTPUT_ANIME_IDS].numpy()
+    # The same computation outside the SavedModel.
+    queries = retrieval.query_embeddings(model, full, users)
+    scores = queries @ embeddings.T + bias
+    history = two_stage.padded_histories(*two_stage.liked_positions(full), users)
+    for row, user in enumerate(users):
+        seen = full.seen_values[full.seen_splits[user] : full.seen_splits[user + 1]]
+        scores[row, seen] = -np.inf
+        assert not set(ids[row] - 100) & set(seen.tolist())
+    candidates, features, present = stage.features(tf.constant(history), tf.constant(scores), 6, 4)
+    order = ranking.rerank(stage.ranker, features.numpy(), present.numpy())
+    expected = np.take_along_axis(candidates.numpy(), order, axis=1)[:, :5] + 100
+    np.testing.assert_array_equal(ids, expected)
+    assert np.all(np.diff(out[f.OUTPUT_SCORES].numpy(), axis=1) <= 0)
+
+
+def test_k_above_the_candidates_and_fallbacks_and_the_retrieval_ablation(served):
+    full, _, stage, loaded, _, _ = served
+    recommend = loaded.signatures[f.RECOMMEND_SIGNATURE]
+    # k above N: every unseen title comes back (24 titles, 10 seen), then padding.
+    out = recommend(
+        user_id=tf.constant([1000], tf.int64), k=tf.constant(16), exclude_anime_ids=tf.zeros([1, 0], tf.int64)
+    )
+    ids = out[f.OUTPUT_ANIME_IDS].numpy()[0]
+    seen = set((full.seen_values[full.seen_splits[0] : full.seen_splits[1]] + 100).tolist())
+    assert set(ids[:14].tolist()) == set(range(100, 124)) - seen and ids[14:].tolist() == [-1, -1]
+    # An unknown user: the most popular titles, flagged.
+    out = loaded.signatures["serving_default"](user_id=tf.constant([5], tf.int64))
+    assert out[f.OUTPUT_IS_FALLBACK].numpy().tolist() == [True]
+    popular = np.argsort(-full.likes_by_catalog_position(), kind="stable")[:5] + 100
+    assert out[f.OUTPUT_ANIME_IDS].numpy()[0].tolist() == popular.tolist()
+    # The retrieval-only signature is the first stage alone: top k by retrieval score.
+    request = dict(
+        user_id=tf.constant([1000, 1001], tf.int64), k=tf.constant(5), exclude_anime_ids=tf.zeros([2, 0], tf.int64)
+    )
+    alone = loaded.signatures[f.EVAL_RETRIEVAL_SIGNATURE](**request)
+    assert np.all(np.diff(alone[f.OUTPUT_SCORES].numpy(), axis=1) <= 0)
+    both = loaded.signatures[f.EVAL_SIGNATURE](**request)
+    assert not np.array_equal(alone[f.OUTPUT_SCORES].numpy(), both[f.OUTPUT_SCORES].numpy())
