@@ -241,6 +241,20 @@ def _bench_one_model(users, anime, dim, history, seen, seconds, levels, second_s
     return {"levels": results, "model_only_ms": in_process, "size_mb": round(size_mb)}
 
 
+def main_serve(args) -> int:
+    result = bench_serve(
+        users=args.users,
+        anime=args.anime,
+        dim=args.dim,
+        seconds=args.seconds,
+        levels=tuple(args.levels),
+        progress=(lambda _: None) if args.json else print,
+    )
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
 def write_training_examples(path: str, user_index: np.ndarray, anime_index: np.ndarray, liked: np.ndarray) -> None:
     """Interaction rows in the layout of Transform's output (GZIP TFRecords)."""
     import tensorflow as tf  # noqa: PLC0415

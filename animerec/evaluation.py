@@ -6,6 +6,7 @@ RetrievalEvaluator component and the Trainer (validation) both use it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -16,7 +17,7 @@ KS = (10, 50, 100)
 HISTORY_SLICES = ((1, 5), (6, 20), (21, 100), (101, None))
 # EASE's L2 is chosen on validation among these (Steck's paper: a few hundred; on
 # real MAL data 100 beat 200-1000 by a few percent).
-EASE_L2_GRID = (25.0, 50.0, 100.0, 200.0, 400.0, 800.0)
+EASE_L2_GRID = (50.0, 100.0, 200.0, 400.0, 800.0)
 # EASE inverts an items x items matrix: it covers the most-liked titles up to this many.
 EASE_MAX_ITEMS = 8000
 # Users scored per block: a [block, catalog] matrix at a time.
@@ -228,8 +229,18 @@ class EaseIndex:
         """Over the liked rows of a ranking task."""
         return cls(data.liked_user, data.liked_position, data.catalog_size)
 
+    @functools.cached_property
+    def eigen(self) -> tuple[np.ndarray, np.ndarray]:
+        """The Gram matrix's eigendecomposition (w, Q): EASE at any L2 is then one product."""
+        return np.linalg.eigh(self.gram)
+
     def weights(self, l2: float) -> np.ndarray:
-        return ease_from_gram(self.gram, l2)
+        """EASE's B at l2, from the cached eigendecomposition: P = Q diag(1 / (w + l2)) Q'."""
+        w, q = self.eigen
+        p = (q / (w + l2)) @ q.T
+        b = -p / np.diag(p)
+        b[np.diag_indices(len(w))] = 0.0
+        return b.astype(np.float32)
 
     def rank(self, data: EvalData, weights: np.ndarray, k: int) -> np.ndarray:
         """Top k unseen catalog positions for data.users, scored by their liked rows in this index."""
@@ -274,9 +285,12 @@ def validation_task(
     )
 
 
-def tune_ease_l2(validation: EvalData, grid=EASE_L2_GRID, metric: str = "recall@50") -> tuple[float, dict]:
-    """The L2 in `grid` with the best `metric` on a validation task, and every value's score."""
-    index = EaseIndex.of(validation)
+def tune_ease_l2(
+    validation: EvalData, grid=EASE_L2_GRID, index: EaseIndex | None = None, metric: str = "recall@50"
+) -> tuple[float, dict]:
+    """The L2 in `grid` with the best `metric` on a validation task (EASE over its liked
+    rows, `index` if given), and every value's score."""
+    index = index or EaseIndex.of(validation)
     k = min(max(KS), validation.catalog_size)
     scores = {float(l2): validation.metrics(index.rank(validation, index.weights(l2), k))[metric] for l2 in grid}
     best = max(scores, key=lambda l2: (scores[l2], -l2))

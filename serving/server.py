@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 from tensorflow.core.framework import tensor_pb2, types_pb2
+from tensorflow.python.util import deprecation
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -116,7 +117,9 @@ def load_version(base_path: str, version: int, config=None) -> LoadedVersion:
     path = os.path.join(base_path, str(version))
     graph = tf.Graph()
     session = tf.compat.v1.Session(graph=graph, config=config or session_config())
-    with graph.as_default():
+    # TF Serving's loader (a MetaGraph in a Session) is TF1 API: TensorFlow marks it
+    # deprecated and warns on every load, which would end up in every CLI command's output.
+    with graph.as_default(), deprecation.silence():
         meta_graph = tf.compat.v1.saved_model.loader.load(session, [tf.saved_model.SERVING], path)
     signature_defs = dict(meta_graph.signature_def)
     signature_defs.pop("__saved_model_init_op", None)

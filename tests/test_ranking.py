@@ -36,7 +36,7 @@ def test_ease_factors_give_ease_scores_on_unseen_titles():
     index = evaluation.EaseIndex(users, positions, catalog_size)
     l2 = 3.0
     weights = index.weights(l2)
-    module = _features_module(*ranking.ease_factors(index.gram, index.items, catalog_size, l2, rank=64), catalog_size)
+    module = _features_module(*ranking.ease_factors(index.eigen, index.items, catalog_size, l2, rank=64), catalog_size)
     history = np.array([[0, 3, 5, -1], [7, -1, -1, -1], [2, 4, 6, 8]], np.int32)
     got = module.item_item_scores(tf.constant(history)).numpy()
     for row, liked in enumerate(history):
@@ -53,7 +53,7 @@ def test_candidates_are_both_retrievers_top_titles_unseen_and_ordered_by_retriev
     rng = np.random.default_rng(1)
     users, positions = _liked(rng, items=40, rows=600)
     index = evaluation.EaseIndex(users, positions, 40)
-    module = _features_module(*ranking.ease_factors(index.gram, index.items, 40, 5.0, rank=32), 40)
+    module = _features_module(*ranking.ease_factors(index.eigen, index.items, 40, 5.0, rank=32), 40)
     history = np.array([[1, 2, 3, -1], [5, 6, -1, -1]], np.int32)
     retrieval_scores = rng.normal(size=(2, 40)).astype(np.float32)
     retrieval_scores[0, [1, 2, 3, 10]] = -np.inf  # seen
@@ -86,6 +86,13 @@ def test_ranker_learns_which_feature_marks_the_liked_title():
     labels[np.arange(lists), features[:, :, 2].argmax(axis=1)] = 1.0  # feature 2 decides
     present = np.ones((lists, n), bool)
     ranker = ranking.fit_ranker(features[:200], labels[:200], present[:200], (8,), epochs=100, max_steps=300, members=2)
+    # The served form (one MLP of all members' units) is the members' mean.
+    np.testing.assert_allclose(
+        ranker(tf.constant(features[200:])).numpy(),
+        tf.reduce_mean(ranker.member_scores(tf.constant(features[200:])), axis=0).numpy(),
+        rtol=1e-5,
+        atol=1e-5,
+    )
     order = ranking.rerank(ranker, features[200:], present[200:])
     top = order[:, 0]
     assert (labels[200:][np.arange(100), top] == 1).mean() > 0.8

@@ -93,12 +93,13 @@ def candidate_features(
 
 
 def features_module(
-    data: TrainingData, liked_user: np.ndarray, liked_position: np.ndarray, l2: float, rank: int
+    data: TrainingData, index: evaluation.EaseIndex, liked_position: np.ndarray, l2: float, rank: int
 ) -> ranking.RankingFeatures:
-    """RankingFeatures over the given liked rows: EASE at l2 (rank `rank`), popularity, genres, metadata."""
+    """RankingFeatures over liked rows (`index`, EASE over them; `liked_position`, all of
+    them): EASE at l2 (rank `rank`), popularity, genres, metadata."""
     catalog_size = len(data.catalog.anime_id)
-    index = evaluation.EaseIndex(liked_user, liked_position, catalog_size)
-    factors = ranking.ease_factors(index.gram, index.items, catalog_size, l2, rank)
+
+    factors = ranking.ease_factors(index.eigen, index.items, catalog_size, l2, rank)
     likes = np.bincount(liked_position, minlength=catalog_size).astype(np.float64)
     genres = ranking.genre_matrix(data.catalog.tokens[f.GENRE_TOKENS], data.text_vocab_sizes[f.GENRE_TOKENS])
     return ranking.RankingFeatures(*factors, likes, genres, data.catalog.mal_score, data.catalog.members)
@@ -142,7 +143,8 @@ def fit_second_stage(model: retrieval.RetrievalModel, data: TrainingData, config
             MIN_VALIDATION_USERS,
         )
         return None
-    l2, l2_scores = evaluation.tune_ease_l2(task, config.ease_l2_grid)
+    ease_index = evaluation.EaseIndex.of(task)
+    l2, l2_scores = evaluation.tune_ease_l2(task, config.ease_l2_grid, ease_index)
     clock.lap("ease_l2")
     report["ease_l2"], report["ease_l2_validation_recall@50"] = l2, {str(k): v for k, v in l2_scores.items()}
 
@@ -163,7 +165,7 @@ def fit_second_stage(model: retrieval.RetrievalModel, data: TrainingData, config
     )
 
     clock.lap("popularity_prior")
-    fit_module = features_module(data, task.liked_user, task.liked_position, l2, config.item_item_rank)
+    fit_module = features_module(data, ease_index, task.liked_position, l2, config.item_item_rank)
     splits, values = liked_positions(data)
     bias = retrieval.popularity_bias(data, prior, config.temperature)
     candidates, features, present = candidate_features(
@@ -184,12 +186,11 @@ def fit_second_stage(model: retrieval.RetrievalModel, data: TrainingData, config
     clock.lap("features")
     # Each ranker shape is scored by cross-fitting: fitted on all folds of the validation
     # users but one and scored on that one, in turn, so that every user counts.
-    ease_index = evaluation.EaseIndex.of(task)
     everyone = np.arange(len(task.users))
     choices = {
         "candidates (recall@N)": report["candidate_validation_recall"],
         "retrieval only": _recall(task, everyone, retrieved[prior][0]),
-        "ease": _recall(task, everyone, ease_index.rank(task, ease_index.weights(l2), 50)),
+        "ease": l2_scores[l2],
     }
     fold = everyone % SELECTION_FOLDS
     shapes = [tuple(h) for h in config.ranker_hidden_units]
@@ -235,7 +236,8 @@ def fit_second_stage(model: retrieval.RetrievalModel, data: TrainingData, config
     full = data.with_validation_in_history()
     splits, values = liked_positions(full)
     users = np.repeat(np.arange(len(splits) - 1), np.diff(splits))
-    serving_module = features_module(full, users, values, l2, config.item_item_rank)
+    serving_index = evaluation.EaseIndex(users, values, task.catalog_size)
+    serving_module = features_module(full, serving_index, values, l2, config.item_item_rank)
     clock.lap("serving_tables")
     report["seconds"] = clock.seconds
     return SecondStage(serving_module, ranker, config.ranking_candidates, config.item_item_candidates, prior, report)
