@@ -11,6 +11,7 @@ import functools
 import numpy as np
 
 from animerec.data import interactions
+from animerec.ids import positions_in
 
 KS = (10, 50, 100)
 # Users by the number of titles they liked in training: slices of the metrics.
@@ -147,13 +148,13 @@ class EvalData:
             users = np.sort(np.random.default_rng(0).choice(users, max_users, replace=False))
         self.users = users
         self.truth = [set() for _ in users]
-        rows = _rows_of(users, truth_user)
+        rows = positions_in(users, truth_user)
         for row, position in zip(rows[rows >= 0], truth_position[rows >= 0]):
             self.truth[row].add(int(position))
         self.liked_user, self.liked_position = liked_user, liked_position
-        rows = _rows_of(users, seen_user)
+        rows = positions_in(users, seen_user)
         self.seen_row, self.seen_col = rows[rows >= 0], seen_position[rows >= 0]
-        rows = _rows_of(users, liked_user)
+        rows = positions_in(users, liked_user)
         self.history_length = np.bincount(rows[rows >= 0], minlength=len(users))
 
     def seen_in(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
@@ -175,14 +176,6 @@ class EvalData:
         truth = [{p for p in items if cold[p]} for items in self.truth]
         out["cold titles"] = _sliced_recall(ranked_positions, truth, k)
         return out
-
-
-def _rows_of(users: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """Row of each key in the sorted `users`, -1 where absent."""
-    if len(users) == 0:
-        return np.full(len(keys), -1, np.int64)
-    at = np.minimum(np.searchsorted(users, keys), len(users) - 1)
-    return np.where(users[at] == keys, at, -1)
 
 
 def _sliced_recall(ranked: np.ndarray, truth: list[set], k: int) -> dict:
@@ -245,7 +238,7 @@ class EaseIndex:
     def rank(self, data: EvalData, weights: np.ndarray, k: int) -> np.ndarray:
         """Top k unseen catalog positions for data.users, scored by their liked rows in this index."""
         ranked = []
-        rows = _rows_of(data.users, self.liked_user)
+        rows = positions_in(data.users, self.liked_user)
         for start in range(0, len(data.users), SCORE_BATCH):
             stop = min(start + SCORE_BATCH, len(data.users))
             in_block = (rows >= start) & (rows < stop)

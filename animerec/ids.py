@@ -1,14 +1,20 @@
-"""The id spaces: raw MyAnimeList anime ids and catalog positions (index into the sorted catalog)."""
+"""The id spaces: raw MyAnimeList anime ids and catalog positions (index into the sorted catalog),
+and membership in any sorted set of ids."""
 
 from __future__ import annotations
 
 import numpy as np
 
 
+def positions_in(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Index of each key in the sorted array `sorted_keys`; -1 where absent."""
+    keys = np.asarray(keys)
+    if len(sorted_keys) == 0:
+        return np.full(keys.shape, -1, np.int64)
+    pos = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+    return np.where(sorted_keys[pos] == keys, pos, -1)
+
+
 def catalog_positions(catalog_ids: np.ndarray, anime_ids: np.ndarray) -> np.ndarray:
     """Positions of raw anime ids in the sorted catalog ids; -1 where absent (padding included)."""
-    anime_ids = np.asarray(anime_ids)
-    if len(catalog_ids) == 0:
-        return np.full(anime_ids.shape, -1, np.int64)
-    pos = np.minimum(np.searchsorted(catalog_ids, anime_ids), len(catalog_ids) - 1)
-    return np.where(catalog_ids[pos] == anime_ids, pos, -1)
+    return positions_in(catalog_ids, anime_ids)

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from animerec.data import kaggle
+from animerec.ids import positions_in
 
 LIKED = "liked"
 LOW_SCORE = "low score"
@@ -129,10 +130,7 @@ def is_validation(
     seed: int = VALIDATION_SEED,
 ) -> np.ndarray:
     """True for the liked training rows held out for validation (`eligible_users` from validation_users)."""
-    if len(eligible_users) == 0:
-        return np.zeros(len(user_id), dtype=bool)
-    at = np.minimum(np.searchsorted(eligible_users, user_id), len(eligible_users) - 1)
-    return (eligible_users[at] == user_id) & (split_hash(user_id, anime_id, seed) < percent)
+    return (positions_in(eligible_users, user_id) >= 0) & (split_hash(user_id, anime_id, seed) < percent)
 
 
 @dataclasses.dataclass

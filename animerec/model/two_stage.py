@@ -41,6 +41,18 @@ def liked_positions(data: TrainingData) -> tuple[np.ndarray, np.ndarray]:
     return data.history_splits, data.catalog.positions_of_index(data.anime_vocab_size)[data.history_values]
 
 
+def retrieval_scores(
+    queries: np.ndarray,
+    catalog_embeddings: np.ndarray,
+    bias: np.ndarray,
+    task: evaluation.EvalData,
+    start: int,
+    stop: int,
+) -> np.ndarray:
+    """Retrieval scores of task users [start, stop) (rows of `queries`) over the catalog, -inf where seen."""
+    return evaluation.mask_seen(queries[start:stop] @ catalog_embeddings.T + bias, *task.seen_in(start, stop))
+
+
 def retrieve(
     queries: np.ndarray,
     catalog_embeddings: np.ndarray,
@@ -52,8 +64,7 @@ def retrieve(
     positions, scores = [], []
     for start in range(0, len(task.users), evaluation.SCORE_BATCH):
         stop = min(start + evaluation.SCORE_BATCH, len(task.users))
-        block = queries[start:stop] @ catalog_embeddings.T + bias
-        block = evaluation.mask_seen(block, *task.seen_in(start, stop))
+        block = retrieval_scores(queries, catalog_embeddings, bias, task, start, stop)
         top = evaluation.top_k(block, n)
         positions.append(top)
         scores.append(np.take_along_axis(block, top, axis=1))
@@ -85,7 +96,7 @@ def candidate_features(
     parts = []
     for start in range(0, len(task.users), batch_size):
         stop = min(start + batch_size, len(task.users))
-        scores = evaluation.mask_seen(queries[start:stop] @ catalog_embeddings.T + bias, *task.seen_in(start, stop))
+        scores = retrieval_scores(queries, catalog_embeddings, bias, task, start, stop)
         history = padded_histories(splits, values, task.users[start:stop])
         out = module(tf.constant(history), tf.constant(scores, tf.float32), retrieved, item_item_candidates)
         parts.append([t.numpy() for t in out])
