@@ -58,8 +58,8 @@ class RecommendChunk(beam.DoFn):
         tf = self._tf
         out = self._signature(
             user_id=tf.constant(users, tf.int64),
-            k=tf.constant(self.k, tf.int32),
-            exclude_anime_ids=tf.zeros([len(users), 0], tf.int64),
+            k=tf.fill([len(users)], self.k),
+            exclude_anime_ids=tf.fill([len(users), 1], tf.constant(-1, tf.int64)),
         )
         ids = out[f.OUTPUT_ANIME_IDS].numpy()
         scores = out[f.OUTPUT_SCORES].numpy()

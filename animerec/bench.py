@@ -173,7 +173,7 @@ def model_only_ms(model_dir: str, users: int, calls: int = 300) -> float:
     """Median in-process latency of one serving_default call for one user."""
     import tensorflow as tf  # noqa: PLC0415
 
-    signature = tf.saved_model.load(model_dir).signatures["serving_default"]
+    signature = tf.saved_model.load(model_dir).signatures[f.DEFAULT_SIGNATURE]
     rng = np.random.default_rng(1)
     for _ in range(20):
         signature(user_id=tf.constant([int(rng.integers(0, users))], tf.int64))

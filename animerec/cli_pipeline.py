@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
+
+import numpy as np
+
+from animerec import features as f
 
 DEFAULT_K = 10
 
@@ -173,28 +179,82 @@ def _batch_recommend(args) -> int:
 def _serve(args) -> int:
     from animerec.serving import server
 
-    server.serve_forever(args.model_dir, args.port, args.model_name)
+    server.serve_forever(args.model_dir, args.port, args.model_name, host=args.host)
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
+def _anime_ids(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of anime ids") from None
+
+
+def _read_own_animelist(path: str) -> tuple[list[int], list[int]]:
+    """A user's own rows in animelist.csv's layout: (liked anime ids, every anime id listed).
+    Liked as the pipeline's default filter says; bad rows are counted on stderr."""
+    from animerec.data import interactions, kaggle
+
+    report = kaggle.ReadReport(path)
+    blocks = list(kaggle.iter_animelist(path, report))
+    users = {int(u) for b in blocks for u in np.unique(b.user_id)}
+    if len(users) > 1:
+        raise kaggle.DataError(f"{path}: holds the rows of {len(users)} users; give one user's rows")
+    liked, seen = [], []
+    for block in blocks:
+        reason = interactions.LikedFilter().classify(block.rating, block.status)
+        liked += block.anime_id[reason == interactions.REASONS.index(interactions.LIKED)].tolist()
+        seen += block.anime_id.tolist()
+    if report.kept < report.rows_read:
+        print("\n".join(report.lines()), file=sys.stderr)
+    return liked, seen
+
+
 def _recommend(args) -> int:
+    import grpc
+
     from animerec.serving import client, server
 
     running = None
     target = args.server
     if target is None:
         # The same gRPC client, against the stand-in server started here on a free port.
-        running = server.start_server(args.model_dir, port=0, model_name=args.model_name)
+        try:
+            running = server.start_server(args.model_dir, port=0, model_name=args.model_name)
+        except FileNotFoundError as error:
+            print(f"animerec: error: {error}", file=sys.stderr)
+            return 2
         target = running.target
     recommender = client.RecommenderClient(target, model_name=args.model_name)
     try:
-        exclude = [[int(x) for x in args.exclude.split(",")]] if args.exclude else None
+        exclude = [args.exclude] if args.exclude else None
+        if args.user is None:
+            liked, seen = (args.liked, []) if args.liked is not None else _read_own_animelist(args.animelist)
+            results = recommender.recommend_from_liked(
+                [liked], k=args.k, exclude_anime_ids=[seen + (args.exclude or [])]
+            )
+            print(client.format_recommendations(results[0]))
+            return 0
         k = args.k if (args.k != DEFAULT_K or exclude) else None
         results = recommender.recommend([args.user], k=k, exclude_anime_ids=exclude)
         result = results[0]
         if k is None:
             result.items = result.items[: args.k]
         print(client.format_recommendations(result))
+    except grpc.RpcError as error:
+        detail = (error.details() or "").splitlines()[0] if error.details() else ""
+        print(f"animerec: error: {target}: {error.code().name}: {detail}", file=sys.stderr)
+        return 2
     finally:
         recommender.close()
         if running:
@@ -395,15 +455,25 @@ def add_commands(commands, add_filter_args, filter_and_split) -> None:
     serve = commands.add_parser("serve", help="serve the newest pushed model over TF Serving's gRPC API")
     serve.add_argument("--model-dir", required=True, help="the serving dir Pusher writes (numbered versions)")
     serve.add_argument("--port", type=int, default=8500, help="gRPC port (default %(default)s, as TF Serving)")
-    serve.add_argument("--model-name", default="animerec", help="model name clients ask for (default %(default)s)")
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default %(default)s: this machine only; 0.0.0.0 in a container)",
+    )
+    serve.add_argument("--model-name", default=f.MODEL_NAME, help="model name clients ask for (default %(default)s)")
     serve.set_defaults(func=_serve)
 
     recommend = commands.add_parser("recommend", help="ask a TF Serving gRPC endpoint for a user's top titles")
-    recommend.add_argument("--user", type=int, required=True, help="MyAnimeList user_id")
-    recommend.add_argument("-k", type=int, default=DEFAULT_K, help="how many titles (default %(default)s)")
-    recommend.add_argument("--exclude", default=None, help="comma-separated anime ids to leave out on this request")
+    who = recommend.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", type=int, help="MyAnimeList user_id the model knows")
+    who.add_argument("--liked", type=_anime_ids, help="a new user: comma-separated anime ids they liked")
+    who.add_argument("--animelist", help="a new user: a CSV of their own rows in animelist.csv's layout")
+    recommend.add_argument("-k", type=_positive_int, default=DEFAULT_K, help="how many titles (default %(default)s)")
+    recommend.add_argument(
+        "--exclude", type=_anime_ids, default=None, help="comma-separated anime ids to leave out on this request"
+    )
     where = recommend.add_mutually_exclusive_group(required=True)
     where.add_argument("--server", help="HOST:PORT of tensorflow/serving or `animerec serve`")
     where.add_argument("--model-dir", help="a serving dir: starts the stand-in server in-process")
-    recommend.add_argument("--model-name", default="animerec", help="default %(default)s")
+    recommend.add_argument("--model-name", default=f.MODEL_NAME, help="default %(default)s")
     recommend.set_defaults(func=_recommend)

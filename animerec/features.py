@@ -51,7 +51,13 @@ USER_VOCAB = "user_id_vocab"
 ANIME_VOCAB = "anime_id_vocab"
 TEXT_VOCAB = {NAME_TOKENS: "name_vocab", GENRE_TOKENS: "genre_vocab", SYNOPSIS_TOKENS: "synopsis_vocab"}
 
-# Serving signature tensors.
+# The served model: its name in TF Serving (models.config, clients), signatures and tensors.
+MODEL_NAME = "animerec"
+DEFAULT_SIGNATURE = "serving_default"
+# TF Serving replays these PredictionLog records when it loads a version (SavedModel warmup).
+WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
+SERVING_EXAMPLES = "examples"
+SERVING_LIKED = "liked_anime_ids"
 SERVING_USER_ID = USER_ID
 SERVING_K = "k"
 SERVING_EXCLUDE = "exclude_anime_ids"
@@ -61,12 +67,13 @@ OUTPUT_TITLES = "titles"
 OUTPUT_GENRES = "genres"
 OUTPUT_IS_FALLBACK = "is_fallback"
 RECOMMEND_SIGNATURE = "recommend"
+# Top k for a new user from their liked titles (the query tower runs at request time).
+FROM_LIKED_SIGNATURE = "recommend_from_liked"
 # Excludes training titles only, not those held out for eval: for the Evaluator.
 EVAL_SIGNATURE = "recommend_for_eval"
 # As EVAL_SIGNATURE, with the first stage (two-tower retrieval) alone: the Evaluator's ablation row.
 EVAL_RETRIEVAL_SIGNATURE = "retrieve_for_eval"
 TF_EXAMPLE_SIGNATURE = "serving_tf_example"
-EMBED_CANDIDATES_SIGNATURE = "embed_candidates"
 
 
 def transformed_name(key: str) -> str:

@@ -15,7 +15,9 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from animerec import features as f
 
-DEFAULT_MODEL_NAME = "animerec"
+DEFAULT_MODEL_NAME = f.MODEL_NAME
+# The user_id of results for a user given by their liked titles.
+NEW_USER = -1
 
 
 @dataclasses.dataclass
@@ -47,10 +49,12 @@ class RecommenderClient:
         user_ids = np.asarray(user_ids, dtype=np.int64)
         request.inputs[f.SERVING_USER_ID].CopyFrom(tf.make_tensor_proto(user_ids))
         if k is None and exclude_anime_ids is None:
-            request.model_spec.signature_name = "serving_default"
+            request.model_spec.signature_name = f.DEFAULT_SIGNATURE
             return request
         request.model_spec.signature_name = f.RECOMMEND_SIGNATURE
-        request.inputs[f.SERVING_K].CopyFrom(tf.make_tensor_proto(np.int32(k if k is not None else 10)))
+        # k per user: every input has a batch dimension, as TF Serving's batching needs.
+        k_rows = np.full(len(user_ids), k if k is not None else 10, np.int32)
+        request.inputs[f.SERVING_K].CopyFrom(tf.make_tensor_proto(k_rows))
         exclude = _pad(exclude_anime_ids or [[] for _ in user_ids], len(user_ids))
         request.inputs[f.SERVING_EXCLUDE].CopyFrom(tf.make_tensor_proto(exclude))
         return request
@@ -59,17 +63,35 @@ class RecommenderClient:
         response = self.stub.Predict(self.request(user_ids, k, exclude_anime_ids), timeout=self.timeout)
         return parse_response(response, user_ids)
 
+    def from_liked_request(self, liked, k: int = 10, exclude_anime_ids=None) -> predict_pb2.PredictRequest:
+        """The recommend_from_liked signature: one row of liked anime ids per new user."""
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = self.model_name
+        request.model_spec.signature_name = f.FROM_LIKED_SIGNATURE
+        request.inputs[f.SERVING_LIKED].CopyFrom(tf.make_tensor_proto(_pad(liked, len(liked))))
+        request.inputs[f.SERVING_K].CopyFrom(tf.make_tensor_proto(np.full(len(liked), k, np.int32)))
+        exclude = _pad(exclude_anime_ids or [[] for _ in liked], len(liked))
+        request.inputs[f.SERVING_EXCLUDE].CopyFrom(tf.make_tensor_proto(exclude))
+        return request
+
+    def recommend_from_liked(self, liked, k: int = 10, exclude_anime_ids=None) -> list[UserRecommendations]:
+        """Top k for users the model may not know, from their liked anime ids (user_id -1)."""
+        response = self.stub.Predict(self.from_liked_request(liked, k, exclude_anime_ids), timeout=self.timeout)
+        return parse_response(response, [NEW_USER] * len(liked))
+
     def close(self) -> None:
         self.channel.close()
 
 
 def _pad(rows, n_users: int) -> np.ndarray:
+    """The rows as a -1 padded matrix whose first column is -1: TF Serving's batching pads a
+    request's tensor with its first element, so the padding it adds is -1 (no exclusion) too."""
     if len(rows) != n_users:
         raise ValueError(f"exclude_anime_ids has {len(rows)} rows for {n_users} users")
     width = max((len(r) for r in rows), default=0)
-    out = np.full((n_users, width), -1, dtype=np.int64)
+    out = np.full((n_users, width + 1), -1, dtype=np.int64)
     for i, row in enumerate(rows):
-        out[i, : len(row)] = row
+        out[i, 1 : len(row) + 1] = row
     return out
 
 
@@ -91,7 +113,8 @@ def parse_response(response, user_ids) -> list[UserRecommendations]:
 
 
 def format_recommendations(result: UserRecommendations) -> str:
-    header = f"Top {len(result.items)} for user {result.user_id}" + (
+    who = "a new user" if result.user_id == NEW_USER else f"user {result.user_id}"
+    header = f"Top {len(result.items)} for {who}" + (
         " (unknown user or no history: most popular titles)" if result.is_fallback else ""
     )
     lines = [header, f"{'#':>3}  {'score':>7}  {'anime_id':>8}  title  [genres]"]

@@ -16,8 +16,8 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import os
+import signal
 import threading
-import time
 
 import grpc
 import numpy as np
@@ -32,23 +32,18 @@ from tensorflow_serving.apis import (
     predict_pb2,
     prediction_service_pb2_grpc,
 )
-from tensorflow_serving.apis import status_pb2 as serving_status_pb2
 
-DEFAULT_MODEL_NAME = "animerec"
+from animerec import features as f
+from animerec.serving.batching import Batcher, BatchingConfig, RequestError
+
+DEFAULT_MODEL_NAME = f.MODEL_NAME
 DEFAULT_PORT = 8500
-# Requests over this many users are refused (TF Serving's batching config caps batches the same way).
-MAX_BATCH = 1024
+# An input tensor may declare at most this many elements: checked on the request's
+# declared shape, before anything is allocated for it.
+MAX_INPUT_ELEMENTS = 1 << 20
 MAX_CONCURRENT_RPCS = 64
 WORKERS = 8
 POLL_SECONDS = 2.0
-
-
-class RequestError(Exception):
-    """A request TF Serving would refuse, with the gRPC code it would use."""
-
-    def __init__(self, code: grpc.StatusCode, message: str):
-        super().__init__(message)
-        self.code = code
 
 
 # Session options, as TF Serving's --tensorflow_inter_op_parallelism/--tensorflow_intra_op_parallelism.
@@ -126,15 +121,42 @@ def load_version(base_path: str, version: int, config=None) -> LoadedVersion:
     return LoadedVersion(version, path, session, signature_defs)
 
 
-def _warm_up(loaded: LoadedVersion) -> None:
-    """One request before the swap, so the first real request after it is not slow."""
-    signature = loaded.signature_defs.get("serving_default")
-    if signature is not None and list(signature.inputs) == ["user_id"]:
-        loaded.run("serving_default", {"user_id": np.zeros([1], np.int64)})
+# TF Serving replays at most this many warmup records per version.
+MAX_WARMUP_RECORDS = 1000
+
+
+def warm_up(loaded: LoadedVersion) -> int:
+    """Replays the version's assets.extra/tf_serving_warmup_requests, as TF Serving does
+    before it serves a version: each PredictLog's request runs through the same
+    validation and signature call as a real one, and a failing record fails the load.
+    Returns the number of requests run (0 without the file: no warmup, as TF Serving)."""
+    from tensorflow_serving.apis import prediction_log_pb2  # noqa: PLC0415
+
+    path = os.path.join(loaded.path, f.WARMUP_FILE)
+    if not tf.io.gfile.exists(path):
+        return 0
+    count = 0
+    for record in tf.data.TFRecordDataset(path).take(MAX_WARMUP_RECORDS).as_numpy_iterator():
+        log = prediction_log_pb2.PredictionLog.FromString(record)
+        if log.WhichOneof("log_type") != "predict_log":
+            raise ValueError(f"{path}: record {count + 1} is not a PredictLog; the stand-in replays only those")
+        request = log.predict_log.request
+        try:
+            call_signature(loaded, *validate_predict(loaded, request))
+        except RequestError as error:
+            raise ValueError(
+                f"{path}: warmup request {count + 1} ({request.model_spec.signature_name}) failed: {error}"
+            ) from None
+        count += 1
+    return count
 
 
 class ModelManager:
-    """Holds the served version; a poller swaps in newer versions as they appear."""
+    """Holds the served version, as TF Serving's latest-version policy does: the newest
+    version that loads is served; a newer one replaces it once it has loaded; a version
+    that fails to load (empty, truncated, corrupt, missing variables) is logged once and
+    skipped, and the one being served keeps serving; if the served version's folder is
+    deleted, the newest remaining version takes over."""
 
     def __init__(self, name: str, base_path: str, poll_seconds: float = POLL_SECONDS):
         self.name = name
@@ -144,22 +166,49 @@ class ModelManager:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = None
+        # Versions that failed to load, with the error and the saved_model.pb they were
+        # tried with (a version copied again is tried again); versions served before.
+        self.failed: dict[int, tuple[str, tuple]] = {}
+        self.retired: set[int] = set()
 
     @property
     def current(self) -> LoadedVersion | None:
         return self._current
 
+    def _stamp(self, version: int) -> tuple:
+        stat = os.stat(os.path.join(self.base_path, str(version), "saved_model.pb"))
+        return stat.st_mtime_ns, stat.st_size
+
     def refresh(self) -> bool:
-        """Loads the newest complete version if it is newer; True if it switched."""
-        versions = complete_versions(self.base_path)
-        if not versions or (self._current and versions[-1] <= self._current.version):
-            return False
-        loaded = load_version(self.base_path, versions[-1])
-        _warm_up(loaded)
-        with self._lock:
-            previous, self._current = self._current, loaded
-        logging.info("Serving %s version %d (was %s)", self.name, loaded.version, previous and previous.version)
-        return True
+        """Serves the newest loadable version if it differs from the served one; True if it switched."""
+        current = self._current
+        # While its folder is there, only a newer version replaces the served one.
+        floor = current.version if current is not None and os.path.isdir(current.path) else None
+        for version in reversed(complete_versions(self.base_path)):
+            if floor is not None and version <= floor:
+                return False
+            try:
+                stamp = self._stamp(version)
+            except OSError:
+                continue  # deleted since it was listed
+            if version in self.failed and self.failed[version][1] == stamp:
+                continue
+            try:
+                loaded = load_version(self.base_path, version)
+                warm_up(loaded)
+            except Exception as error:  # noqa: BLE001 - any broken version is skipped, never fatal
+                message = str(error).splitlines()[0] if str(error) else type(error).__name__
+                logging.error("%s version %d does not load; skipped: %s", self.name, version, message)
+                self.failed[version] = (message, stamp)
+                continue
+            self.failed.pop(version, None)
+            with self._lock:
+                previous, self._current = self._current, loaded
+            if previous is not None:
+                self.retired.add(previous.version)
+            logging.info("Serving %s version %d (was %s)", self.name, version, previous and previous.version)
+            return True
+        return False
 
     def start(self) -> None:
         self.refresh()
@@ -170,9 +219,8 @@ class ModelManager:
         while not self._stop.wait(self.poll_seconds):
             try:
                 self.refresh()
-            except (OSError, ValueError, tf.errors.OpError) as error:
-                # A version that fails to load is skipped; the current one keeps serving.
-                logging.error("Could not load a new version from %s: %s", self.base_path, error)
+            except Exception:  # noqa: BLE001 - the poller must outlive any file system surprise
+                logging.exception("Polling %s failed; the served version keeps serving", self.base_path)
 
     def stop(self) -> None:
         self._stop.set()
@@ -213,15 +261,9 @@ def tensor_proto(value: np.ndarray):
     return proto
 
 
-def _dtype_name(dtype: tf.DType) -> str:
-    return dtype.name
-
-
-def validate_predict(
-    loaded: LoadedVersion, request: predict_pb2.PredictRequest, max_batch: int = MAX_BATCH
-) -> tuple[str, dict]:
+def validate_predict(loaded: LoadedVersion, request: predict_pb2.PredictRequest) -> tuple[str, dict]:
     """The signature name and input arrays of a PredictRequest, or TF Serving's error."""
-    name = request.model_spec.signature_name or "serving_default"
+    name = request.model_spec.signature_name or f.DEFAULT_SIGNATURE
     if name not in loaded.signature_defs:
         raise RequestError(
             grpc.StatusCode.INVALID_ARGUMENT, f'Serving signature name: "{name}" not found in signature def'
@@ -243,7 +285,13 @@ def validate_predict(
         if proto.dtype != spec.dtype.as_datatype_enum:
             raise RequestError(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"Expects arg[{key}] to be {_dtype_name(spec.dtype)} but {_dtype_name(tf.dtypes.as_dtype(proto.dtype))} is provided",
+                f"Expects arg[{key}] to be {spec.dtype.name} but {_dtype_name(proto.dtype)} is provided",
+            )
+        declared = [d.size for d in proto.tensor_shape.dim]
+        if any(d < 0 for d in declared) or int(np.prod(declared, dtype=np.float64)) > MAX_INPUT_ELEMENTS:
+            raise RequestError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"input {key}: shape {declared} is over the limit of {MAX_INPUT_ELEMENTS:,} elements",
             )
         try:
             value = tf.make_ndarray(proto)
@@ -254,14 +302,8 @@ def validate_predict(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"input {key}: shape {list(value.shape)} is not compatible with {spec.shape}",
             )
-        if spec.shape.rank and spec.shape.rank >= 1:
-            if value.shape[0] == 0:
-                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"input {key}: the batch is empty")
-            if value.shape[0] > max_batch:
-                raise RequestError(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"input {key}: batch of {value.shape[0]} is larger than the maximum of {max_batch}",
-                )
+        if spec.shape.rank and value.shape[0] == 0:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"input {key}: the batch is empty")
         inputs[key] = value
     unknown = set(request.output_filter) - set(loaded.signature_defs[name].outputs)
     if unknown:
@@ -271,12 +313,36 @@ def validate_predict(
     return name, inputs
 
 
+def _dtype_name(enum: int) -> str:
+    try:
+        return tf.dtypes.as_dtype(enum).name
+    except TypeError:
+        return f"data type {enum}"
+
+
 def call_signature(loaded: LoadedVersion, name: str, inputs: dict) -> dict:
+    """Runs a signature; the model's errors as TF Serving reports them (the op error's own code)."""
     specs = loaded.input_specs(name)
     try:
         return loaded.run(name, {k: np.asarray(v, dtype=specs[k].dtype.as_numpy_dtype) for k, v in inputs.items()})
-    except tf.errors.InvalidArgumentError as error:
-        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, error.message) from None
+    except tf.errors.OpError as error:
+        code = _GRPC_CODES.get(error.error_code, grpc.StatusCode.UNKNOWN)
+        raise RequestError(code, _text(error.message)) from None
+    except UnicodeDecodeError:
+        # TensorFlow's error quoted bytes of the request that are not UTF-8 (a string
+        # input that is not what it should be, such as a non-Example): the input's fault.
+        raise RequestError(
+            grpc.StatusCode.INVALID_ARGUMENT, f"signature {name}: an input could not be parsed (non-UTF-8 bytes)"
+        ) from None
+
+
+# TensorFlow's error codes are gRPC's.
+_GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def _text(message) -> str:
+    """An error message as text, whatever bytes a request put into it."""
+    return message.decode("utf-8", "replace") if isinstance(message, bytes) else str(message)
 
 
 def build_response(loaded: LoadedVersion, request, name: str, outputs: dict) -> predict_pb2.PredictResponse:
@@ -289,154 +355,24 @@ def build_response(loaded: LoadedVersion, request, name: str, outputs: dict) -> 
     return response
 
 
-def run_predict(
-    loaded: LoadedVersion, request: predict_pb2.PredictRequest, max_batch: int = MAX_BATCH
-) -> predict_pb2.PredictResponse:
-    """Validates a PredictRequest against the signature and runs it."""
-    name, inputs = validate_predict(loaded, request, max_batch)
-    return build_response(loaded, request, name, call_signature(loaded, name, inputs))
-
-
-class _Pending:
-    __slots__ = ("loaded", "request", "name", "inputs", "done", "response", "error")
-
-    def __init__(self, loaded, request, name, inputs):
-        self.loaded, self.request, self.name, self.inputs = loaded, request, name, inputs
-        self.done = threading.Event()
-        self.response = None
-        self.error = None
-
-
-class Batcher:
-    """Greedy server-side batching of one-input signatures (serving_default: user_id).
-
-    A worker takes every request queued for the same version and signature and
-    runs them as one call, then splits the outputs. Nothing waits for a batch to
-    fill: under light load a request runs alone at once; under load, requests
-    that arrive while the model is busy share the next call (TF Serving's
-    --enable_batching does the same job in production).
-    """
-
-    def __init__(self, max_batch: int = MAX_BATCH, workers: int = 2):
-        self.max_batch = max_batch
-        self._queue: list[_Pending] = []
-        self._cond = threading.Condition()
-        self._stop = False
-        self._busy = 0  # calls running, inline or in a worker
-        self._threads = [threading.Thread(target=self._work, name=f"batcher-{i}", daemon=True) for i in range(workers)]
-        for t in self._threads:
-            t.start()
-
-    def try_inline(self) -> bool:
-        """True (and counted as busy) when nothing is queued or running: the caller
-        runs its request on its own thread, saving two thread hand-offs."""
-        with self._cond:
-            if self._queue or self._busy:
-                return False
-            self._busy += 1
-            return True
-
-    def finish_inline(self) -> None:
-        with self._cond:
-            self._busy -= 1
-
-    def submit(self, pending: _Pending) -> _Pending:
-        with self._cond:
-            self._queue.append(pending)
-            self._cond.notify()
-        pending.done.wait()
-        return pending
-
-    def stop(self) -> None:
-        with self._cond:
-            self._stop = True
-            self._cond.notify_all()
-
-    def _take(self) -> list[_Pending]:
-        with self._cond:
-            while not self._queue and not self._stop:
-                self._cond.wait()
-            if self._stop:
-                return []
-            first = self._queue[0]
-            batch, rest, size = [], [], 0
-            for p in self._queue:
-                rows = len(next(iter(p.inputs.values())))
-                if p.loaded is first.loaded and p.name == first.name and size + rows <= self.max_batch:
-                    batch.append(p)
-                    size += rows
-                else:
-                    rest.append(p)
-            self._queue = rest
-            self._busy += 1
-            return batch
-
-    def _work(self) -> None:
-        while True:
-            batch = self._take()
-            if not batch:
-                return
-            try:
-                self._run(batch)
-            except Exception as error:  # noqa: BLE001 - every waiting request must get an answer
-                logging.exception("batched call failed")
-                for p in batch:
-                    if not p.done.is_set():
-                        p.error = RequestError(grpc.StatusCode.INTERNAL, f"model call failed: {error}")
-                        p.done.set()
-            finally:
-                with self._cond:
-                    self._busy -= 1
-
-    def _run(self, batch: list[_Pending]) -> None:
-        first = batch[0]
-        key = next(iter(first.inputs))
-        sizes = [len(p.inputs[key]) for p in batch]
-        try:
-            outputs = call_signature(first.loaded, first.name, {key: np.concatenate([p.inputs[key] for p in batch])})
-        except RequestError:
-            # One bad member fails a merged call: run each alone to give each its own answer.
-            for p in batch:
-                try:
-                    p.response = build_response(p.loaded, p.request, p.name, call_signature(p.loaded, p.name, p.inputs))
-                except RequestError as error:
-                    p.error = error
-                p.done.set()
-            return
-        offset = 0
-        for p, n in zip(batch, sizes):
-            part = {k: v[offset : offset + n] for k, v in outputs.items()}
-            offset += n
-            try:
-                p.response = build_response(p.loaded, p.request, p.name, part)
-            except (RequestError, ValueError) as error:
-                p.error = (
-                    error if isinstance(error, RequestError) else RequestError(grpc.StatusCode.INTERNAL, str(error))
-                )
-            p.done.set()
+def _run_batch(key: tuple[LoadedVersion, str], inputs: dict) -> dict:
+    return call_signature(key[0], key[1], inputs)
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, manager: ModelManager, max_batch: int = MAX_BATCH, batcher: Batcher | None = None):
+    def __init__(self, manager: ModelManager, batcher: Batcher | None = None):
         self.manager = manager
-        self.max_batch = max_batch
         self.batcher = batcher
 
     def Predict(self, request, context):  # noqa: N802 - gRPC method name
         try:
             loaded = self.manager.resolve(request.model_spec)
-            name, inputs = validate_predict(loaded, request, self.max_batch)
-            if self.batcher is None or len(inputs) != 1:
-                return build_response(loaded, request, name, call_signature(loaded, name, inputs))
-            if self.batcher.try_inline():
-                try:
-                    return build_response(loaded, request, name, call_signature(loaded, name, inputs))
-                finally:
-                    self.batcher.finish_inline()
-            done = self.batcher.submit(_Pending(loaded, request, name, inputs))
-            if done.error is not None:
-                raise done.error
-            return done.response
+            name, inputs = validate_predict(loaded, request)
+            if self.batcher is None:
+                outputs = call_signature(loaded, name, inputs)
+            else:
+                outputs = self.batcher.call((loaded, name), inputs, context.time_remaining())
+            return build_response(loaded, request, name, outputs)
         except RequestError as error:
             context.abort(error.code, str(error))
 
@@ -482,16 +418,24 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         current = self.manager.current
         if request.model_spec.name != self.manager.name or current is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {request.model_spec.name}")
-        if request.model_spec.HasField("version") and request.model_spec.version.value != current.version:
+        # Every version seen: the served one AVAILABLE; earlier served and unloadable ones END.
+        states = {v: status.ModelVersionStatus.END for v in self.manager.retired | set(self.manager.failed)}
+        states[current.version] = status.ModelVersionStatus.AVAILABLE
+        wanted = request.model_spec.version.value if request.model_spec.HasField("version") else None
+        if wanted is not None and wanted not in states:
             context.abort(
-                grpc.StatusCode.NOT_FOUND,
-                f"Could not find version {request.model_spec.version.value} of model {request.model_spec.name}",
+                grpc.StatusCode.NOT_FOUND, f"Could not find version {wanted} of model {request.model_spec.name}"
             )
         response = get_model_status_pb2.GetModelStatusResponse()
-        version_status = response.model_version_status.add()
-        version_status.version = current.version
-        version_status.state = status.ModelVersionStatus.AVAILABLE
-        version_status.status.CopyFrom(serving_status_pb2.StatusProto())
+        for version in sorted(states, reverse=True):
+            if wanted is not None and version != wanted:
+                continue
+            version_status = response.model_version_status.add()
+            version_status.version = version
+            version_status.state = states[version]
+            if version in self.manager.failed and version != current.version:
+                version_status.status.error_code = grpc.StatusCode.UNKNOWN.value[0]
+                version_status.status.error_message = self.manager.failed[version][0]
         return response
 
     def HandleReloadConfigRequest(self, request, context):  # noqa: N802
@@ -523,40 +467,48 @@ def start_server(
     port: int = DEFAULT_PORT,
     model_name: str = DEFAULT_MODEL_NAME,
     host: str = "127.0.0.1",
-    max_batch: int = MAX_BATCH,
     workers: int = WORKERS,
     max_concurrent_rpcs: int = MAX_CONCURRENT_RPCS,
     poll_seconds: float = POLL_SECONDS,
-    batching: bool = True,
+    batching: BatchingConfig | None = None,
 ) -> RunningServer:
-    """Starts serving; port 0 picks a free port. Fails if no complete version exists."""
+    """Starts serving; port 0 picks a free port. Fails if no complete version exists.
+    Every signature is batched as TF Serving's --enable_batching does, with `batching`
+    (serving/batching.config when None)."""
     manager = ModelManager(model_name, model_base_path, poll_seconds)
     manager.start()
     if manager.current is None:
         manager.stop()
-        raise FileNotFoundError(f"{model_base_path}: no complete model version (a numbered folder with saved_model.pb)")
+        broken = "".join(f"; version {v} does not load: {m}" for v, (m, _) in sorted(manager.failed.items()))
+        raise FileNotFoundError(
+            f"{model_base_path}: no loadable model version (a numbered folder with saved_model.pb){broken}"
+        )
     server = grpc.server(
         concurrent.futures.ThreadPoolExecutor(max_workers=workers),
         maximum_concurrent_rpcs=max_concurrent_rpcs,
         options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)],
     )
-    batcher = Batcher(max_batch) if batching else None
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionService(manager, max_batch, batcher), server
-    )
+    batcher = Batcher(_run_batch, batching or BatchingConfig.read())
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(manager, batcher), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager), server)
     bound = server.add_insecure_port(f"{host}:{port}")
     server.start()
     return RunningServer(server, manager, bound, batcher)
 
 
-def serve_forever(model_base_path: str, port: int, model_name: str = DEFAULT_MODEL_NAME) -> None:
-    running = start_server(model_base_path, port=port, model_name=model_name, host="0.0.0.0")
+def serve_forever(
+    model_base_path: str, port: int, model_name: str = DEFAULT_MODEL_NAME, host: str = "127.0.0.1"
+) -> None:
+    """Serves until Ctrl-C or SIGTERM (as Kubernetes stops a pod), then drains requests in flight."""
+    running = start_server(model_base_path, port=port, model_name=model_name, host=host)
     print(
-        f"Serving model {model_name} version {running.manager.current.version} from {model_base_path} on port {running.port}"
+        f"Serving model {model_name} version {running.manager.current.version} from {model_base_path} "
+        f"on {host}:{running.port}"
     )
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     try:
-        while True:
-            time.sleep(3600)
+        stopping.wait()
     except KeyboardInterrupt:
-        running.stop()
+        pass
+    running.stop(grace=5.0)

@@ -68,14 +68,46 @@ def test_bad_data_is_a_clear_error_not_a_traceback(tmp_path):
     assert "animerec: error:" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_recommend_with_model_dir(tmp_path):
+@pytest.fixture(scope="module")
+def serving_dir(tmp_path_factory):
     data = small_training_data()
     model = retrieval.build_model(data, 8, 0.1, 0.05)
-    export.export_serving_model(
-        model, data, retrieval.catalog_embeddings(model, data), top_k=4, path=str(tmp_path / "serving" / "1")
-    )
-    out = animerec("recommend", "--user", "100", "-k", "3", "--model-dir", str(tmp_path / "serving")).stdout
+    path = tmp_path_factory.mktemp("cli") / "serving"
+    export.export_serving_model(model, data, retrieval.catalog_embeddings(model, data), top_k=4, path=str(path / "1"))
+    return str(path)
+
+
+def test_recommend_with_model_dir(serving_dir, tmp_path):
+    out = animerec("recommend", "--user", "100", "-k", "3", "--model-dir", serving_dir).stdout
     assert "Top 3 for user 100" in out
     assert "Title 10" not in out and "Title 20" not in out, "seen titles are not recommended"
-    fallback = animerec("recommend", "--user", "424242", "--model-dir", str(tmp_path / "serving")).stdout
+    fallback = animerec("recommend", "--user", "424242", "--model-dir", serving_dir).stdout
     assert "most popular" in fallback
+
+
+def test_recommend_for_a_new_user(serving_dir, tmp_path):
+    out = animerec("recommend", "--liked", "20,30", "-k", "6", "--model-dir", serving_dir).stdout
+    assert "Top 4 for a new user" in out and "Title 20" not in out and "Title 30" not in out
+    # Their own animelist rows: 10 liked (scored 9), 40 dropped (seen, not liked), one bad row counted.
+    rows = tmp_path / "me.csv"
+    rows.write_text("user_id,anime_id,rating,watching_status,watched_episodes\n1,10,9,2,12\n1,40,0,4,1\n1,x,9,2,1\n")
+    out = animerec("recommend", "--animelist", str(rows), "-k", "6", "--model-dir", serving_dir)
+    assert "Top 4 for a new user" in out.stdout and "Title 10" not in out.stdout and "Title 40" not in out.stdout
+    assert "set aside 1" in out.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--user", "100", "-k", "0"], "'0' is not a positive integer"),
+        (["--user", "100", "--exclude", "10,abc"], "is not a comma-separated list of anime ids"),
+        (["--user", "100", "--server", "127.0.0.1:9"], "127.0.0.1:9: UNAVAILABLE"),
+        (["--user", "100", "--model-dir", "/nonexistent"], "no loadable model version"),
+    ],
+    ids=["k zero", "non-numeric exclude", "unreachable server", "no model"],
+)
+def test_recommend_errors_are_one_line(args, message):
+    out = animerec("recommend", *args, check=False)
+    # One error line (argparse's usage lines may come before it), no traceback.
+    assert out.returncode == 2 and message in out.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in out.stderr

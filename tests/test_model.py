@@ -100,32 +100,110 @@ def test_unknown_user_gets_popular_titles_flagged(serving):
 def test_recommend_takes_k_and_exclusions(serving):
     recommend = serving.signatures[f.RECOMMEND_SIGNATURE]
     out = recommend(
-        user_id=tf.constant([102, 102], tf.int64),
-        k=tf.constant(4),
-        exclude_anime_ids=tf.constant([[-1, -1], [50, 60]], tf.int64),
+        user_id=tf.constant([102, 102, 102], tf.int64),
+        k=tf.constant([4, 4, 2]),
+        exclude_anime_ids=tf.constant([[-1, -1], [50, 60], [-1, -1]], tf.int64),
     )
     ids = out[f.OUTPUT_ANIME_IDS].numpy()
-    assert ids.shape == (2, 4)
-    # User 102 has seen anime 10 and 40 (held out); request 2 also excludes 50 and 60, leaving two titles.
-    assert set(ids[0]) == {20, 30, 50, 60}
+    # A fixed width (the catalog here: 6 titles), each row holding its own k.
+    assert ids.shape == (3, len(ANIME_IDS))
+    # User 102 has seen anime 10 and 40 (held out); row 2 also excludes 50 and 60, leaving two titles.
+    assert set(ids[0][:4]) == {20, 30, 50, 60} and ids[0][4:].tolist() == [-1, -1]
     assert sorted(ids[1][:2]) == [20, 30]
-    assert ids[1][2:].tolist() == [-1, -1] and out[f.OUTPUT_TITLES].numpy()[1][3] == b""
+    assert ids[1][2:].tolist() == [-1] * 4 and out[f.OUTPUT_TITLES].numpy()[1][3] == b""
     assert np.isneginf(out[f.OUTPUT_SCORES].numpy()[1][2:]).all()
+    # Row 3 asks for k=2: the first two of row 1's list, the rest padding.
+    assert ids[2][:2].tolist() == ids[0][:2].tolist() and (ids[2][2:] == -1).all()
+    assert np.isneginf(out[f.OUTPUT_SCORES].numpy()[2][2:]).all()
 
 
 def test_eval_signature_keeps_heldout_titles(serving):
     out = serving.signatures[f.EVAL_SIGNATURE](
-        user_id=tf.constant([102], tf.int64), k=tf.constant(5), exclude_anime_ids=tf.zeros([1, 0], tf.int64)
+        user_id=tf.constant([102], tf.int64), k=tf.constant([5]), exclude_anime_ids=tf.zeros([1, 0], tf.int64)
     )
-    assert set(out[f.OUTPUT_ANIME_IDS].numpy()[0]) == {20, 30, 40, 50, 60}
+    assert set(out[f.OUTPUT_ANIME_IDS].numpy()[0][:5]) == {20, 30, 40, 50, 60}
 
 
-@pytest.mark.parametrize("k", [0, len(ANIME_IDS) + 1])
-def test_recommend_rejects_bad_k(serving, k):
-    with pytest.raises(tf.errors.InvalidArgumentError, match="k must be"):
+def test_recommend_caps_k_instead_of_failing(serving):
+    """A bad k must not fail the call: TF Serving's batching would fail the whole merged batch."""
+    out = serving.signatures[f.RECOMMEND_SIGNATURE](
+        user_id=tf.constant([100, 100, 100], tf.int64),
+        k=tf.constant([0, -3, len(ANIME_IDS) + 5]),
+        exclude_anime_ids=tf.fill([3, 1], tf.constant(-1, tf.int64)),
+    )
+    ids = out[f.OUTPUT_ANIME_IDS].numpy()
+    assert (ids[:2] == -1).all() and np.isneginf(out[f.OUTPUT_SCORES].numpy()[:2]).all()
+    # Over the width: every unseen title (user 100 has seen 10, 20 and 30).
+    assert sorted(ids[2][ids[2] >= 0]) == [40, 50, 60]
+
+
+def test_recommend_needs_one_k_per_user(serving):
+    with pytest.raises(tf.errors.InvalidArgumentError, match="one value per user_id"):
         serving.signatures[f.RECOMMEND_SIGNATURE](
-            user_id=tf.constant([100], tf.int64), k=tf.constant(k), exclude_anime_ids=tf.zeros([1, 0], tf.int64)
+            user_id=tf.constant([100], tf.int64), k=tf.constant([3, 3]), exclude_anime_ids=tf.zeros([1, 0], tf.int64)
         )
+
+
+def _ids_of_positions(data, positions) -> list[int]:
+    return [int(ANIME_IDS[p]) for p in positions]
+
+
+@pytest.fixture(scope="module")
+def history_only_serving(data, tmp_path_factory):
+    """As `serving`, with the query tower of the default config: the liked history alone, no user id embedding."""
+    tf.keras.utils.set_random_seed(2)
+    model = retrieval.build_model(data, DIM, temperature=0.1, learning_rate=0.05, use_user_embedding=False)
+    model.fit(retrieval.training_dataset(data, batch_size=len(data.user_index)), epochs=20, verbose=0)
+    path = str(tmp_path_factory.mktemp("history_only"))
+    with_heldout = data.with_heldout(np.array([2]), np.array([40]))
+    export.export_serving_model(model, with_heldout, retrieval.catalog_embeddings(model, data), top_k=3, path=path)
+    return tf.saved_model.load(path)
+
+
+def test_recommend_from_liked_matches_the_precomputed_path(history_only_serving, data):
+    """A known user's liked titles, sent as a new user's, give the same top k (the query
+    tower runs at request time instead of at export)."""
+    serving = history_only_serving
+    index_to_position = data.catalog.positions_of_index(data.anime_vocab_size)
+    liked = [
+        _ids_of_positions(
+            data, index_to_position[data.history_values[data.history_splits[u] : data.history_splits[u + 1]]]
+        )
+        for u in range(3)
+    ]
+    seen = [_ids_of_positions(data, data.seen_values[data.seen_splits[u] : data.seen_splits[u + 1]]) for u in range(3)]
+    seen[2].append(40)  # held out for eval in this export
+    width = max(map(len, liked)) + 1
+    liked_matrix = np.full((3, width), -1, np.int64)
+    exclude = np.full((3, 5), -1, np.int64)
+    for u in range(3):
+        liked_matrix[u, 1 : len(liked[u]) + 1] = liked[u]
+        exclude[u, 1 : len(seen[u]) + 1] = seen[u]
+    k = tf.constant([6, 2, 6])
+    by_liked = serving.signatures[f.FROM_LIKED_SIGNATURE](
+        liked_anime_ids=tf.constant(liked_matrix), k=k, exclude_anime_ids=tf.constant(exclude)
+    )
+    by_id = serving.signatures[f.RECOMMEND_SIGNATURE](
+        user_id=tf.constant([100, 101, 102], tf.int64),
+        k=k,
+        exclude_anime_ids=tf.fill([3, 1], tf.constant(-1, tf.int64)),
+    )
+    np.testing.assert_array_equal(by_liked[f.OUTPUT_ANIME_IDS].numpy(), by_id[f.OUTPUT_ANIME_IDS].numpy())
+    np.testing.assert_allclose(by_liked[f.OUTPUT_SCORES].numpy(), by_id[f.OUTPUT_SCORES].numpy(), rtol=1e-5)
+    assert not by_liked[f.OUTPUT_IS_FALLBACK].numpy().any()
+
+
+def test_recommend_from_liked_leaves_out_the_liked_and_falls_back_without_known_titles(serving):
+    out = serving.signatures[f.FROM_LIKED_SIGNATURE](
+        # Row 1 likes 20 and an id outside the catalog; row 2 only titles nobody liked in training.
+        liked_anime_ids=tf.constant([[20, 99999], [50, 60]], tf.int64),
+        k=tf.constant([6, 6]),
+        exclude_anime_ids=tf.constant([[-1], [10]], tf.int64),
+    )
+    ids = out[f.OUTPUT_ANIME_IDS].numpy()
+    assert 20 not in ids[0] and sorted(ids[0][ids[0] >= 0]) == [10, 30, 40, 50, 60]
+    assert out[f.OUTPUT_IS_FALLBACK].numpy().tolist() == [False, True]
+    assert sorted(ids[1][ids[1] >= 0]) == [20, 30, 40]
 
 
 def test_tf_example_signature_matches_default(serving):

@@ -221,10 +221,12 @@ def test_served_two_stages_rank_the_candidates_as_the_ranker_does(served):
     users = np.arange(0, 80, 7)
     out = loaded.signatures[f.RECOMMEND_SIGNATURE](
         user_id=tf.constant(users + 1000, tf.int64),
-        k=tf.constant(5),
+        k=tf.fill([len(users)], 5),
         exclude_anime_ids=tf.zeros([len(users), 0], tf.int64),
     )
-    ids = out[f.OUTPUT_ANIME_IDS].numpy()
+    # A fixed width (the 24-title catalog), each row's top 5 then padding.
+    assert (out[f.OUTPUT_ANIME_IDS].numpy()[:, 5:] == -1).all()
+    ids = out[f.OUTPUT_ANIME_IDS].numpy()[:, :5]
     # The same computation outside the SavedModel.
     queries = retrieval.query_embeddings(model, full, users)
     scores = queries @ embeddings.T + bias
@@ -233,11 +235,15 @@ def test_served_two_stages_rank_the_candidates_as_the_ranker_does(served):
         seen = full.seen_values[full.seen_splits[user] : full.seen_splits[user + 1]]
         scores[row, seen] = -np.inf
         assert not set(ids[row] - 100) & set(seen.tolist())
-    candidates, features, present = stage.features(tf.constant(history), tf.constant(scores), 6, 4)
+    # Retrieval's top max(N, output width): here the whole 24-title catalog.
+    width = out[f.OUTPUT_ANIME_IDS].shape[1]
+    candidates, features, present = stage.features(
+        tf.constant(history), tf.constant(scores), max(width, stage.candidates), stage.item_item_candidates
+    )
     order = ranking.rerank(stage.ranker, features.numpy(), present.numpy())
     expected = np.take_along_axis(candidates.numpy(), order, axis=1)[:, :5] + 100
     np.testing.assert_array_equal(ids, expected)
-    assert np.all(np.diff(out[f.OUTPUT_SCORES].numpy(), axis=1) <= 0)
+    assert np.all(np.diff(out[f.OUTPUT_SCORES].numpy()[:, :5], axis=1) <= 0)
 
 
 def test_k_above_the_candidates_and_fallbacks_and_the_retrieval_ablation(served):
@@ -245,11 +251,11 @@ def test_k_above_the_candidates_and_fallbacks_and_the_retrieval_ablation(served)
     recommend = loaded.signatures[f.RECOMMEND_SIGNATURE]
     # k above N: every unseen title comes back (24 titles, 10 seen), then padding.
     out = recommend(
-        user_id=tf.constant([1000], tf.int64), k=tf.constant(16), exclude_anime_ids=tf.zeros([1, 0], tf.int64)
+        user_id=tf.constant([1000], tf.int64), k=tf.constant([16]), exclude_anime_ids=tf.zeros([1, 0], tf.int64)
     )
     ids = out[f.OUTPUT_ANIME_IDS].numpy()[0]
     seen = set((full.seen_values[full.seen_splits[0] : full.seen_splits[1]] + 100).tolist())
-    assert set(ids[:14].tolist()) == set(range(100, 124)) - seen and ids[14:].tolist() == [-1, -1]
+    assert set(ids[:14].tolist()) == set(range(100, 124)) - seen and ids[14:].tolist() == [-1] * 10
     # An unknown user: the most popular titles, flagged.
     out = loaded.signatures["serving_default"](user_id=tf.constant([5], tf.int64))
     assert out[f.OUTPUT_IS_FALLBACK].numpy().tolist() == [True]
@@ -257,9 +263,9 @@ def test_k_above_the_candidates_and_fallbacks_and_the_retrieval_ablation(served)
     assert out[f.OUTPUT_ANIME_IDS].numpy()[0].tolist() == popular.tolist()
     # The retrieval-only signature is the first stage alone: top k by retrieval score.
     request = dict(
-        user_id=tf.constant([1000, 1001], tf.int64), k=tf.constant(5), exclude_anime_ids=tf.zeros([2, 0], tf.int64)
+        user_id=tf.constant([1000, 1001], tf.int64), k=tf.constant([5, 5]), exclude_anime_ids=tf.zeros([2, 0], tf.int64)
     )
     alone = loaded.signatures[f.EVAL_RETRIEVAL_SIGNATURE](**request)
-    assert np.all(np.diff(alone[f.OUTPUT_SCORES].numpy(), axis=1) <= 0)
+    assert np.all(np.diff(alone[f.OUTPUT_SCORES].numpy()[:, :5], axis=1) <= 0)
     both = loaded.signatures[f.EVAL_SIGNATURE](**request)
     assert not np.array_equal(alone[f.OUTPUT_SCORES].numpy(), both[f.OUTPUT_SCORES].numpy())

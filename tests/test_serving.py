@@ -20,9 +20,12 @@ from tensorflow_serving.apis import (
 from animerec import features as f
 from animerec.model import export, retrieval
 from animerec.serving import client, server
+from animerec.serving.batching import BatchingConfig
 from tests.model_fixtures import ANIME_IDS, small_training_data
 
 MAX_BATCH = 8
+# As serving/batching.config, with a smaller batch so that the limit is cheap to test.
+BATCHING = BatchingConfig(max_batch_size=MAX_BATCH, num_batch_threads=2, pad_variable_length_inputs=True)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +51,7 @@ def running(exported_model, tmp_path):
     serving_dir = str(tmp_path / "serving")
     os.makedirs(serving_dir)
     push(exported_model, serving_dir, 1)
-    srv = server.start_server(serving_dir, port=0, max_batch=MAX_BATCH, poll_seconds=0.2)
+    srv = server.start_server(serving_dir, port=0, poll_seconds=0.2, batching=BATCHING)
     yield srv, serving_dir
     srv.stop()
 
@@ -63,6 +66,15 @@ def _request(signature="serving_default", name="animerec", **inputs):
     request.model_spec.signature_name = signature
     for key, value in inputs.items():
         request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+    return request
+
+
+def _declared(request, alias: str, shape: list[int]):
+    """`request` whose input `alias` declares `shape` while holding one value: 56 bytes on the wire."""
+    proto = request.inputs[alias]
+    del proto.tensor_shape.dim[:]
+    for size in shape:
+        proto.tensor_shape.dim.add().size = size
     return request
 
 
@@ -108,31 +120,46 @@ BAD_REQUESTS = {
         "Missing inputs",
     ),
     "wrong dtype": (_request(user_id=np.array(["100"])), grpc.StatusCode.INVALID_ARGUMENT, "to be int64 but string"),
-    "k zero": (
+    "scalar k": (
         _request(
             f.RECOMMEND_SIGNATURE,
             user_id=np.array([100], np.int64),
-            k=np.int32(0),
-            exclude_anime_ids=np.zeros((1, 0), np.int64),
+            k=np.int32(3),
+            exclude_anime_ids=np.full((1, 1), -1, np.int64),
         ),
         grpc.StatusCode.INVALID_ARGUMENT,
-        "k must be positive",
+        "input k: shape [] is not compatible",
     ),
-    "k above catalog": (
+    "k rows differ from users": (
         _request(
             f.RECOMMEND_SIGNATURE,
             user_id=np.array([100], np.int64),
-            k=np.int32(len(ANIME_IDS) + 1),
-            exclude_anime_ids=np.zeros((1, 0), np.int64),
+            k=np.array([3, 3], np.int32),
+            exclude_anime_ids=np.full((1, 1), -1, np.int64),
         ),
         grpc.StatusCode.INVALID_ARGUMENT,
-        "at most the catalog size",
+        "must have equal 0th-dimension size",
+    ),
+    "declared shape over the limit": (
+        _declared(_request(user_id=np.array([100], np.int64)), f.USER_ID, [250_000_000]),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "over the limit",
+    ),
+    "declared shape of 10^12": (
+        _declared(_request(user_id=np.array([100], np.int64)), f.USER_ID, [10**12]),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "over the limit",
+    ),
+    "non-UTF-8 example": (
+        _request(f.TF_EXAMPLE_SIGNATURE, examples=np.array([b"\xff\xfe\x00garbage"], object)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "",
     ),
     "empty batch": (_request(user_id=np.zeros(0, np.int64)), grpc.StatusCode.INVALID_ARGUMENT, "batch is empty"),
     "oversized batch": (
         _request(user_id=np.arange(MAX_BATCH + 1, dtype=np.int64)),
         grpc.StatusCode.INVALID_ARGUMENT,
-        "larger than the maximum",
+        f"Task size {MAX_BATCH + 1} is larger than maximum input batch size {MAX_BATCH}",
     ),
     "unknown model": (
         _request(name="other", user_id=np.array([100], np.int64)),
@@ -258,7 +285,7 @@ def test_session_run_matches_the_eager_signature(exported_model, tmp_path):
     eager = tf.saved_model.load(exported_model).signatures[f.RECOMMEND_SIGNATURE]
     inputs = {
         f.SERVING_USER_ID: np.array([100, 101, 999], np.int64),
-        f.SERVING_K: np.int32(3),
+        f.SERVING_K: np.array([3, 1, 2], np.int32),
         f.SERVING_EXCLUDE: np.array([[ANIME_IDS[0], -1], [ANIME_IDS[1], ANIME_IDS[2]], [-1, -1]], np.int64),
     }
     by_session = loaded.run(f.RECOMMEND_SIGNATURE, inputs)
@@ -266,3 +293,199 @@ def test_session_run_matches_the_eager_signature(exported_model, tmp_path):
     assert set(by_session) == set(by_eager)
     for key, value in by_eager.items():
         np.testing.assert_array_equal(by_session[key], value.numpy())
+
+
+def _example(user: int) -> bytes:
+    example = tf.train.Example()
+    example.features.feature[f.USER_ID].int64_list.value.append(user)
+    return example.SerializeToString()
+
+
+# Requests of every signature, of several batch sizes, k and exclusion widths (the
+# client's layout: a leading -1 column, so TF Serving's padding value is -1).
+MIXED_REQUESTS = [
+    ("serving_default", {f.SERVING_USER_ID: np.array([100], np.int64)}),
+    ("serving_default", {f.SERVING_USER_ID: np.array([101, 999], np.int64)}),
+    (f.TF_EXAMPLE_SIGNATURE, {"examples": np.array([_example(102), _example(100)], object)}),
+    (f.TF_EXAMPLE_SIGNATURE, {"examples": np.array([_example(999)], object)}),
+    (
+        f.RECOMMEND_SIGNATURE,
+        {
+            f.SERVING_USER_ID: np.array([100], np.int64),
+            f.SERVING_K: np.array([1], np.int32),
+            f.SERVING_EXCLUDE: np.array([[-1]], np.int64),
+        },
+    ),
+    (
+        f.RECOMMEND_SIGNATURE,
+        {
+            f.SERVING_USER_ID: np.array([101, 102], np.int64),
+            f.SERVING_K: np.array([4, 2], np.int32),
+            f.SERVING_EXCLUDE: np.array([[-1, ANIME_IDS[3], ANIME_IDS[4]], [-1, ANIME_IDS[5], -1]], np.int64),
+        },
+    ),
+    (
+        f.RECOMMEND_SIGNATURE,
+        {
+            f.SERVING_USER_ID: np.array([999], np.int64),
+            f.SERVING_K: np.array([3], np.int32),
+            f.SERVING_EXCLUDE: np.array([[-1, ANIME_IDS[0]]], np.int64),
+        },
+    ),
+    (
+        f.EVAL_SIGNATURE,
+        {
+            f.SERVING_USER_ID: np.array([102], np.int64),
+            f.SERVING_K: np.array([5], np.int32),
+            f.SERVING_EXCLUDE: np.array([[-1]], np.int64),
+        },
+    ),
+    (
+        f.EVAL_SIGNATURE,
+        {
+            f.SERVING_USER_ID: np.array([100, 101], np.int64),
+            f.SERVING_K: np.array([2, 6], np.int32),
+            f.SERVING_EXCLUDE: np.array([[-1, ANIME_IDS[5]], [-1, -1]], np.int64),
+        },
+    ),
+]
+
+
+def test_batched_mixed_requests_equal_their_answers_alone(exported_model, tmp_path):
+    """Concurrent requests merged as TF Serving's batching session merges them (padded,
+    concatenated, split) each get the answer the model gives them alone."""
+    serving_dir = str(tmp_path / "serving")
+    push(exported_model, serving_dir, 1)
+    # A long timeout and one batch thread: the concurrent requests of a signature share a batch.
+    config = BatchingConfig(
+        max_batch_size=MAX_BATCH, batch_timeout_micros=300_000, num_batch_threads=1, pad_variable_length_inputs=True
+    )
+    srv = server.start_server(serving_dir, port=0, batching=config)
+    signatures = tf.saved_model.load(exported_model).signatures
+    expected = [signatures[name](**{k: tf.constant(v) for k, v in inputs.items()}) for name, inputs in MIXED_REQUESTS]
+    stub, answers, errors = _stub(srv), {}, []
+
+    def ask(i):
+        name, inputs = MIXED_REQUESTS[i]
+        try:
+            answers[i] = stub.Predict(_request(name, **inputs), timeout=30)
+        except grpc.RpcError as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(MIXED_REQUESTS))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    srv.stop()
+    assert not errors, errors[:3]
+    assert max(srv.batcher.batch_sizes) >= 3, f"no merged batch: {list(srv.batcher.batch_sizes)}"
+    for i, alone in enumerate(expected):
+        for key, value in alone.items():
+            got = tf.make_ndarray(answers[i].outputs[key])
+            assert got.shape == value.shape, (MIXED_REQUESTS[i][0], key)
+            if key == f.OUTPUT_SCORES:
+                np.testing.assert_allclose(got, value.numpy(), rtol=1e-5)
+            else:
+                np.testing.assert_array_equal(got, value.numpy(), err_msg=f"{MIXED_REQUESTS[i][0]} {key}")
+
+
+def test_batch_pads_with_each_requests_first_element():
+    from animerec.serving import batching
+
+    merged = batching.merge_inputs(
+        [{"x": np.array([[7]], np.int64)}, {"x": np.array([[-1, 3, 4], [5, 6, 8]], np.int64)}], pad=True
+    )
+    assert merged["x"].tolist() == [[7, 7, 7], [-1, 3, 4], [5, 6, 8]]
+    with pytest.raises(batching.RequestError, match="empty tensor"):
+        batching.merge_inputs([{"x": np.zeros((1, 0), np.int64)}, {"x": np.ones((1, 2), np.int64)}], pad=True)
+    with pytest.raises(batching.RequestError, match="padding is turned off"):
+        batching.merge_inputs([{"x": np.ones((1, 1))}, {"x": np.ones((1, 2))}], pad=False)
+    parts = batching.split_outputs({"y": np.arange(6).reshape(3, 2)}, [1, 2])
+    assert [p["y"].tolist() for p in parts] == [[[0, 1]], [[2, 3], [4, 5]]]
+    with pytest.raises(batching.RequestError, match="0 dimensions"):
+        batching.split_outputs({"y": np.float32(1.0)}, [1])
+
+
+def test_shipped_batching_config_is_read():
+    config = BatchingConfig.read()
+    assert config.pad_variable_length_inputs, "exclusion lists have variable widths"
+    assert 0 < config.max_batch_size <= 1000 and config.num_batch_threads > 0
+
+
+def test_unknown_batching_parameter_names_file_and_line(tmp_path):
+    path = tmp_path / "batching.config"
+    path.write_text("max_batch_size { value: 8 }\nmax_batch_sise { value: 9 }\n")
+    with pytest.raises(ValueError, match=r"batching.config, line 2: 'max_batch_sise"):
+        BatchingConfig.read(str(path))
+
+
+def _status(srv) -> dict:
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = "animerec"
+    response = model_service_pb2_grpc.ModelServiceStub(grpc.insecure_channel(srv.target)).GetModelStatus(request)
+    return {s.version: (s.state, s.status.error_message) for s in response.model_version_status}
+
+
+def _wait_for(condition, seconds: float = 30.0) -> bool:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_broken_versions_are_skipped_and_the_poller_survives(exported_model, tmp_path):
+    serving_dir = str(tmp_path / "serving")
+    push(exported_model, serving_dir, 1)
+    # Version 2: a copy in progress with a zero-byte saved_model.pb; version 3: corrupt bytes.
+    push(exported_model, serving_dir, 2)
+    open(os.path.join(serving_dir, "2", "saved_model.pb"), "wb").close()
+    push(exported_model, serving_dir, 3)
+    with open(os.path.join(serving_dir, "3", "saved_model.pb"), "wb") as fh:
+        fh.write(b"\x08\x01garbage" * 10)
+    srv = server.start_server(serving_dir, port=0, poll_seconds=0.1, batching=BATCHING)
+    try:
+        assert srv.manager.current.version == 1, "the newest version that loads is served"
+        status = _status(srv)
+        assert status[1][0] == get_model_status_pb2.ModelVersionStatus.AVAILABLE
+        assert status[2][0] == status[3][0] == get_model_status_pb2.ModelVersionStatus.END
+        assert status[2][1] and status[3][1], "a version that does not load says why"
+        # The poller is alive: a good version 4 is picked up.
+        push(exported_model, serving_dir, 4)
+        assert _wait_for(lambda: srv.manager.current.version == 4)
+        # Its folder deleted, the newest remaining loadable version (1) takes over.
+        shutil.rmtree(os.path.join(serving_dir, "4"))
+        assert _wait_for(lambda: srv.manager.current.version == 1)
+        response = _stub(srv).Predict(_request(user_id=np.array([100], np.int64)), timeout=10)
+        assert response.model_spec.version.value == 1
+    finally:
+        srv.stop()
+
+
+def test_no_loadable_version_is_one_clear_error(exported_model, tmp_path):
+    serving_dir = str(tmp_path / "serving")
+    push(exported_model, serving_dir, 1)
+    shutil.rmtree(os.path.join(serving_dir, "1", "variables"))
+    with pytest.raises(FileNotFoundError, match="version 1 does not load"):
+        server.start_server(serving_dir, port=0, batching=BATCHING)
+
+
+def test_exported_model_carries_warmup_requests_for_every_signature(exported_model, tmp_path):
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    path = os.path.join(exported_model, f.WARMUP_FILE)
+    logs = [prediction_log_pb2.PredictionLog.FromString(r) for r in tf.data.TFRecordDataset(path).as_numpy_iterator()]
+    signatures = set(tf.saved_model.load(exported_model).signatures)
+    assert {log.predict_log.request.model_spec.signature_name for log in logs} == signatures
+    serving_dir = str(tmp_path / "serving")
+    push(exported_model, serving_dir, 1)
+    assert server.warm_up(server.load_version(serving_dir, 1)) == len(signatures)
+    # A warmup request that fails makes the version fail to load, as in TF Serving.
+    bad = logs[0]
+    bad.predict_log.request.model_spec.signature_name = "no_such_signature"
+    with tf.io.TFRecordWriter(os.path.join(serving_dir, "1", f.WARMUP_FILE)) as writer:
+        writer.write(bad.SerializeToString())
+    with pytest.raises(ValueError, match="warmup request 1 \\(no_such_signature\\) failed"):
+        server.warm_up(server.load_version(serving_dir, 1))

@@ -8,20 +8,32 @@ candidates (max(N, k) when k is larger) from the user's liked history and the
 candidates' item-item, genre and popularity features, and the top k are
 returned; `scores` are the ranker's logits. Signatures (names in animerec.features):
   serving_default(user_id[B] int64) -> anime_ids[B,K], scores[B,K], titles[B,K], genres[B,K], is_fallback[B]
-  recommend(user_id[B], k scalar int32, exclude_anime_ids[B,M] int64, -1 padded) -> the same, top k
+    (K: the export's top_k)
+  recommend(user_id[B], k[B] int32, exclude_anime_ids[B,M] int64, -1 padded) -> the same with
+    max_k columns; row b holds its top k[b] (capped to 0..max_k), the rest is padding
+  recommend_from_liked(liked_anime_ids[B,L] int64, -1 padded, k[B], exclude_anime_ids[B,M]) -> as
+    recommend, for users the model may not know: the query tower runs on their liked titles
   serving_tf_example(examples[B] string: serialized tf.Example with user_id) -> the same as serving_default
   recommend_for_eval: as recommend, but titles held out for evaluation are not excluded (the Evaluator's view)
   retrieve_for_eval: as recommend_for_eval, retrieval alone (the first stage, for the Evaluator's ablation)
+Every input has a leading batch dimension and every output's width is fixed, so
+TF Serving's batching session (--enable_batching) can merge any requests of a
+signature: it concatenates inputs along dim 0, pads variable-length ones with the
+first element of each request's tensor, and splits the outputs along dim 0. Clients
+start exclude_anime_ids with a -1 column, so that padding is -1 too (serving.client does).
 A user id the model has not seen, or one without a liked title, gets the most
 popular unseen titles with is_fallback=True instead of an error. Slots beyond
-the titles left unseen are padded with anime id -1, score -inf and "".
+k or beyond the titles left unseen are padded with anime id -1, score -inf and "".
 """
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import tensorflow as tf
 
+from animerec import evaluation
 from animerec import features as f
 from animerec.model.data import TrainingData
 from animerec.model.retrieval import RetrievalModel, query_embeddings
@@ -30,7 +42,14 @@ from animerec.model.two_stage import SecondStage, liked_positions
 # user_id, k and per-request exclusions: the inputs of `recommend` and `recommend_for_eval`.
 RECOMMEND_INPUTS = [
     tf.TensorSpec([None], tf.int64, name=f.SERVING_USER_ID),
-    tf.TensorSpec([], tf.int32, name=f.SERVING_K),
+    tf.TensorSpec([None], tf.int32, name=f.SERVING_K),
+    tf.TensorSpec([None, None], tf.int64, name=f.SERVING_EXCLUDE),
+]
+
+# A new user's liked titles, k and exclusions: the inputs of `recommend_from_liked`.
+FROM_LIKED_INPUTS = [
+    tf.TensorSpec([None, None], tf.int64, name=f.SERVING_LIKED),
+    tf.TensorSpec([None], tf.int32, name=f.SERVING_K),
     tf.TensorSpec([None, None], tf.int64, name=f.SERVING_EXCLUDE),
 ]
 
@@ -92,6 +111,9 @@ class RecommenderModule(tf.Module):
             self.liked_splits = tf.Variable(liked_splits, trainable=False, name="liked_splits")
             self.liked_values = tf.Variable(liked_values, trainable=False, name="liked_values")
         self.top_k = min(top_k, len(catalog.anime_id))
+        # The fixed width of `recommend`'s outputs: the largest k a request may ask for
+        # (at least what the Evaluator asks for).
+        self.max_k = min(max(top_k, max(evaluation.KS)), len(catalog.anime_id))
         self.catalog_size = len(catalog.anime_id)
         # Stored [dim, catalog]: a plain product reads it in order, no transpose per request.
         self.catalog_embeddings_t = tf.Variable(
@@ -102,6 +124,12 @@ class RecommenderModule(tf.Module):
         bias = catalog_bias if catalog_bias is not None else np.zeros(len(catalog.anime_id), np.float32)
         self.catalog_bias = tf.Variable(bias, trainable=False, name="catalog_bias")
         self.catalog_anime_ids = tf.Variable(catalog.anime_id, trainable=False, name="catalog_anime_ids")
+        # For new users: the query tower and each catalog title's anime index (its input).
+        self.query_tower = model.query_tower
+        self.anime_vocab_size = data.anime_vocab_size
+        self.catalog_anime_index = tf.Variable(
+            np.asarray(catalog.anime_index, np.int64), trainable=False, name="catalog_anime_index"
+        )
         self.catalog_titles = tf.Variable(catalog.titles, trainable=False, name="catalog_titles")
         self.catalog_genres = tf.Variable(catalog.genres, trainable=False, name="catalog_genres")
         popularity = data.likes_by_catalog_position().astype(np.float32)
@@ -140,95 +168,201 @@ class RecommenderModule(tf.Module):
         self,
         user_id: tf.Tensor,
         k: tf.Tensor,
+        width: int,
         exclude_anime_ids: tf.Tensor | None,
         exclude_heldout: bool = True,
         two_stage: bool = True,
     ) -> dict:
-        k = tf.cast(k, tf.int32)
+        """Row b: the top k[b] unseen titles of user_id[b], in `width` columns."""
+        # Capped, not refused: TF Serving's batching fails every request of a merged
+        # batch when the model call fails, so one client's bad k must not be an error.
+        k = tf.clip_by_value(tf.cast(k, tf.int32), 0, width)
         checks = [
-            tf.debugging.assert_positive(k, message="k must be positive"),
-            tf.debugging.assert_less_equal(
-                k, self.catalog_size, message=f"k must be at most the catalog size ({self.catalog_size})"
-            ),
             tf.debugging.assert_positive(tf.size(user_id), message="user_id must hold at least one id"),
+            tf.debugging.assert_equal(tf.shape(k), tf.shape(user_id), message="k must hold one value per user_id"),
         ]
+        if exclude_anime_ids is not None:
+            checks.append(
+                tf.debugging.assert_equal(
+                    tf.shape(exclude_anime_ids)[0],
+                    tf.shape(user_id)[0],
+                    message="exclude_anime_ids must have one row per user_id",
+                )
+            )
         with tf.control_dependencies(checks):
             user_index = self.user_table.lookup(user_id)
         row = tf.where(user_index >= 0, user_index, self.empty_user_row)
-        use_model = tf.gather(self.has_history, row)
-        query = tf.gather(self.user_embeddings, row)
-        scores = tf.where(
-            use_model[:, None],
-            tf.matmul(query, self.catalog_embeddings_t) + self.catalog_bias[None, :],
-            self.popularity[None, :],
-        )
         excluded = [_padded_rows(self.seen_values, self.seen_splits, row)]
         if exclude_heldout:
             excluded.append(_padded_rows(self.heldout_values, self.heldout_splits, row))
         if exclude_anime_ids is not None:
             excluded.append(self.anime_table.lookup(exclude_anime_ids))
-        scores = _mask_columns(scores, tf.concat(excluded, axis=1))
+        history = None
         if two_stage and self.second_stage is not None:
-            positions, values = self._rerank(row, use_model, scores, k)
+            history = _padded_rows(self.liked_values, self.liked_splits, row)
+        return self._top(
+            tf.gather(self.user_embeddings, row), tf.gather(self.has_history, row), excluded, history, k, width
+        )
+
+    def _top(self, query, use_model, excluded: list, history, k: tf.Tensor, width: int) -> dict:
+        """The outputs for users with query embeddings `query` ([batch, dim]; popularity where
+        not `use_model`), titles `excluded` (catalog positions, -1 padded) left out, reranked
+        from their liked `history` (catalog positions) when it is given."""
+        scores = tf.where(
+            use_model[:, None],
+            tf.matmul(query, self.catalog_embeddings_t) + self.catalog_bias[None, :],
+            self.popularity[None, :],
+        )
+        scores = _mask_columns(scores, tf.concat(excluded, axis=1))
+        if history is not None:
+            positions, values = self._rerank(history, use_model, scores, width)
         else:
-            top = tf.math.top_k(scores, k=k)
+            top = tf.math.top_k(scores, k=width)
             positions, values = top.indices, top.values
-        # When fewer than k titles are left unseen, the rest of the list is padding
+        # Beyond k[b], or when fewer titles are left unseen, the row is padding
         # (id -1, empty title), never a title the user has seen.
-        valid = tf.math.is_finite(values)
+        valid = tf.math.is_finite(values) & (tf.range(width)[None, :] < k[:, None])
         return {
             f.OUTPUT_ANIME_IDS: tf.where(
                 valid, tf.gather(self.catalog_anime_ids, positions), tf.constant(-1, tf.int64)
             ),
-            f.OUTPUT_SCORES: values,
+            f.OUTPUT_SCORES: tf.where(valid, values, float("-inf")),
             f.OUTPUT_TITLES: tf.where(valid, tf.gather(self.catalog_titles, positions), ""),
             f.OUTPUT_GENRES: tf.where(valid, tf.gather(self.catalog_genres, positions), ""),
             f.OUTPUT_IS_FALLBACK: tf.logical_not(use_model),
         }
 
-    def _rerank(self, row: tf.Tensor, use_model: tf.Tensor, scores: tf.Tensor, k: tf.Tensor):
-        """The ranker's top k of the candidates (retrieval's top max(N, k) and the item-item
-        top M); fallback rows keep retrieval's (popularity) order."""
-        history = _padded_rows(self.liked_values, self.liked_splits, row)
+    def _rerank(self, history: tf.Tensor, use_model: tf.Tensor, scores: tf.Tensor, width: int):
+        """The ranker's top `width` of the candidates (retrieval's top max(N, width) and the
+        item-item top M); fallback rows keep retrieval's (popularity) order."""
         candidates, features, present = self.ranking_features(
-            history, scores, tf.maximum(k, self.candidates), self.item_item_candidates
+            history, scores, max(width, self.candidates), self.item_item_candidates
         )
         ranked = self.ranker(features)
         ranked = tf.where(use_model[:, None], ranked, tf.gather(scores, candidates, batch_dims=1))
         ranked = tf.where(present, ranked, float("-inf"))
-        order = tf.math.top_k(ranked, k=k)
+        order = tf.math.top_k(ranked, k=width)
         return tf.gather(candidates, order.indices, batch_dims=1), order.values
+
+    def _from_liked(self, liked_anime_ids: tf.Tensor, k: tf.Tensor, exclude_anime_ids: tf.Tensor) -> dict:
+        """Row b: the top k[b] for a user the model may never have seen, from their liked
+        titles (anime ids, -1 padded; ids outside the catalog are ignored): the query
+        tower runs on them now, as it ran at export time for known users. Liked and
+        excluded titles are left out."""
+        k = tf.clip_by_value(tf.cast(k, tf.int32), 0, self.max_k)
+        checks = [
+            tf.debugging.assert_equal(
+                tf.shape(k)[0], tf.shape(liked_anime_ids)[0], message="k must hold one value per row of liked_anime_ids"
+            ),
+            tf.debugging.assert_equal(
+                tf.shape(exclude_anime_ids)[0],
+                tf.shape(liked_anime_ids)[0],
+                message="exclude_anime_ids must have one row per row of liked_anime_ids",
+            ),
+        ]
+        with tf.control_dependencies(checks):
+            liked = self.anime_table.lookup(liked_anime_ids)
+        # Titles no training user liked have no trained embedding: they only count as seen.
+        vocab_index = tf.gather(self.catalog_anime_index, tf.maximum(liked, 0))
+        known = (liked >= 0) & (vocab_index < self.anime_vocab_size)
+        vocab_index = tf.ragged.boolean_mask(vocab_index, known)
+        query = self.query_tower(
+            tf.fill([tf.shape(liked)[0]], self.empty_user_row),
+            vocab_index,
+            exclude=-tf.ones([tf.shape(liked)[0]], tf.int64),
+        )
+        use_model = tf.reduce_any(known, axis=1)
+        excluded = [liked, self.anime_table.lookup(exclude_anime_ids)]
+        history = liked if self.second_stage is not None else None
+        return self._top(query, use_model, excluded, history, k, self.max_k)
+
+    def _all_rows(self, user_id: tf.Tensor) -> tf.Tensor:
+        return tf.fill(tf.shape(user_id), self.top_k)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.int64, name=f.SERVING_USER_ID)])
     def serve(self, user_id):
-        return self._recommend(user_id, tf.constant(self.top_k), None)
+        return self._recommend(user_id, self._all_rows(user_id), self.top_k, None)
 
     @tf.function(input_signature=RECOMMEND_INPUTS)
     def recommend(self, user_id, k, exclude_anime_ids):
-        return self._recommend(user_id, k, exclude_anime_ids)
+        return self._recommend(user_id, k, self.max_k, exclude_anime_ids)
 
     @tf.function(input_signature=RECOMMEND_INPUTS)
     def recommend_for_eval(self, user_id, k, exclude_anime_ids):
-        return self._recommend(user_id, k, exclude_anime_ids, exclude_heldout=False)
+        return self._recommend(user_id, k, self.max_k, exclude_anime_ids, exclude_heldout=False)
 
     @tf.function(input_signature=RECOMMEND_INPUTS)
     def retrieve_for_eval(self, user_id, k, exclude_anime_ids):
-        return self._recommend(user_id, k, exclude_anime_ids, exclude_heldout=False, two_stage=False)
+        return self._recommend(user_id, k, self.max_k, exclude_anime_ids, exclude_heldout=False, two_stage=False)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    @tf.function(input_signature=FROM_LIKED_INPUTS)
+    def recommend_from_liked(self, liked_anime_ids, k, exclude_anime_ids):
+        return self._from_liked(liked_anime_ids, k, exclude_anime_ids)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=f.SERVING_EXAMPLES)])
     def serve_tf_example(self, examples):
         parsed = tf.io.parse_example(examples, {f.USER_ID: tf.io.FixedLenFeature([1], tf.int64)})
         user_id = tf.reshape(parsed[f.USER_ID], [-1])
-        return self._recommend(user_id, tf.constant(self.top_k), None)
+        return self._recommend(user_id, self._all_rows(user_id), self.top_k, None)
 
     def signatures(self) -> dict:
         return {
-            "serving_default": self.serve.get_concrete_function(),
+            f.DEFAULT_SIGNATURE: self.serve.get_concrete_function(),
             f.RECOMMEND_SIGNATURE: self.recommend.get_concrete_function(),
             f.TF_EXAMPLE_SIGNATURE: self.serve_tf_example.get_concrete_function(),
+            f.FROM_LIKED_SIGNATURE: self.recommend_from_liked.get_concrete_function(),
             f.EVAL_SIGNATURE: self.recommend_for_eval.get_concrete_function(),
             f.EVAL_RETRIEVAL_SIGNATURE: self.retrieve_for_eval.get_concrete_function(),
         }
+
+
+def warmup_requests(module: RecommenderModule) -> list:
+    """One PredictRequest per signature (a known and an unknown user, k, an exclusion),
+    for TF Serving to run before it serves a version."""
+    from tensorflow_serving.apis import predict_pb2  # noqa: PLC0415
+
+    known = module.known_user_ids.numpy()[:1].tolist()
+    users = np.array(known + [-1], np.int64)
+    example = tf.train.Example()
+    example.features.feature[f.USER_ID].int64_list.value.append(int(users[0]))
+    ranked = {
+        f.SERVING_USER_ID: users,
+        f.SERVING_K: np.full(len(users), module.max_k, np.int32),
+        f.SERVING_EXCLUDE: np.array([[-1, module.catalog_anime_ids.numpy()[0]]] * len(users), np.int64),
+    }
+    inputs = {
+        f.DEFAULT_SIGNATURE: {f.SERVING_USER_ID: users},
+        f.TF_EXAMPLE_SIGNATURE: {f.SERVING_EXAMPLES: np.array([example.SerializeToString()], object)},
+        f.RECOMMEND_SIGNATURE: ranked,
+        f.FROM_LIKED_SIGNATURE: {
+            f.SERVING_LIKED: ranked[f.SERVING_EXCLUDE],
+            f.SERVING_K: ranked[f.SERVING_K],
+            f.SERVING_EXCLUDE: np.full((len(users), 1), -1, np.int64),
+        },
+        f.EVAL_SIGNATURE: ranked,
+        f.EVAL_RETRIEVAL_SIGNATURE: ranked,
+    }
+    requests = []
+    for name, tensors in inputs.items():
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = f.MODEL_NAME
+        request.model_spec.signature_name = name
+        for alias, value in tensors.items():
+            request.inputs[alias].CopyFrom(tf.make_tensor_proto(value))
+        requests.append(request)
+    return requests
+
+
+def write_warmup_file(module: RecommenderModule, path: str) -> None:
+    """assets.extra/tf_serving_warmup_requests: the warmup_requests as PredictionLog TFRecords."""
+    from tensorflow_serving.apis import prediction_log_pb2  # noqa: PLC0415
+
+    target = os.path.join(path, f.WARMUP_FILE)
+    tf.io.gfile.makedirs(os.path.dirname(target))
+    with tf.io.TFRecordWriter(target) as writer:
+        for request in warmup_requests(module):
+            log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
 
 
 def export_serving_model(
@@ -242,3 +376,4 @@ def export_serving_model(
 ) -> None:
     module = RecommenderModule(model, data, catalog_embeddings, top_k, catalog_bias, second_stage)
     tf.saved_model.save(module, path, signatures=module.signatures())
+    write_warmup_file(module, path)

@@ -137,7 +137,14 @@ class RankingFeatures(tf.Module):
             ).indices,
         )
         # A title both retrievers propose counts once; a seen one (fewer unseen than asked) not at all.
-        twice = tf.reduce_any(by_item_item[:, :, None] == by_retrieval.indices[:, None, :], axis=2)
+        # Marked on a [batch, catalog] map: N + M writes and M reads, not N x M comparisons.
+        rows = tf.broadcast_to(tf.range(tf.shape(by_retrieval.indices)[0])[:, None], tf.shape(by_retrieval.indices))
+        retrieved_map = tf.scatter_nd(
+            tf.stack([rows, by_retrieval.indices], axis=-1),
+            tf.ones_like(by_retrieval.indices, tf.int8),
+            tf.shape(retrieval_scores, out_type=tf.int32),
+        )
+        twice = tf.gather(retrieved_map, by_item_item, batch_dims=1) > 0
         item_item_scores = tf.gather(retrieval_scores, by_item_item, batch_dims=1)
         union = tf.concat([by_retrieval.indices, by_item_item], axis=1)
         union_scores = tf.concat([by_retrieval.values, tf.where(twice, float("-inf"), item_item_scores)], axis=1)
@@ -161,7 +168,7 @@ class RankingFeatures(tf.Module):
         count = tf.reduce_sum(tf.cast(valid, tf.float32), axis=1)
         profile = tf.reduce_sum(tf.gather(self.genres, liked) * tf.cast(valid, tf.float32)[..., None], axis=1)
         profile = tf.math.l2_normalize(profile, axis=1)
-        affinity = tf.einsum("bg,bng->bn", profile, tf.gather(self.genres, candidates))
+        affinity = tf.reduce_sum(tf.gather(self.genres, candidates) * profile[:, None, :], axis=2)
 
         shape = tf.shape(candidates)
         rank = tf.broadcast_to(tf.math.log1p(tf.cast(tf.range(shape[1]), tf.float32))[None, :], shape)

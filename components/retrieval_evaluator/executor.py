@@ -69,10 +69,10 @@ def rank_model(
         users = data.users[start : start + m.SCORE_BATCH]
         out = recommend(
             user_id=tf.constant(users, tf.int64),
-            k=tf.constant(k, tf.int32),
-            exclude_anime_ids=tf.zeros([len(users), 0], tf.int64),
+            k=tf.fill([len(users)], k),
+            exclude_anime_ids=tf.fill([len(users), 1], tf.constant(-1, tf.int64)),
         )
-        ranked.append(catalog_positions(catalog_ids, out[f.OUTPUT_ANIME_IDS].numpy()))
+        ranked.append(catalog_positions(catalog_ids, out[f.OUTPUT_ANIME_IDS].numpy()[:, :k]))
     return np.concatenate(ranked) if ranked else np.zeros((0, k), np.int64)
 
 
