@@ -179,7 +179,7 @@ def _batch_recommend(args) -> int:
 def _serve(args) -> int:
     from animerec.serving import server
 
-    server.serve_forever(args.model_dir, args.port, args.model_name, host=args.host)
+    server.serve_forever(args.model_dir, args.port, args.model_name, host=args.host, rest_port=args.rest_port or None)
     return 0
 
 
@@ -226,7 +226,7 @@ def _recommend(args) -> int:
     from animerec.serving import client, server
 
     running = None
-    target = args.server
+    target = args.server or args.rest
     if target is None:
         # The same gRPC client, against the stand-in server started here on a free port.
         try:
@@ -235,7 +235,10 @@ def _recommend(args) -> int:
             print(f"animerec: error: {error}", file=sys.stderr)
             return 2
         target = running.target
-    recommender = client.RecommenderClient(target, model_name=args.model_name)
+    if args.rest:
+        recommender = client.RestClient(args.rest, model_name=args.model_name)
+    else:
+        recommender = client.RecommenderClient(target, model_name=args.model_name)
     try:
         exclude = [args.exclude] if args.exclude else None
         if args.user is None:
@@ -254,6 +257,10 @@ def _recommend(args) -> int:
     except grpc.RpcError as error:
         detail = (error.details() or "").splitlines()[0] if error.details() else ""
         print(f"animerec: error: {target}: {error.code().name}: {detail}", file=sys.stderr)
+        return 2
+    except (client.RestError, OSError) as error:
+        reason = getattr(error, "reason", None) or error
+        print(f"animerec: error: {target}: {str(reason).splitlines()[0]}", file=sys.stderr)
         return 2
     finally:
         recommender.close()
@@ -456,6 +463,9 @@ def add_commands(commands, add_filter_args, filter_and_split) -> None:
     serve.add_argument("--model-dir", required=True, help="the serving dir Pusher writes (numbered versions)")
     serve.add_argument("--port", type=int, default=8500, help="gRPC port (default %(default)s, as TF Serving)")
     serve.add_argument(
+        "--rest-port", type=int, default=8501, help="REST port (default %(default)s, as TF Serving; 0: no REST)"
+    )
+    serve.add_argument(
         "--host",
         default="127.0.0.1",
         help="address to bind (default %(default)s: this machine only; 0.0.0.0 in a container)",
@@ -473,7 +483,8 @@ def add_commands(commands, add_filter_args, filter_and_split) -> None:
         "--exclude", type=_anime_ids, default=None, help="comma-separated anime ids to leave out on this request"
     )
     where = recommend.add_mutually_exclusive_group(required=True)
-    where.add_argument("--server", help="HOST:PORT of tensorflow/serving or `animerec serve`")
+    where.add_argument("--server", help="HOST:PORT of tensorflow/serving or `animerec serve` (gRPC)")
+    where.add_argument("--rest", help="URL of their REST API, e.g. http://localhost:8501")
     where.add_argument("--model-dir", help="a serving dir: starts the stand-in server in-process")
     recommend.add_argument("--model-name", default=f.MODEL_NAME, help="default %(default)s")
     recommend.set_defaults(func=_recommend)

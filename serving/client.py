@@ -7,6 +7,9 @@ tensorflow/serving in production and to animerec's stand-in server here.
 from __future__ import annotations
 
 import dataclasses
+import json
+import urllib.error
+import urllib.request
 
 import grpc
 import numpy as np
@@ -96,20 +99,81 @@ def _pad(rows, n_users: int) -> np.ndarray:
 
 
 def parse_response(response, user_ids) -> list[UserRecommendations]:
-    ids = tf.make_ndarray(response.outputs[f.OUTPUT_ANIME_IDS])
-    scores = tf.make_ndarray(response.outputs[f.OUTPUT_SCORES])
-    titles = tf.make_ndarray(response.outputs[f.OUTPUT_TITLES])
-    genres = tf.make_ndarray(response.outputs[f.OUTPUT_GENRES])
-    fallback = tf.make_ndarray(response.outputs[f.OUTPUT_IS_FALLBACK])
+    return _results({k: tf.make_ndarray(v) for k, v in response.outputs.items()}, user_ids)
+
+
+def _results(outputs: dict, user_ids) -> list[UserRecommendations]:
+    """The recommendations of each row of a signature's outputs (padding left out)."""
+    ids, scores = np.asarray(outputs[f.OUTPUT_ANIME_IDS]), np.asarray(outputs[f.OUTPUT_SCORES], np.float64)
+    titles, genres, fallback = outputs[f.OUTPUT_TITLES], outputs[f.OUTPUT_GENRES], outputs[f.OUTPUT_IS_FALLBACK]
     results = []
     for row, user in enumerate(user_ids):
         items = [
-            Recommendation(int(a), t.decode("utf-8"), g.decode("utf-8"), float(s))
+            Recommendation(int(a), _text(t), _text(g), float(s))
             for a, t, g, s in zip(ids[row], titles[row], genres[row], scores[row])
             if a >= 0
         ]
         results.append(UserRecommendations(int(user), bool(fallback[row]), items))
     return results
+
+
+def _text(value) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+class RestError(Exception):
+    """An error answer of TF Serving's REST API: its HTTP status and message."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+
+
+class RestClient:
+    """The same requests over TF Serving's REST API (port 8501), in the columnar format."""
+
+    def __init__(self, url: str, model_name: str = DEFAULT_MODEL_NAME, timeout: float = 10.0):
+        self.url = url.rstrip("/")
+        self.model_name = model_name
+        self.timeout = timeout
+
+    def predict(self, signature: str, inputs: dict) -> dict:
+        """POST /v1/models/{name}:predict; the outputs, or RestError."""
+        body = json.dumps({"signature_name": signature, "inputs": inputs}).encode()
+        request = urllib.request.Request(
+            f"{self.url}/v1/models/{self.model_name}:predict", data=body, headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as answer:
+                return json.loads(answer.read())["outputs"]
+        except urllib.error.HTTPError as error:
+            try:
+                message = json.loads(error.read()).get("error", "")
+            except ValueError:
+                message = error.reason
+            raise RestError(error.code, message) from None
+
+    def recommend(self, user_ids, k: int | None = None, exclude_anime_ids=None) -> list[UserRecommendations]:
+        users = [int(u) for u in user_ids]
+        if k is None and exclude_anime_ids is None:
+            return _results(self.predict(f.DEFAULT_SIGNATURE, {f.SERVING_USER_ID: users}), users)
+        inputs = {
+            f.SERVING_USER_ID: users,
+            f.SERVING_K: [k if k is not None else 10] * len(users),
+            f.SERVING_EXCLUDE: _pad(exclude_anime_ids or [[] for _ in users], len(users)).tolist(),
+        }
+        return _results(self.predict(f.RECOMMEND_SIGNATURE, inputs), users)
+
+    def recommend_from_liked(self, liked, k: int = 10, exclude_anime_ids=None) -> list[UserRecommendations]:
+        inputs = {
+            f.SERVING_LIKED: _pad(liked, len(liked)).tolist(),
+            f.SERVING_K: [k] * len(liked),
+            f.SERVING_EXCLUDE: _pad(exclude_anime_ids or [[] for _ in liked], len(liked)).tolist(),
+        }
+        return _results(self.predict(f.FROM_LIKED_SIGNATURE, inputs), [NEW_USER] * len(liked))
+
+    def close(self) -> None:
+        pass
 
 
 def format_recommendations(result: UserRecommendations) -> str:

@@ -359,6 +359,63 @@ def _run_batch(key: tuple[LoadedVersion, str], inputs: dict) -> dict:
     return call_signature(key[0], key[1], inputs)
 
 
+def predict(manager: ModelManager, batcher: Batcher | None, request, timeout: float | None = None):
+    """A PredictRequest's PredictResponse, or the RequestError TF Serving would answer with."""
+    loaded = manager.resolve(request.model_spec)
+    name, inputs = validate_predict(loaded, request)
+    if batcher is None:
+        outputs = call_signature(loaded, name, inputs)
+    else:
+        outputs = batcher.call((loaded, name), inputs, timeout)
+    return build_response(loaded, request, name, outputs)
+
+
+def model_metadata(manager: ModelManager, request) -> get_model_metadata_pb2.GetModelMetadataResponse:
+    """The signature_def metadata of the version a GetModelMetadataRequest names."""
+    loaded = manager.resolve(request.model_spec)
+    fields = set(request.metadata_field)
+    if fields != {"signature_def"}:
+        raise RequestError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"Metadata field {sorted(fields - {'signature_def'}) or '(none)'} is not supported",
+        )
+    signature_map = get_model_metadata_pb2.SignatureDefMap()
+    for name, signature in loaded.signature_defs.items():
+        signature_map.signature_def[name].CopyFrom(signature)
+    response = get_model_metadata_pb2.GetModelMetadataResponse()
+    response.model_spec.name = manager.name
+    response.model_spec.version.value = loaded.version
+    response.metadata["signature_def"].Pack(signature_map)
+    return response
+
+
+def model_status(manager: ModelManager, request) -> get_model_status_pb2.GetModelStatusResponse:
+    """Every version seen: the served one AVAILABLE; earlier served and unloadable ones END."""
+    states_enum = get_model_status_pb2.ModelVersionStatus
+    current = manager.current
+    if request.model_spec.name != manager.name or current is None:
+        raise RequestError(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {request.model_spec.name}")
+    states = {v: states_enum.END for v in manager.retired | set(manager.failed)}
+    states[current.version] = states_enum.AVAILABLE
+    wanted = request.model_spec.version.value if request.model_spec.HasField("version") else None
+    if wanted is not None and wanted not in states:
+        raise RequestError(
+            grpc.StatusCode.NOT_FOUND, f"Could not find version {wanted} of model {request.model_spec.name}"
+        )
+    response = get_model_status_pb2.GetModelStatusResponse()
+    for version in sorted(states, reverse=True):
+        if wanted is not None and version != wanted:
+            continue
+        version_status = response.model_version_status.add()
+        version_status.version = version
+        version_status.state = states[version]
+        version_status.status.error_code = 0  # OK
+        if version in manager.failed and version != current.version:
+            version_status.status.error_code = grpc.StatusCode.UNKNOWN.value[0]
+            version_status.status.error_message = manager.failed[version][0]
+    return response
+
+
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, manager: ModelManager, batcher: Batcher | None = None):
         self.manager = manager
@@ -366,33 +423,13 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     def Predict(self, request, context):  # noqa: N802 - gRPC method name
         try:
-            loaded = self.manager.resolve(request.model_spec)
-            name, inputs = validate_predict(loaded, request)
-            if self.batcher is None:
-                outputs = call_signature(loaded, name, inputs)
-            else:
-                outputs = self.batcher.call((loaded, name), inputs, context.time_remaining())
-            return build_response(loaded, request, name, outputs)
+            return predict(self.manager, self.batcher, request, context.time_remaining())
         except RequestError as error:
             context.abort(error.code, str(error))
 
     def GetModelMetadata(self, request, context):  # noqa: N802
         try:
-            loaded = self.manager.resolve(request.model_spec)
-            fields = set(request.metadata_field)
-            if fields != {"signature_def"}:
-                raise RequestError(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"Metadata field {sorted(fields - {'signature_def'}) or '(none)'} is not supported",
-                )
-            signature_map = get_model_metadata_pb2.SignatureDefMap()
-            for name, signature in loaded.signature_defs.items():
-                signature_map.signature_def[name].CopyFrom(signature)
-            response = get_model_metadata_pb2.GetModelMetadataResponse()
-            response.model_spec.name = self.manager.name
-            response.model_spec.version.value = loaded.version
-            response.metadata["signature_def"].Pack(signature_map)
-            return response
+            return model_metadata(self.manager, request)
         except RequestError as error:
             context.abort(error.code, str(error))
 
@@ -413,30 +450,10 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         self.manager = manager
 
     def GetModelStatus(self, request, context):  # noqa: N802
-        from tensorflow_serving.apis import get_model_status_pb2 as status  # noqa: PLC0415
-
-        current = self.manager.current
-        if request.model_spec.name != self.manager.name or current is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {request.model_spec.name}")
-        # Every version seen: the served one AVAILABLE; earlier served and unloadable ones END.
-        states = {v: status.ModelVersionStatus.END for v in self.manager.retired | set(self.manager.failed)}
-        states[current.version] = status.ModelVersionStatus.AVAILABLE
-        wanted = request.model_spec.version.value if request.model_spec.HasField("version") else None
-        if wanted is not None and wanted not in states:
-            context.abort(
-                grpc.StatusCode.NOT_FOUND, f"Could not find version {wanted} of model {request.model_spec.name}"
-            )
-        response = get_model_status_pb2.GetModelStatusResponse()
-        for version in sorted(states, reverse=True):
-            if wanted is not None and version != wanted:
-                continue
-            version_status = response.model_version_status.add()
-            version_status.version = version
-            version_status.state = states[version]
-            if version in self.manager.failed and version != current.version:
-                version_status.status.error_code = grpc.StatusCode.UNKNOWN.value[0]
-                version_status.status.error_message = self.manager.failed[version][0]
-        return response
+        try:
+            return model_status(self.manager, request)
+        except RequestError as error:
+            context.abort(error.code, str(error))
 
     def HandleReloadConfigRequest(self, request, context):  # noqa: N802
         context.abort(
@@ -450,13 +467,20 @@ class RunningServer:
     manager: ModelManager
     port: int
     batcher: Batcher | None = None
+    rest: object | None = None  # serving.rest.RestServer
 
     @property
     def target(self) -> str:
         return f"localhost:{self.port}"
 
+    @property
+    def rest_url(self) -> str | None:
+        return f"http://localhost:{self.rest.port}" if self.rest else None
+
     def stop(self, grace: float = 1.0) -> None:
         self.manager.stop()
+        if self.rest:
+            self.rest.stop()
         self.server.stop(grace).wait()
         if self.batcher:
             self.batcher.stop()
@@ -471,10 +495,12 @@ def start_server(
     max_concurrent_rpcs: int = MAX_CONCURRENT_RPCS,
     poll_seconds: float = POLL_SECONDS,
     batching: BatchingConfig | None = None,
+    rest_port: int | None = None,
 ) -> RunningServer:
     """Starts serving; port 0 picks a free port. Fails if no complete version exists.
     Every signature is batched as TF Serving's --enable_batching does, with `batching`
-    (serving/batching.config when None)."""
+    (serving/batching.config when None). With `rest_port` (0: a free one), TF Serving's
+    REST API is served too, over the same versions and batcher."""
     manager = ModelManager(model_name, model_base_path, poll_seconds)
     manager.start()
     if manager.current is None:
@@ -493,17 +519,27 @@ def start_server(
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager), server)
     bound = server.add_insecure_port(f"{host}:{port}")
     server.start()
-    return RunningServer(server, manager, bound, batcher)
+    rest = None
+    if rest_port is not None:
+        from animerec.serving.rest import RestApi, RestServer  # noqa: PLC0415
+
+        rest = RestServer(RestApi(manager, batcher), host, rest_port)
+    return RunningServer(server, manager, bound, batcher, rest)
 
 
 def serve_forever(
-    model_base_path: str, port: int, model_name: str = DEFAULT_MODEL_NAME, host: str = "127.0.0.1"
+    model_base_path: str,
+    port: int,
+    model_name: str = DEFAULT_MODEL_NAME,
+    host: str = "127.0.0.1",
+    rest_port: int | None = None,
 ) -> None:
     """Serves until Ctrl-C or SIGTERM (as Kubernetes stops a pod), then drains requests in flight."""
-    running = start_server(model_base_path, port=port, model_name=model_name, host=host)
+    running = start_server(model_base_path, port=port, model_name=model_name, host=host, rest_port=rest_port)
+    rest = f" and REST on {host}:{running.rest.port}" if running.rest else ""
     print(
-        f"Serving model {model_name} version {running.manager.current.version} from {model_base_path} "
-        f"on {host}:{running.port}"
+        f"Serving model {model_name} version {running.manager.current.version} from {model_base_path}: "
+        f"gRPC on {host}:{running.port}{rest}"
     )
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())

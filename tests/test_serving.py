@@ -489,3 +489,123 @@ def test_exported_model_carries_warmup_requests_for_every_signature(exported_mod
         writer.write(bad.SerializeToString())
     with pytest.raises(ValueError, match="warmup request 1 \\(no_such_signature\\) failed"):
         server.warm_up(server.load_version(serving_dir, 1))
+
+
+@pytest.fixture()
+def running_rest(exported_model, tmp_path):
+    serving_dir = str(tmp_path / "serving")
+    push(exported_model, serving_dir, 1)
+    srv = server.start_server(serving_dir, port=0, poll_seconds=0.2, batching=BATCHING, rest_port=0)
+    yield srv
+    srv.stop()
+
+
+def _http(srv, path: str, body=None) -> tuple[int, dict]:
+    """(status, JSON body) of a GET, or of a POST when `body` is given (bytes sent as they are)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    data = None if body is None else body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(srv.rest_url + path, data=data)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_rest_status_and_metadata(running_rest):
+    status, body = _http(running_rest, "/v1/models/animerec")
+    assert status == 200
+    assert body["model_version_status"] == [
+        {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+    ]
+    assert _http(running_rest, "/v1/models/animerec/versions/1")[0] == 200
+    status, body = _http(running_rest, "/v1/models/animerec/versions/7")
+    assert status == 404 and "Could not find version 7" in body["error"]
+    status, body = _http(running_rest, "/v1/models/animerec/metadata")
+    assert status == 200, body
+    assert body["model_spec"]["version"] == "1"
+    signatures = body["metadata"]["signature_def"]["signature_def"]
+    assert {f.DEFAULT_SIGNATURE, f.RECOMMEND_SIGNATURE, f.FROM_LIKED_SIGNATURE} <= set(signatures)
+    assert _http(running_rest, "/v1/models/other/metadata")[0] == 404
+
+
+def test_rest_predict_formats_match_grpc(running_rest):
+    import base64
+
+    stub = _stub(running_rest)
+    by_grpc = stub.Predict(_request(user_id=np.array([100, 999], np.int64)), timeout=10)
+    grpc_ids = tf.make_ndarray(by_grpc.outputs[f.OUTPUT_ANIME_IDS]).tolist()
+    status, body = _http(running_rest, "/v1/models/animerec:predict", {"instances": [100, 999]})
+    assert status == 200
+    assert [row[f.OUTPUT_ANIME_IDS] for row in body["predictions"]] == grpc_ids
+    assert [row[f.OUTPUT_IS_FALLBACK] for row in body["predictions"]] == [False, True]
+    assert isinstance(body["predictions"][0][f.OUTPUT_TITLES][0], str)
+    # Columnar, a named signature, a version in the path, and -inf written as -Infinity.
+    inputs = {f.SERVING_USER_ID: [101], f.SERVING_K: [2], f.SERVING_EXCLUDE: [[-1, 10]]}
+    status, body = _http(
+        running_rest, "/v1/models/animerec/versions/1:predict", {"signature_name": "recommend", "inputs": inputs}
+    )
+    assert status == 200
+    by_grpc = stub.Predict(
+        _request(
+            f.RECOMMEND_SIGNATURE,
+            **{k: np.array(v, np.int32 if k == f.SERVING_K else np.int64) for k, v in inputs.items()},
+        ),
+        timeout=10,
+    )
+    assert body["outputs"][f.OUTPUT_ANIME_IDS] == tf.make_ndarray(by_grpc.outputs[f.OUTPUT_ANIME_IDS]).tolist()
+    assert body["outputs"][f.OUTPUT_SCORES][0][-1] == float("-inf")
+    # Rows of named inputs.
+    status, rows = _http(
+        running_rest,
+        "/v1/models/animerec:predict",
+        {"signature_name": "recommend", "instances": [{"user_id": 101, "k": 2, "exclude_anime_ids": [-1, 10]}]},
+    )
+    assert status == 200 and rows["predictions"][0][f.OUTPUT_ANIME_IDS] == body["outputs"][f.OUTPUT_ANIME_IDS][0]
+    # Binary strings as {"b64": ...}: serialized tf.Examples.
+    status, body = _http(
+        running_rest,
+        "/v1/models/animerec:predict",
+        {"signature_name": f.TF_EXAMPLE_SIGNATURE, "instances": [{"b64": base64.b64encode(_example(100)).decode()}]},
+    )
+    assert status == 200 and body["predictions"][0][f.OUTPUT_ANIME_IDS] == grpc_ids[0]
+
+
+REST_BAD_REQUESTS = {
+    "not JSON": ("/v1/models/animerec:predict", b"{nope", 400, "JSON Parse error"),
+    "unknown model": ("/v1/models/other:predict", {"instances": [100]}, 404, "Servable not found"),
+    "unknown signature": ("/v1/models/animerec:predict", {"signature_name": "x", "instances": [1]}, 400, "not found"),
+    "wrong dtype": ("/v1/models/animerec:predict", {"instances": ["100"]}, 400, "is not of expected type"),
+    "float for int": ("/v1/models/animerec:predict", {"instances": [1.5]}, 400, "is not of expected type: int64"),
+    "both formats": ("/v1/models/animerec:predict", {"instances": [1], "inputs": [1]}, 400, "exactly one of"),
+    "ragged rows": (
+        "/v1/models/animerec:predict",
+        {"signature_name": "recommend", "inputs": {"user_id": [1, 2], "k": [1, 1], "exclude_anime_ids": [[1], [1, 2]]}},
+        400,
+        "not a dense",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REST_BAD_REQUESTS))
+def test_rest_errors_have_tf_servings_shape_and_codes(running_rest, case):
+    path, body, code, message = REST_BAD_REQUESTS[case]
+    status, answer = _http(running_rest, path, body)
+    assert status == code and message in answer["error"]
+    assert _http(running_rest, "/v1/models/animerec:predict", {"instances": [100]})[0] == 200
+
+
+def test_rest_client_gives_what_the_grpc_client_gives(running_rest):
+    by_rest = client.RestClient(running_rest.rest_url)
+    by_grpc = client.RecommenderClient(running_rest.target)
+    assert by_rest.recommend([100, 999]) == by_grpc.recommend([100, 999])
+    assert by_rest.recommend([101], k=2, exclude_anime_ids=[[10]]) == by_grpc.recommend(
+        [101], k=2, exclude_anime_ids=[[10]]
+    )
+    assert by_rest.recommend_from_liked([[20, 30]], k=3) == by_grpc.recommend_from_liked([[20, 30]], k=3)
+    with pytest.raises(client.RestError, match="HTTP 404"):
+        client.RestClient(running_rest.rest_url, model_name="other").recommend([100])
+    by_grpc.close()

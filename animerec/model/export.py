@@ -125,7 +125,6 @@ class RecommenderModule(tf.Module):
         self.catalog_bias = tf.Variable(bias, trainable=False, name="catalog_bias")
         self.catalog_anime_ids = tf.Variable(catalog.anime_id, trainable=False, name="catalog_anime_ids")
         # For new users: the query tower and each catalog title's anime index (its input).
-        self.query_tower = model.query_tower
         self.anime_vocab_size = data.anime_vocab_size
         self.catalog_anime_index = tf.Variable(
             np.asarray(catalog.anime_index, np.int64), trainable=False, name="catalog_anime_index"
@@ -138,6 +137,11 @@ class RecommenderModule(tf.Module):
         self.empty_user_row = data.user_vocab_size
         rows = np.arange(n_rows)
         self.user_embeddings = tf.Variable(query_embeddings(model, data, rows), trainable=False, name="user_embeddings")
+        # For new users, the query tower (built by the line above): its variables are saved;
+        # the Keras model object is not (Keras would try to serialize its constructor
+        # arguments and warn), its call is traced into the signature.
+        self.query_tower_variables = list(model.query_tower.variables)
+        self._query_tower = model.query_tower.__call__
         has_history = (np.diff(data.history_splits) > 0) & (rows < data.user_vocab_size)
         self.has_history = tf.Variable(has_history, trainable=False, name="has_history")
         seen_splits, seen_values = _csr_int32(data.seen_splits, data.seen_values)
@@ -266,7 +270,7 @@ class RecommenderModule(tf.Module):
         vocab_index = tf.gather(self.catalog_anime_index, tf.maximum(liked, 0))
         known = (liked >= 0) & (vocab_index < self.anime_vocab_size)
         vocab_index = tf.ragged.boolean_mask(vocab_index, known)
-        query = self.query_tower(
+        query = self._query_tower(
             tf.fill([tf.shape(liked)[0]], self.empty_user_row),
             vocab_index,
             exclude=-tf.ones([tf.shape(liked)[0]], tf.int64),
