@@ -216,7 +216,8 @@ def _bench_one_model(users, anime, dim, history, seen, seconds, levels, second_s
         port = _free_port()
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONWARNINGS="ignore")
         server = subprocess.Popen(
-            [sys.executable, "-m", "animerec.cli", "serve", "--model-dir", serving_dir, "--port", str(port)],
+            [sys.executable, "-m", "animerec.cli", "serve", "--model-dir", serving_dir, "--port", str(port)]
+            + ["--rest-port", "0"],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -15,7 +15,6 @@ DEFAULT_K = 10
 
 def _run(args) -> int:
     from animerec.config import TrainingConfig
-    from animerec.evaluation import GateConfig
     from animerec.pipeline import local_runner
 
     training = TrainingConfig(
@@ -25,7 +24,7 @@ def _run(args) -> int:
         learning_rate=args.learning_rate,
         seed=args.seed,
     )
-    gate = GateConfig(min_value=args.min_recall, min_lift_over_popularity=args.min_lift)
+    gate = _gate(args)
     liked_filter, split = args.filter_and_split(args)
     beam_args = local_runner.direct_runner_args(args.workers)
     result = local_runner.run_local(
@@ -98,6 +97,7 @@ def _kubeflow_compile(args) -> int:
         image=args.image,
         beam_pipeline_args=args.beam_arg,
         training=training,
+        gate=_gate(args),
         **({"schema_file": args.schema_file} if args.schema_file else {}),
     )
     if kind == "yaml":
@@ -269,6 +269,37 @@ def _recommend(args) -> int:
     return 0
 
 
+def _add_gate_args(parser, gate, compiled: bool = False) -> None:
+    """The blessing gate's thresholds (animerec.evaluation.GateConfig)."""
+    where = " compiled in as the gate_config parameter's default" if compiled else ""
+    parser.add_argument(
+        "--min-recall",
+        type=float,
+        default=gate.min_value,
+        help=f"blessing floor on recall@50 (default %(default)s){where}",
+    )
+    parser.add_argument(
+        "--min-lift",
+        type=float,
+        default=gate.min_lift_over_popularity,
+        help="required relative lift of recall@50 over popularity (default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-regression",
+        type=float,
+        default=gate.max_regression,
+        help="how far recall@50 may trail the last blessed model's (default %(default)s)",
+    )
+
+
+def _gate(args):
+    from animerec.evaluation import GateConfig
+
+    return GateConfig(
+        min_value=args.min_recall, min_lift_over_popularity=args.min_lift, max_regression=args.max_regression
+    )
+
+
 def add_commands(commands, add_filter_args, filter_and_split) -> None:
     from animerec.config import TrainingConfig
     from animerec.evaluation import GateConfig
@@ -286,15 +317,7 @@ def add_commands(commands, add_filter_args, filter_and_split) -> None:
     run.add_argument("--embedding-dim", type=int, default=defaults.embedding_dim, help="default %(default)s")
     run.add_argument("--learning-rate", type=float, default=defaults.learning_rate, help="default %(default)s")
     run.add_argument("--seed", type=int, default=defaults.seed, help="training seed (default %(default)s)")
-    run.add_argument(
-        "--min-recall", type=float, default=gate.min_value, help="blessing floor on recall@50 (default %(default)s)"
-    )
-    run.add_argument(
-        "--min-lift",
-        type=float,
-        default=gate.min_lift_over_popularity,
-        help="required relative lift of recall@50 over popularity (default %(default)s)",
-    )
+    _add_gate_args(run, gate)
     run.add_argument("--workers", type=int, default=None, help="DirectRunner workers (default: one per core)")
     run.add_argument(
         "--infer-schema",
@@ -338,6 +361,7 @@ def add_commands(commands, add_filter_args, filter_and_split) -> None:
     compile_.add_argument(
         "--image", default="animerec-pipeline:0.1.0", help="the pipeline image built from kubeflow/Dockerfile"
     )
+    _add_gate_args(compile_, gate, compiled=True)
     compile_.add_argument(
         "--beam-arg",
         action="append",

@@ -16,6 +16,7 @@ Two package formats come out of one compilation, chosen by the output's extensio
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 
@@ -28,6 +29,8 @@ DEFAULT_IMAGE = "animerec-pipeline:0.1.0"
 IMAGE_SCHEMA_FILE = "/pipeline/schema/schema.pbtxt"
 DATA_ROOT_PARAMETER = "data_root"
 TRAINING_PARAMETER = "training_config"
+# The blessing gate (animerec.evaluation.GateConfig as JSON): a promotion policy per run.
+GATE_PARAMETER = "gate_config"
 YAML_EXTENSIONS = (".yaml", ".yml")
 JSON_EXTENSIONS = (".json",)
 
@@ -113,13 +116,16 @@ def compile_pipeline(
     training_parameter = tfx.dsl.experimental.RuntimeParameter(
         name=TRAINING_PARAMETER, ptype=str, default=json.dumps(training.to_json_dict())
     )
+    gate_parameter = tfx.dsl.experimental.RuntimeParameter(
+        name=GATE_PARAMETER, ptype=str, default=json.dumps(dataclasses.asdict(gate))
+    )
     pipeline = create_pipeline(
         pipeline_name=PIPELINE_NAME,
         pipeline_root=pipeline_root,
         data_root=data_root_parameter,
         serving_dir=serving_dir,
         training=training_parameter,
-        gate=gate,
+        gate=gate_parameter,
         schema_file=schema_file,
         beam_pipeline_args=beam_pipeline_args or [],
     )
@@ -131,7 +137,11 @@ def compile_pipeline(
         output_dir=os.path.dirname(os.path.abspath(output_path)),
         output_filename=os.path.basename(output_path),
     )
-    defaults = {DATA_ROOT_PARAMETER: data_root, TRAINING_PARAMETER: training_parameter.default}
+    defaults = {
+        DATA_ROOT_PARAMETER: data_root,
+        TRAINING_PARAMETER: training_parameter.default,
+        GATE_PARAMETER: gate_parameter.default,
+    }
     job = runner.run(pipeline, parameter_values=defaults, write_out=False)
     write_package(job, output_path)
     return job

@@ -21,9 +21,12 @@ import os
 import re
 
 from animerec.config import TrainingConfig
-from animerec.kubeflow.runner import TRAINING_PARAMETER, YAML_EXTENSIONS
+from animerec.evaluation import GateConfig
+from animerec.kubeflow.runner import GATE_PARAMETER, TRAINING_PARAMETER, YAML_EXTENSIONS
 
 DEFAULT_TIMEOUT_S = 60.0
+# JSON parameters and the dataclass their component builds from them.
+CONFIG_PARAMETERS = {TRAINING_PARAMETER: TrainingConfig, GATE_PARAMETER: GateConfig}
 
 
 class SubmitError(Exception):
@@ -126,20 +129,19 @@ def _typed_value(name: str, ptype: str, text: str):
     raise SubmitError(f"--param {name}: parameters of type {ptype} cannot be set at submission")
 
 
-def _check_training_config(text: str) -> None:
-    """The Trainer reads training_config as TrainingConfig(**json): an unknown key fails a run at its end."""
+def _check_config(name: str, text: str, config_class) -> None:
+    """The components read these parameters as config_class(**json): an unknown key would
+    fail a run at its end, so it fails the submission."""
     try:
         value = json.loads(text)
     except ValueError:
-        raise SubmitError(f"--param {TRAINING_PARAMETER}: not JSON: {text}") from None
+        raise SubmitError(f"--param {name}: not JSON: {text}") from None
     if not isinstance(value, dict):
-        raise SubmitError(f"--param {TRAINING_PARAMETER}: expected a JSON object, got {text}")
-    known = {field.name for field in dataclasses.fields(TrainingConfig)}
+        raise SubmitError(f"--param {name}: expected a JSON object, got {text}")
+    known = {field.name for field in dataclasses.fields(config_class)}
     unknown = sorted(set(value) - known)
     if unknown:
-        raise SubmitError(
-            f"--param {TRAINING_PARAMETER}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-        )
+        raise SubmitError(f"--param {name}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
 
 
 def parse_parameters(spec: dict, items: list[str]) -> dict:
@@ -157,8 +159,8 @@ def parse_parameters(spec: dict, items: list[str]) -> dict:
             raise SubmitError(f"--param {name}: given more than once")
         ptype = _parameter_type(definitions[name])
         parameters[name] = _typed_value(name, ptype, text)
-        if name == TRAINING_PARAMETER and ptype == "STRING":
-            _check_training_config(text)
+        if name in CONFIG_PARAMETERS and ptype == "STRING":
+            _check_config(name, text, CONFIG_PARAMETERS[name])
     return parameters
 
 

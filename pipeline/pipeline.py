@@ -29,7 +29,7 @@ def create_pipeline(
     data_root: str | tfx.dsl.experimental.RuntimeParameter,
     serving_dir: str,
     training: TrainingConfig | tfx.dsl.experimental.RuntimeParameter = TrainingConfig(),
-    gate: GateConfig = GateConfig(),
+    gate: GateConfig | tfx.dsl.experimental.RuntimeParameter = GateConfig(),
     train_steps: int | None = None,
     schema_file: str | None = SCHEMA_FILE,
     metadata_connection_config=None,
@@ -39,7 +39,7 @@ def create_pipeline(
     """ExampleGen -> StatisticsGen -> schema -> ExampleValidator -> Transform -> Trainer -> Evaluator -> Pusher.
 
     data_root holds the converted splits (train/, eval/, catalog/) written by
-    animerec.data.convert. data_root and training may be RuntimeParameters
+    animerec.data.convert. data_root, training and gate may be RuntimeParameters
     (the Kubeflow runner makes them so). With schema_file=None the schema is inferred by
     SchemaGen (to regenerate schema/schema.pbtxt); otherwise it is imported.
     train_steps caps the optimizer steps (tests use a handful).
@@ -96,7 +96,7 @@ def create_pipeline(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
         baseline_model=latest_blessed_model.outputs["model"],
-        gate_config=json.dumps(dataclasses.asdict(gate)),
+        gate_config=json.dumps(dataclasses.asdict(gate)) if isinstance(gate, GateConfig) else gate,
     )
 
     pusher = tfx.components.Pusher(

@@ -1,5 +1,6 @@
 """The KFP v2 pipeline compiled from the same create_pipeline is valid and wired as intended."""
 
+import dataclasses
 import json
 
 import pytest
@@ -11,6 +12,7 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 
 from animerec import cli
 from animerec.config import TrainingConfig
+from animerec.evaluation import GateConfig
 from animerec.kubeflow import runner
 
 IMAGE = "registry.example/animerec-pipeline:test"
@@ -39,6 +41,7 @@ def job(tmp_path_factory):
         image=IMAGE,
         beam_pipeline_args=BEAM_ARGS,
         training=TrainingConfig(epochs=3),
+        gate=GateConfig(min_value=0.2),
     )
     with open(path) as fh:
         return json.load(fh)
@@ -92,7 +95,11 @@ def test_kfp_loaders_accept_it(job):
     json_format.ParseDict(job, pipeline_spec_pb2.PipelineJob())  # strict: unknown fields fail
     component = components.load_component_from_text(yaml.safe_dump(job["pipelineSpec"]))
     assert component.name == runner.PIPELINE_NAME
-    assert set(component.component_spec.inputs) == {runner.DATA_ROOT_PARAMETER, runner.TRAINING_PARAMETER}
+    assert set(component.component_spec.inputs) == {
+        runner.DATA_ROOT_PARAMETER,
+        runner.TRAINING_PARAMETER,
+        runner.GATE_PARAMETER,
+    }
 
 
 def test_every_component_is_a_task_with_the_image_and_entrypoint(job):
@@ -139,10 +146,17 @@ def test_runtime_parameters_are_wired(job):
     assert tasks["Trainer"]["inputs"]["parameters"]["custom_config"] == {
         "componentInputParameter": runner.TRAINING_PARAMETER
     }
+    # The blessing gate is a run-time parameter too: a promotion policy per run.
+    assert tasks["RetrievalEvaluator"]["inputs"]["parameters"]["gate_config"] == {
+        "componentInputParameter": runner.GATE_PARAMETER
+    }
     runtime = job["runtimeConfig"]
     assert runtime["gcsOutputDirectory"] == "gs://b/root"
     assert runtime["parameterValues"][runner.DATA_ROOT_PARAMETER] == "gs://b/data"
     assert json.loads(runtime["parameterValues"][runner.TRAINING_PARAMETER])["epochs"] == 3
+    assert json.loads(runtime["parameterValues"][runner.GATE_PARAMETER]) == dataclasses.asdict(
+        GateConfig(min_value=0.2)
+    )
     pusher = json.loads(tasks["Pusher"]["inputs"]["parameters"]["push_destination"]["runtimeValue"]["constant"])
     assert pusher["filesystem"]["base_directory"] == "gs://b/serving"
     schema = tasks["ImportSchemaGen"]["inputs"]["parameters"]["schema_file"]["runtimeValue"]["constant"]

@@ -570,6 +570,14 @@ def test_training_config_must_be_a_training_config(packages):
         submit.parse_parameters(spec, ['training_config={"epoch": 3}'])
     with pytest.raises(submit.SubmitError, match="training_config: not JSON"):
         submit.parse_parameters(spec, ["training_config=epochs=3"])
+
+
+def test_gate_config_is_a_run_parameter_checked_at_submission(packages):
+    spec = submit.load_package(packages["yaml"])
+    parameters = submit.parse_parameters(spec, ['gate_config={"min_value": 0.3, "max_regression": 0.0}'])
+    assert json.loads(parameters["gate_config"]) == {"min_value": 0.3, "max_regression": 0.0}
+    with pytest.raises(submit.SubmitError, match="gate_config: unknown key"):
+        submit.parse_parameters(spec, ['gate_config={"min_recall": 0.3}'])
     with pytest.raises(submit.SubmitError, match="given more than once"):
         submit.parse_parameters(spec, ["data_root=a", "data_root=b"])
     assert submit.parse_parameters(spec, ["data_root=a=b"]) == {"data_root": "a=b"}
