@@ -26,5 +26,16 @@ setup(
         "animerec.schema": "schema",
     },
     package_data={"animerec.schema": ["*.pbtxt"], "animerec.serving": ["*.config", "*.yaml", "*.pbtxt"]},
+    # What the package imports at run time (requirements.txt pins these and the dev tools;
+    # `make venv` installs from it, then this package with --no-deps).
+    install_requires=[
+        "tfx[kfp]==1.16.0",
+        "tensorflow-recommenders==0.7.7",
+        "dill==0.3.1.1",
+        "matplotlib==3.9.2",
+        "psutil==7.2.2",
+        "aiohttp==3.14.5",
+        "scikit-learn==1.5.1",
+    ],
     entry_points={"console_scripts": ["animerec=animerec.cli:main"]},
 )

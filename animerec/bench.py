@@ -104,10 +104,14 @@ def build_serving_model(
 ) -> str:
     """Exports an untrained full-size model as version 1 under out_dir (retrieval alone,
     or with a second stage of the default size)."""
+    from animerec.config import TrainingConfig  # noqa: PLC0415
     from animerec.model import export, retrieval  # noqa: PLC0415
 
     data = synthetic_training_data(users, anime, history, seen)
-    model = retrieval.RetrievalModel(data, dim, temperature=0.05)
+    # The query tower of the default TrainingConfig: liked history only, no user id table.
+    model = retrieval.RetrievalModel(
+        data, dim, temperature=0.05, use_user_embedding=TrainingConfig().use_user_embedding
+    )
     embeddings = retrieval.catalog_embeddings(model, data)
     path = os.path.join(out_dir, "1")
     stage = synthetic_second_stage(data) if second_stage else None

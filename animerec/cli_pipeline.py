@@ -164,9 +164,10 @@ def _batch_recommend(args) -> int:
     import os
 
     from animerec.batch import batch_recommend
-    from animerec.pipeline.local_runner import direct_runner_args, newest_pushed_model
+    from animerec.pipeline.artifacts import newest_version_dir
+    from animerec.pipeline.local_runner import direct_runner_args
 
-    model_dir = newest_pushed_model(args.model_dir) or args.model_dir
+    model_dir = newest_version_dir(args.model_dir) or args.model_dir
     beam_args = args.beam_arg or direct_runner_args(args.workers)
     n = batch_recommend(model_dir, args.output, k=args.k, beam_args=beam_args)
     files = sorted(glob.glob(args.output + "*.parquet"))

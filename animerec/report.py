@@ -6,20 +6,16 @@ and a 2-D map of the anime embeddings coloured by main genre.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import shutil
 
 import numpy as np
 
+from animerec.evaluation import KS
+
 MAP_POINTS = 2000
 MAP_GENRES = 10
-
-
-def _newest(pattern: str) -> str | None:
-    paths = glob.glob(pattern)
-    return max(paths, key=lambda p: int(p.split(os.sep)[-2])) if paths else None
 
 
 def _plt():
@@ -95,13 +91,59 @@ def plot_embeddings(anime_embeddings: dict, path: str, seed: int = 0) -> None:
     plt.close(fig)
 
 
+EVALUATION_COLUMNS = [f"{kind}@{k}" for kind in ("recall", "ndcg") for k in KS] + [
+    "hit_rate@10",
+    "coverage@50",
+]
+
+
+def evaluation_markdown(results: dict, blessed: bool, reasons: list[str], level: int = 1) -> list[str]:
+    """The RetrievalEvaluator's report as Markdown lines, its title at heading `level`."""
+    h = "#" * level
+    names = list(results)
+    lines = [
+        f"{h} Retrieval evaluation: {'BLESSED' if blessed else 'NOT BLESSED'}",
+        "",
+        f"Eval users: {results['model']['users']:,}; ranked over the full catalog with each user's training titles excluded.",
+        "",
+        "| system | " + " | ".join(EVALUATION_COLUMNS) + " |",
+        "|---|" + "---|" * len(EVALUATION_COLUMNS),
+    ]
+    for name in names:
+        lines.append(f"| {name} | " + " | ".join(f"{results[name][c]:.4f}" for c in EVALUATION_COLUMNS) + " |")
+    slice_names = list(results["model"]["slices"])
+    lines += [
+        "",
+        f"{h}# Slices (recall@50)",
+        "",
+        "Users by the number of titles they liked in training, and held-out titles nobody liked in training (cold).",
+        "",
+        "| system | " + " | ".join(f"{n} ({results['model']['slices'][n]['users']} users)" for n in slice_names) + " |",
+        "|---|" + "---|" * len(slice_names),
+    ]
+    for name in names:
+        cells = [results[name]["slices"][n]["recall@50"] for n in slice_names]
+        lines.append(f"| {name} | " + " | ".join("-" if c is None else f"{c:.4f}" for c in cells) + " |")
+    ease = results["ease"]
+    lines += [
+        "",
+        f"EASE's L2 ({ease['l2']:g}) was chosen on the validation split: recall@50 {ease['l2_validation_recall@50']}.",
+    ]
+    return lines + ["", f"{h}# Blessing", ""] + [f"- {r}" for r in reasons]
+
+
 def write_report(output_dir: str) -> str:
     """Regenerates <output_dir>/report from the newest Trainer and Evaluator outputs."""
-    root = os.path.join(output_dir, "pipeline")
-    metrics_path = _newest(os.path.join(root, "RetrievalEvaluator", "evaluation", "*", "metrics.json"))
-    history_path = _newest(os.path.join(root, "Trainer", "model_run", "*", "training_history.json"))
-    if metrics_path is None or history_path is None:
+    from animerec.pipeline import artifacts  # noqa: PLC0415
+    from animerec.pipeline.local_runner import output_paths  # noqa: PLC0415
+
+    metadata = output_paths(output_dir)["metadata"]
+    evaluation_uri = artifacts.latest_output_uri(metadata, artifacts.EVALUATOR, "evaluation")
+    model_run_uri = artifacts.latest_output_uri(metadata, artifacts.TRAINER, "model_run")
+    if evaluation_uri is None or model_run_uri is None:
         raise FileNotFoundError(f"{output_dir}: no finished Trainer and RetrievalEvaluator outputs to report on")
+    metrics_path = os.path.join(evaluation_uri, "metrics.json")
+    history_path = os.path.join(model_run_uri, "training_history.json")
     report_dir = os.path.join(output_dir, "report")
     os.makedirs(report_dir, exist_ok=True)
     evaluation_dir = os.path.dirname(metrics_path)
@@ -114,15 +156,18 @@ def write_report(output_dir: str) -> str:
     plot_recall(curves, os.path.join(report_dir, "recall_at_k.png"))
     embeddings = np.load(os.path.join(os.path.dirname(history_path), "catalog_embeddings.npz"), allow_pickle=False)
     plot_embeddings(dict(embeddings), os.path.join(report_dir, "embeddings.png"))
-    with open(os.path.join(evaluation_dir, "report.md")) as fh:
-        evaluation_text = fh.read().replace("![recall@k](recall_at_k.png)", "")
+    with open(os.path.join(evaluation_dir, "verdict.json")) as fh:
+        verdict = json.load(fh)
+    with open(metrics_path) as fh:
+        evaluation_lines = evaluation_markdown(json.load(fh), verdict["blessed"], verdict["reasons"], level=2)
     lines = [
         "# animerec run report",
         "",
         f"Trainer: {history['epochs']} epochs of {history['steps_per_epoch']} steps, batch {history['batch_size']}, "
         f"{history['examples_per_second']:,.0f} training examples/s, config {json.dumps(history['config'])}.",
         "",
-        evaluation_text.replace("# Retrieval evaluation", "## Retrieval evaluation"),
+        *evaluation_lines,
+        "",
         "![training loss](loss.png)",
         "",
         "![recall@k](recall_at_k.png)",

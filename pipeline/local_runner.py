@@ -10,8 +10,6 @@ Everything lives under one output folder:
 from __future__ import annotations
 
 import contextlib
-import glob
-import json
 import logging as std_logging
 import os
 import sys
@@ -21,6 +19,8 @@ from collections.abc import Callable
 from animerec.config import TrainingConfig
 from animerec.data import convert, interactions
 from animerec.evaluation import GateConfig
+from animerec.pipeline import artifacts
+from animerec.pipeline import progress as progress_module
 from animerec.pipeline.pipeline import SCHEMA_FILE, create_pipeline
 
 PIPELINE_NAME = "animerec"
@@ -39,51 +39,6 @@ def output_paths(output_dir: str) -> dict[str, str]:
         "metadata": os.path.join(output_dir, "metadata.sqlite"),
         "serving_dir": os.path.join(output_dir, "serving"),
     }
-
-
-class _ComponentProgress:
-    """Prints a line as each component starts and ends, and whether it ran or came from cache.
-
-    LocalDagRunner reports progress only through absl INFO logs, which the
-    Trainer's libraries silence; wrapping the launcher does not depend on log levels.
-    """
-
-    def __init__(self, progress: Callable[[str], None]):
-        self.progress = progress
-        self.seconds: dict[str, float] = {}
-        self.cached: dict[str, bool] = {}
-
-    @contextlib.contextmanager
-    def installed(self):
-        from tfx.orchestration.portable import launcher  # noqa: PLC0415
-
-        original_launch = launcher.Launcher.launch
-        original_run_executor = launcher.Launcher._run_executor
-        tracker = self
-
-        def launch(self_, *args, **kwargs):
-            name = self_._pipeline_node.node_info.id
-            tracker.cached[name] = True
-            tracker.progress(f"[{time.strftime('%H:%M:%S')}] {name} ...")
-            start = time.time()
-            result = original_launch(self_, *args, **kwargs)
-            tracker.seconds[name] = time.time() - start
-            system_node = getattr(self_, "_system_node_handler", None) is not None
-            how = "cached" if tracker.cached[name] and not system_node else "done"
-            tracker.progress(f"[{time.strftime('%H:%M:%S')}] {name} {how} in {tracker.seconds[name]:.1f}s")
-            return result
-
-        def run_executor(self_, *args, **kwargs):
-            tracker.cached[self_._pipeline_node.node_info.id] = False
-            return original_run_executor(self_, *args, **kwargs)
-
-        launcher.Launcher.launch = launch
-        launcher.Launcher._run_executor = run_executor
-        try:
-            yield self
-        finally:
-            launcher.Launcher.launch = original_launch
-            launcher.Launcher._run_executor = original_run_executor
 
 
 @contextlib.contextmanager
@@ -128,29 +83,6 @@ def _logs_to_file(path: str):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-
-
-def newest_pushed_model(serving_dir: str) -> str | None:
-    """The newest complete version (Pusher copies saved_model.pb last)."""
-    versions = [
-        d
-        for d in glob.glob(os.path.join(serving_dir, "*"))
-        if os.path.basename(d).isdigit() and os.path.exists(os.path.join(d, "saved_model.pb"))
-    ]
-    return max(versions, key=lambda d: int(os.path.basename(d))) if versions else None
-
-
-def latest_evaluation(pipeline_root: str) -> dict | None:
-    """metrics.json, report path and verdict of the newest RetrievalEvaluator execution."""
-    runs = glob.glob(os.path.join(pipeline_root, "RetrievalEvaluator", "evaluation", "*", "metrics.json"))
-    if not runs:
-        return None
-    newest = max(runs, key=lambda p: int(os.path.basename(os.path.dirname(p))))
-    execution = os.path.basename(os.path.dirname(newest))
-    with open(newest) as fh:
-        metrics = json.load(fh)
-    blessed = os.path.exists(os.path.join(pipeline_root, "RetrievalEvaluator", "blessing", execution, "BLESSED"))
-    return {"metrics": metrics, "report": os.path.join(os.path.dirname(newest), "report.md"), "blessed": blessed}
 
 
 def run_local(
@@ -200,7 +132,7 @@ def run_local(
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(paths["metadata"]),
         beam_pipeline_args=beam_pipeline_args if beam_pipeline_args is not None else direct_runner_args(),
     )
-    tracker = _ComponentProgress(progress)
+    tracker = progress_module.ComponentProgress(progress)
     with _logs_to_file(log_path), tracker.installed(), _program_name_only():
         tfx.orchestration.LocalDagRunner().run(pipeline)
     timings.update(tracker.seconds)
@@ -211,8 +143,8 @@ def run_local(
     return {
         "report": report_path,
         "paths": paths,
-        "pushed_model": newest_pushed_model(paths["serving_dir"]),
-        "evaluation": latest_evaluation(paths["pipeline_root"]),
+        "pushed_model": artifacts.newest_version_dir(paths["serving_dir"]),
+        "evaluation": artifacts.latest_evaluation(paths["metadata"]),
         "seconds": timings,
         "cached": tracker.cached,
     }

@@ -34,6 +34,7 @@ from tensorflow_serving.apis import (
 )
 
 from animerec import features as f
+from animerec.pipeline.artifacts import complete_versions
 from animerec.serving.batching import Batcher, BatchingConfig, RequestError
 
 DEFAULT_MODEL_NAME = f.MODEL_NAME
@@ -87,17 +88,6 @@ class LoadedVersion:
             self._callables[name] = (in_aliases, out_aliases, run)
         in_aliases, out_aliases, run = self._callables[name]
         return dict(zip(out_aliases, run(*(inputs[a] for a in in_aliases))))
-
-
-def complete_versions(base_path: str) -> list[int]:
-    """Version folders that hold a saved_model.pb (Pusher copies that file last)."""
-    if not os.path.isdir(base_path):
-        return []
-    return sorted(
-        int(name)
-        for name in os.listdir(base_path)
-        if name.isdigit() and os.path.exists(os.path.join(base_path, name, "saved_model.pb"))
-    )
 
 
 def session_config(inter_op_threads: int = INTER_OP_THREADS, intra_op_threads: int = INTRA_OP_THREADS):

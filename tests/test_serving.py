@@ -46,8 +46,19 @@ def push(exported: str, serving_dir: str, version: int) -> None:
     shutil.copy(os.path.join(exported, "saved_model.pb"), os.path.join(target, "saved_model.pb"))
 
 
+@pytest.fixture(scope="module")
+def running_rest(exported_model, tmp_path_factory):
+    """One server (gRPC and REST) for the tests that only send requests."""
+    serving_dir = str(tmp_path_factory.mktemp("shared") / "serving")
+    push(exported_model, serving_dir, 1)
+    srv = server.start_server(serving_dir, port=0, poll_seconds=0.2, batching=BATCHING, rest_port=0)
+    yield srv
+    srv.stop()
+
+
 @pytest.fixture()
 def running(exported_model, tmp_path):
+    """A server of its own, for the tests that change its serving dir."""
     serving_dir = str(tmp_path / "serving")
     os.makedirs(serving_dir)
     push(exported_model, serving_dir, 1)
@@ -78,8 +89,8 @@ def _declared(request, alias: str, shape: list[int]):
     return request
 
 
-def test_client_gets_recommendations(running):
-    srv, _ = running
+def test_client_gets_recommendations(running_rest):
+    srv = running_rest
     recommender = client.RecommenderClient(srv.target)
     results = recommender.recommend([100, 999])
     assert [r.user_id for r in results] == [100, 999]
@@ -95,8 +106,8 @@ def test_client_gets_recommendations(running):
     recommender.close()
 
 
-def test_metadata_and_status(running):
-    srv, _ = running
+def test_metadata_and_status(running_rest):
+    srv = running_rest
     channel = grpc.insecure_channel(srv.target)
     request = get_model_metadata_pb2.GetModelMetadataRequest()
     request.model_spec.name = "animerec"
@@ -175,8 +186,8 @@ BAD_REQUESTS = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_REQUESTS))
-def test_bad_requests_get_tf_serving_status_codes(running, case):
-    srv, _ = running
+def test_bad_requests_get_tf_serving_status_codes(running_rest, case):
+    srv = running_rest
     request, code, message = BAD_REQUESTS[case]
     stub = _stub(srv)
     with pytest.raises(grpc.RpcError) as error:
@@ -187,8 +198,8 @@ def test_bad_requests_get_tf_serving_status_codes(running, case):
     assert stub.Predict(_request(user_id=np.array([100], np.int64)), timeout=10).outputs[f.OUTPUT_ANIME_IDS]
 
 
-def test_unknown_version_is_not_found(running):
-    srv, _ = running
+def test_unknown_version_is_not_found(running_rest):
+    srv = running_rest
     request = _request(user_id=np.array([100], np.int64))
     request.model_spec.version.value = 7
     with pytest.raises(grpc.RpcError) as error:
@@ -232,8 +243,8 @@ def test_version_switch_while_requests_run(running, exported_model):
     assert srv.manager.current.version == 2
 
 
-def test_concurrent_requests_each_get_their_own_answer(running, exported_model):
-    srv, _ = running
+def test_concurrent_requests_each_get_their_own_answer(running_rest, exported_model):
+    srv = running_rest
     direct = tf.saved_model.load(exported_model).signatures["serving_default"]
     users = [100, 101, 102, 999] * 10
     expected = {
@@ -489,15 +500,6 @@ def test_exported_model_carries_warmup_requests_for_every_signature(exported_mod
         writer.write(bad.SerializeToString())
     with pytest.raises(ValueError, match="warmup request 1 \\(no_such_signature\\) failed"):
         server.warm_up(server.load_version(serving_dir, 1))
-
-
-@pytest.fixture()
-def running_rest(exported_model, tmp_path):
-    serving_dir = str(tmp_path / "serving")
-    push(exported_model, serving_dir, 1)
-    srv = server.start_server(serving_dir, port=0, poll_seconds=0.2, batching=BATCHING, rest_port=0)
-    yield srv
-    srv.stop()
 
 
 def _http(srv, path: str, body=None) -> tuple[int, dict]:

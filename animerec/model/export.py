@@ -28,6 +28,7 @@ k or beyond the titles left unseen are padded with anime id -1, score -inf and "
 
 from __future__ import annotations
 
+import logging as std_logging
 import os
 
 import numpy as np
@@ -379,5 +380,12 @@ def export_serving_model(
     second_stage: SecondStage | None = None,
 ) -> None:
     module = RecommenderModule(model, data, catalog_embeddings, top_k, catalog_bias, second_stage)
-    tf.saved_model.save(module, path, signatures=module.signatures())
+    # tf.saved_model.save logs "Assets written to ..." at INFO on every export: noise in a run's output.
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel(max(level, std_logging.WARNING))
+    try:
+        tf.saved_model.save(module, path, signatures=module.signatures())
+    finally:
+        logger.setLevel(level)
     write_warmup_file(module, path)

@@ -17,10 +17,11 @@ from tfx.utils import io_utils, path_utils
 from animerec import evaluation as m
 from animerec import features as f
 from animerec.ids import catalog_positions
-from animerec.report import plot_recall
+from animerec.report import evaluation_markdown, plot_recall
 
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.md"
+VERDICT_FILE = "verdict.json"
 RECALL_PLOT = "recall_at_k.png"
 RECALL_CURVE_KS = (5, 10, 20, 30, 50, 75, 100)
 MAX_EVAL_USERS = 20000
@@ -114,47 +115,19 @@ def evaluate(examples: types.Artifact, model_dir: str, baseline_model_dir: str |
 
 
 def write_report(out_dir: str, results: dict, curves: dict, blessed: bool, reasons: list[str]) -> None:
+    """metrics.json, verdict.json, curves.json, the recall@k plot and report.md (whose text
+    animerec.report.evaluation_markdown also builds for the run report, from the same files)."""
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, METRICS_FILE), "w") as fh:
         json.dump(results, fh, indent=2)
-    names = list(results)
-    columns = [f"{kind}@{k}" for kind in ("recall", "ndcg") for k in m.KS] + ["hit_rate@10", "coverage@50"]
-    lines = [
-        f"# Retrieval evaluation: {'BLESSED' if blessed else 'NOT BLESSED'}",
-        "",
-        f"Eval users: {results['model']['users']:,}; ranked over the full catalog with each user's training titles excluded.",
-        "",
-        "| system | " + " | ".join(columns) + " |",
-        "|---|" + "---|" * len(columns),
-    ]
-    for name in names:
-        lines.append(f"| {name} | " + " | ".join(f"{results[name][c]:.4f}" for c in columns) + " |")
-    lines += ["", "## Blessing", ""] + [f"- {r}" for r in reasons]
-    slice_names = list(results["model"]["slices"])
-    lines += [
-        "",
-        "## Slices (recall@50)",
-        "",
-        "Users by the number of titles they liked in training, and held-out titles nobody liked in training (cold).",
-        "",
-        "| system | " + " | ".join(f"{n} ({results['model']['slices'][n]['users']} users)" for n in slice_names) + " |",
-        "|---|" + "---|" * len(slice_names),
-    ]
-    for name in names:
-        cells = [results[name]["slices"][n]["recall@50"] for n in slice_names]
-        lines.append(f"| {name} | " + " | ".join("-" if c is None else f"{c:.4f}" for c in cells) + " |")
-    ease = results["ease"]
-    lines += [
-        "",
-        f"EASE's L2 ({ease['l2']:g}) was chosen on the validation split: recall@50 {ease['l2_validation_recall@50']}.",
-    ]
-    lines += ["", "## Blessing", ""] + [f"- {r}" for r in reasons]
-    plot_recall({"k": list(RECALL_CURVE_KS), **curves}, os.path.join(out_dir, RECALL_PLOT))
-    lines += ["", f"![recall@k]({RECALL_PLOT})"]
-    with open(os.path.join(out_dir, REPORT_FILE), "w") as fh:
-        fh.write("\n".join(lines) + "\n")
+    with open(os.path.join(out_dir, VERDICT_FILE), "w") as fh:
+        json.dump({"blessed": blessed, "reasons": reasons}, fh, indent=2)
     with open(os.path.join(out_dir, "curves.json"), "w") as fh:
         json.dump({"k": list(RECALL_CURVE_KS), **curves}, fh, indent=2)
+    plot_recall({"k": list(RECALL_CURVE_KS), **curves}, os.path.join(out_dir, RECALL_PLOT))
+    lines = evaluation_markdown(results, blessed, reasons) + ["", f"![recall@k]({RECALL_PLOT})"]
+    with open(os.path.join(out_dir, REPORT_FILE), "w") as fh:
+        fh.write("\n".join(lines) + "\n")
 
 
 class Executor(base_executor.BaseExecutor):

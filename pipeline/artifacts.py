@@ -1,0 +1,100 @@
+"""Where a run's outputs are: pipeline artifacts through ML Metadata (as TFX's own tests
+find them), pushed models by the serving dir's newest complete version.
+
+Paths are never guessed from the pipeline root's layout: a component's output folder is
+an implementation detail of the orchestrator, its artifact in ML Metadata is the record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+EVALUATOR = "RetrievalEvaluator"
+TRAINER = "Trainer"
+
+
+def complete_versions(base_path: str) -> list[int]:
+    """Version folders that hold a saved_model.pb (Pusher copies that file last), oldest first."""
+    if not os.path.isdir(base_path):
+        return []
+    return sorted(
+        int(name)
+        for name in os.listdir(base_path)
+        if name.isdigit() and os.path.exists(os.path.join(base_path, name, "saved_model.pb"))
+    )
+
+
+def newest_version_dir(base_path: str) -> str | None:
+    """The newest complete version's folder, or None."""
+    versions = complete_versions(base_path)
+    return os.path.join(base_path, str(versions[-1])) if versions else None
+
+
+def open_store(metadata_path: str):
+    """The run's ML Metadata store (SQLite), read-only."""
+    from ml_metadata.metadata_store import metadata_store  # noqa: PLC0415
+    from ml_metadata.proto import metadata_store_pb2  # noqa: PLC0415
+
+    if not os.path.exists(metadata_path):
+        raise FileNotFoundError(f"{metadata_path}: no ML Metadata store (has the pipeline run here?)")
+    config = metadata_store_pb2.ConnectionConfig()
+    config.sqlite.filename_uri = metadata_path
+    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    return metadata_store.MetadataStore(config)
+
+
+@dataclasses.dataclass
+class Outputs:
+    """The output artifacts of one execution, by output key."""
+
+    execution_id: int
+    artifacts: dict  # output key -> MLMD Artifact
+
+
+def latest_outputs(store, component: str) -> Outputs | None:
+    """The outputs of `component`'s newest completed execution (by the component's id, the
+    last part of its execution type's name or its node id)."""
+    from ml_metadata.proto import metadata_store_pb2  # noqa: PLC0415
+
+    done = {metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED}
+    executions = [
+        e
+        for t in store.get_execution_types()
+        if t.name.split(".")[-1] == component
+        for e in store.get_executions_by_type(t.name)
+        if e.last_known_state in done
+    ]
+    if not executions:
+        return None
+    newest = max(executions, key=lambda e: (e.create_time_since_epoch, e.id))
+    outputs = {}
+    events = store.get_events_by_execution_ids([newest.id])
+    artifact_ids = [e.artifact_id for e in events if e.type == metadata_store_pb2.Event.OUTPUT]
+    by_id = {a.id: a for a in store.get_artifacts_by_id(artifact_ids)}
+    for event in events:
+        if event.type == metadata_store_pb2.Event.OUTPUT and event.path.steps:
+            outputs[event.path.steps[0].key] = by_id[event.artifact_id]
+    return Outputs(newest.id, outputs)
+
+
+def latest_evaluation(metadata_path: str) -> dict | None:
+    """metrics.json, the report's path and the verdict of the newest RetrievalEvaluator execution."""
+    import json  # noqa: PLC0415
+
+    outputs = latest_outputs(open_store(metadata_path), EVALUATOR)
+    if outputs is None or "evaluation" not in outputs.artifacts:
+        return None
+    evaluation = outputs.artifacts["evaluation"].uri
+    blessing = outputs.artifacts.get("blessing")
+    with open(os.path.join(evaluation, "metrics.json")) as fh:
+        metrics = json.load(fh)
+    blessed = blessing is not None and blessing.custom_properties["blessed"].int_value == 1
+    return {"metrics": metrics, "report": os.path.join(evaluation, "report.md"), "blessed": blessed}
+
+
+def latest_output_uri(metadata_path: str, component: str, key: str) -> str | None:
+    """The URI of output `key` of `component`'s newest completed execution."""
+    outputs = latest_outputs(open_store(metadata_path), component)
+    artifact = outputs.artifacts.get(key) if outputs else None
+    return artifact.uri if artifact is not None else None
