@@ -29,7 +29,7 @@ PARQUET_SCHEMA = pa.schema(
 
 
 def known_users(model_dir: str) -> np.ndarray:
-    import tensorflow as tf  # noqa: PLC0415
+    import tensorflow as tf
 
     model = tf.saved_model.load(model_dir)
     if not hasattr(model, "known_user_ids"):
@@ -49,7 +49,7 @@ class RecommendChunk(beam.DoFn):
 
     def setup(self):
         os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-        import tensorflow as tf  # noqa: PLC0415
+        import tensorflow as tf
 
         self._tf = tf
         self._signature = tf.saved_model.load(self.model_dir).signatures[f.RECOMMEND_SIGNATURE]

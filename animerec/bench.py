@@ -25,7 +25,7 @@ from animerec import features as f
 
 def synthetic_training_data(users: int, anime: int, history: int, seen: int, seed: int = 0):
     """TrainingData of the real size with random ids: for benchmarks only."""
-    from animerec.model.data import Catalog, TrainingData  # noqa: PLC0415
+    from animerec.model.data import Catalog, TrainingData
 
     rng = np.random.default_rng(seed)
     catalog = Catalog(
@@ -69,9 +69,9 @@ def synthetic_training_data(users: int, anime: int, history: int, seen: int, see
 def synthetic_second_stage(data, seed: int = 0):
     """A second stage of the default size with random weights (EASE over 8,000 titles at
     the default rank, the default ranker and candidate counts): for benchmarks only."""
-    from animerec.config import TrainingConfig  # noqa: PLC0415
-    from animerec.evaluation import EASE_MAX_ITEMS  # noqa: PLC0415
-    from animerec.model import ranking, two_stage  # noqa: PLC0415
+    from animerec.config import TrainingConfig
+    from animerec.evaluation import EASE_MAX_ITEMS
+    from animerec.model import ranking, two_stage
 
     config = TrainingConfig()
     rng = np.random.default_rng(seed)
@@ -104,8 +104,8 @@ def build_serving_model(
 ) -> str:
     """Exports an untrained full-size model as version 1 under out_dir (retrieval alone,
     or with a second stage of the default size)."""
-    from animerec.config import TrainingConfig  # noqa: PLC0415
-    from animerec.model import export, retrieval  # noqa: PLC0415
+    from animerec.config import TrainingConfig
+    from animerec.model import export, retrieval
 
     data = synthetic_training_data(users, anime, history, seen)
     # The query tower of the default TrainingConfig: liked history only, no user id table.
@@ -126,7 +126,7 @@ def _free_port() -> int:
 
 
 def _wait_for_server(target: str, timeout: float = 300.0) -> None:
-    import grpc  # noqa: PLC0415
+    import grpc
 
     channel = grpc.insecure_channel(target)
     grpc.channel_ready_future(channel).result(timeout=timeout)
@@ -135,7 +135,7 @@ def _wait_for_server(target: str, timeout: float = 300.0) -> None:
 
 def drive(target: str, clients: int, seconds: float, users: int, seed: int = 0) -> dict:
     """`clients` threads, each one request at a time for one user, for `seconds`."""
-    from animerec.serving.client import RecommenderClient  # noqa: PLC0415
+    from animerec.serving.client import RecommenderClient
 
     latencies: list[list[float]] = [[] for _ in range(clients)]
     errors = [0] * clients
@@ -175,7 +175,7 @@ def drive(target: str, clients: int, seconds: float, users: int, seed: int = 0) 
 
 def model_only_ms(model_dir: str, users: int, calls: int = 300) -> float:
     """Median in-process latency of one serving_default call for one user."""
-    import tensorflow as tf  # noqa: PLC0415
+    import tensorflow as tf
 
     signature = tf.saved_model.load(model_dir).signatures[f.DEFAULT_SIGNATURE]
     rng = np.random.default_rng(1)
@@ -262,9 +262,9 @@ def main_serve(args) -> int:
 
 def write_training_examples(path: str, user_index: np.ndarray, anime_index: np.ndarray, liked: np.ndarray) -> None:
     """Interaction rows in the layout of Transform's output (GZIP TFRecords)."""
-    import tensorflow as tf  # noqa: PLC0415
+    import tensorflow as tf
 
-    from animerec.data.convert import encode_examples  # noqa: PLC0415
+    from animerec.data.convert import encode_examples
 
     columns = {
         f.USER_INDEX: user_index.astype(np.int64),
@@ -296,13 +296,13 @@ def bench_train(
     power law fitted to the real sample's liked rows (about 740 distinct titles per
     1,024 rows, 2,000 per 4,096).
     """
-    import dataclasses  # noqa: PLC0415
+    import dataclasses
 
-    import tensorflow as tf  # noqa: PLC0415
+    import tensorflow as tf
 
-    from animerec.config import TrainingConfig  # noqa: PLC0415
-    from animerec.model import retrieval  # noqa: PLC0415
-    from animerec.model.data import _csr  # noqa: PLC0415
+    from animerec.config import TrainingConfig
+    from animerec.model import retrieval
+    from animerec.model.data import _csr
 
     config = TrainingConfig()
     rng = np.random.default_rng(0)
@@ -349,8 +349,8 @@ def naive_tfrs_examples_per_second(
     users: int, anime: int, user_index: np.ndarray, anime_index: np.ndarray, steps: int
 ) -> int:
     """The textbook setup the product replaced: id embeddings and tfrs.tasks.Retrieval."""
-    import tensorflow as tf  # noqa: PLC0415
-    import tensorflow_recommenders as tfrs  # noqa: PLC0415
+    import tensorflow as tf
+    import tensorflow_recommenders as tfrs
 
     class Naive(tfrs.Model):
         def __init__(self):
@@ -395,7 +395,7 @@ class _TreeMemory:
     `exceeded` names the stage and the memory reached."""
 
     def __init__(self, interval: float = 0.5, limit: int | None = None):
-        import psutil  # noqa: PLC0415
+        import psutil
 
         self._psutil = psutil
         self.interval = interval
@@ -457,12 +457,12 @@ def bench_pipeline(
     A size whose process tree passes `memory_limit_gb` (default: 90% of this machine's
     memory) is stopped and reported with the stage it reached; larger sizes are skipped.
     """
-    import psutil  # noqa: PLC0415
+    import psutil
 
-    from animerec.config import TrainingConfig  # noqa: PLC0415
-    from animerec.data import synth  # noqa: PLC0415
-    from animerec.evaluation import GateConfig  # noqa: PLC0415
-    from animerec.pipeline import local_runner  # noqa: PLC0415
+    from animerec.config import TrainingConfig
+    from animerec.data import synth
+    from animerec.evaluation import GateConfig
+    from animerec.pipeline import local_runner
 
     workdir = workdir or tempfile.mkdtemp(prefix="animerec-bench-")
     limit = int((memory_limit_gb or 0.9 * psutil.virtual_memory().total / 1e9) * 1e9)

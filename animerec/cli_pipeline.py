@@ -180,7 +180,14 @@ def _batch_recommend(args) -> int:
 def _serve(args) -> int:
     from animerec.serving import server
 
-    server.serve_forever(args.model_dir, args.port, args.model_name, host=args.host, rest_port=args.rest_port or None)
+    server.serve_forever(
+        args.model_dir,
+        args.port,
+        args.model_name,
+        host=args.host,
+        rest_port=args.rest_port or None,
+        intra_op_threads=args.intra_op_threads,
+    )
     return 0
 
 
@@ -489,6 +496,13 @@ def add_commands(commands, add_filter_args, filter_and_split) -> None:
     serve.add_argument("--port", type=int, default=8500, help="gRPC port (default %(default)s, as TF Serving)")
     serve.add_argument(
         "--rest-port", type=int, default=8501, help="REST port (default %(default)s, as TF Serving; 0: no REST)"
+    )
+    serve.add_argument(
+        "--intra-op-threads",
+        type=int,
+        default=1,
+        help="threads one model call may use, as TF Serving's --tensorflow_intra_op_parallelism "
+        "(0: one per core, TF Serving's default; default %(default)s)",
     )
     serve.add_argument(
         "--host",

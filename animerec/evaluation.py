@@ -87,7 +87,7 @@ def popularity_scores(liked_positions: np.ndarray, catalog_size: int) -> np.ndar
 
 def item_gram(user_rows: np.ndarray, item_cols: np.ndarray, n_items: int) -> np.ndarray:
     """X'X of the binary users x items matrix, dense [n_items, n_items] float64."""
-    from scipy import sparse  # noqa: PLC0415
+    from scipy import sparse
 
     # Sparse X: a dense users x items matrix would be 11 GB for MAL's 350k users.
     x = sparse.csr_matrix(

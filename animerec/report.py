@@ -19,10 +19,10 @@ MAP_GENRES = 10
 
 
 def _plt():
-    import matplotlib  # noqa: PLC0415
+    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     return plt
 
@@ -58,7 +58,7 @@ def plot_recall(curves: dict, path: str) -> None:
 
 def embedding_map(embeddings: np.ndarray, seed: int = 0) -> np.ndarray:
     """2-D t-SNE of the embeddings (cosine), PCA-initialised."""
-    from sklearn.manifold import TSNE  # noqa: PLC0415
+    from sklearn.manifold import TSNE
 
     perplexity = float(min(30, max(2, len(embeddings) // 4)))
     return TSNE(n_components=2, metric="cosine", init="pca", perplexity=perplexity, random_state=seed).fit_transform(
@@ -134,8 +134,8 @@ def evaluation_markdown(results: dict, blessed: bool, reasons: list[str], level:
 
 def write_report(output_dir: str) -> str:
     """Regenerates <output_dir>/report from the newest Trainer and Evaluator outputs."""
-    from animerec.pipeline import artifacts  # noqa: PLC0415
-    from animerec.pipeline.local_runner import output_paths  # noqa: PLC0415
+    from animerec.pipeline import artifacts
+    from animerec.pipeline.local_runner import output_paths
 
     metadata = output_paths(output_dir)["metadata"]
     evaluation_uri = artifacts.latest_output_uri(metadata, artifacts.EVALUATOR, "evaluation")

@@ -20,7 +20,7 @@ import sys
 import time
 
 
-class TaskFailed(RuntimeError):
+class TaskFailed(RuntimeError):  # noqa: N818 - a task failing is what it reports
     pass
 
 

@@ -79,8 +79,8 @@ def _yaml_header(spec: dict) -> str:
 
 def write_package(job: dict, output_path: str) -> None:
     """Writes the job as a PipelineSpec YAML or a PipelineJob JSON, by output_path's extension."""
-    import yaml  # noqa: PLC0415
-    from tfx.dsl.io import fileio  # noqa: PLC0415 - heavy import; also writes gs:// paths
+    import yaml
+    from tfx.dsl.io import fileio  # heavy import; also writes gs:// paths
 
     kind = package_format(output_path)
     folder = os.path.dirname(output_path)
@@ -108,9 +108,9 @@ def compile_pipeline(
 ) -> dict:
     """Writes the pipeline to output_path (PipelineSpec YAML or PipelineJob JSON) and returns the job."""
     package_format(output_path)  # a bad extension fails before the compilation
-    from tfx import v1 as tfx  # noqa: PLC0415 - heavy import
+    from tfx import v1 as tfx  # heavy import
 
-    from animerec.pipeline.pipeline import create_pipeline  # noqa: PLC0415 - imports TensorFlow
+    from animerec.pipeline.pipeline import create_pipeline  # imports TensorFlow
 
     data_root_parameter = tfx.dsl.experimental.RuntimeParameter(name=DATA_ROOT_PARAMETER, ptype=str, default=data_root)
     training_parameter = tfx.dsl.experimental.RuntimeParameter(

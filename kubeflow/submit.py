@@ -46,9 +46,9 @@ class Submission:
 
 def load_package(path: str) -> dict:
     """The PipelineSpec (as a dict) in a compiled package; the checks kfp.Client's loader makes."""
-    import yaml  # noqa: PLC0415
-    from google.protobuf import json_format  # noqa: PLC0415
-    from kfp.pipeline_spec import pipeline_spec_pb2  # noqa: PLC0415
+    import yaml
+    from google.protobuf import json_format
+    from kfp.pipeline_spec import pipeline_spec_pb2
 
     if not path.lower().endswith(YAML_EXTENSIONS):
         hint = (
@@ -180,7 +180,7 @@ def _api_error_message(error) -> str:
 
 
 def _client_class():
-    import kfp  # noqa: PLC0415 - kfp imports the Kubernetes client
+    import kfp  # kfp imports the Kubernetes client
 
     class Client(kfp.Client):
         """kfp.Client whose start-up health check asks once and raises, instead of 5 tries 5 s apart."""
@@ -194,7 +194,7 @@ def _client_class():
 @contextlib.contextmanager
 def _request_timeout(timeout_s: float):
     """Gives kfp.Client's HTTP requests a connect and read timeout: it sets none (urllib3 waits forever)."""
-    from kfp_server_api import rest  # noqa: PLC0415
+    from kfp_server_api import rest
 
     original = rest.RESTClientObject.request
 
@@ -248,8 +248,8 @@ def submit(
     timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> Submission:
     """Uploads package (or a new version of it) to the KFP API at host and runs it in experiment."""
-    import kfp_server_api  # noqa: PLC0415
-    import urllib3  # noqa: PLC0415
+    import kfp_server_api
+    import urllib3
 
     spec = load_package(package)
     parameters = parse_parameters(spec, params or [])

@@ -33,8 +33,8 @@ def newest_version_dir(base_path: str) -> str | None:
 
 def open_store(metadata_path: str):
     """The run's ML Metadata store (SQLite), read-only."""
-    from ml_metadata.metadata_store import metadata_store  # noqa: PLC0415
-    from ml_metadata.proto import metadata_store_pb2  # noqa: PLC0415
+    from ml_metadata.metadata_store import metadata_store
+    from ml_metadata.proto import metadata_store_pb2
 
     if not os.path.exists(metadata_path):
         raise FileNotFoundError(f"{metadata_path}: no ML Metadata store (has the pipeline run here?)")
@@ -55,7 +55,7 @@ class Outputs:
 def latest_outputs(store, component: str) -> Outputs | None:
     """The outputs of `component`'s newest completed execution (by the component's id, the
     last part of its execution type's name or its node id)."""
-    from ml_metadata.proto import metadata_store_pb2  # noqa: PLC0415
+    from ml_metadata.proto import metadata_store_pb2
 
     done = {metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED}
     executions = [
@@ -80,7 +80,7 @@ def latest_outputs(store, component: str) -> Outputs | None:
 
 def latest_evaluation(metadata_path: str) -> dict | None:
     """metrics.json, the report's path and the verdict of the newest RetrievalEvaluator execution."""
-    import json  # noqa: PLC0415
+    import json
 
     outputs = latest_outputs(open_store(metadata_path), EVALUATOR)
     if outputs is None or "evaluation" not in outputs.artifacts:

@@ -98,7 +98,7 @@ def run_local(
     progress: Callable[[str], None] = print,
 ) -> dict:
     """Converts data_dir's Kaggle files and runs the whole pipeline; returns where things are."""
-    from tfx import v1 as tfx  # noqa: PLC0415 - heavy import
+    from tfx import v1 as tfx  # heavy import
 
     paths = output_paths(output_dir)
     os.makedirs(output_dir, exist_ok=True)
@@ -137,7 +137,7 @@ def run_local(
         tfx.orchestration.LocalDagRunner().run(pipeline)
     timings.update(tracker.seconds)
     timings["total"] = time.time() - start
-    from animerec import report  # noqa: PLC0415
+    from animerec import report
 
     report_path = report.write_report(output_dir)
     return {

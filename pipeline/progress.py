@@ -33,7 +33,7 @@ class ComponentProgress:
 
     @contextlib.contextmanager
     def installed(self):
-        from tfx.orchestration.portable import launcher  # noqa: PLC0415
+        from tfx.orchestration.portable import launcher
 
         original_launch = launcher.Launcher.launch
         original_run_executor = launcher.Launcher._run_executor

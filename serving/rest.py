@@ -174,7 +174,7 @@ def _json_string(value: bytes):
 
 
 def predict_json(response: predict_pb2.PredictResponse, rows: bool) -> dict:
-    import tensorflow as tf  # noqa: PLC0415
+    import tensorflow as tf
 
     outputs = {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
     if not rows:

@@ -120,7 +120,7 @@ def warm_up(loaded: LoadedVersion) -> int:
     before it serves a version: each PredictLog's request runs through the same
     validation and signature call as a real one, and a failing record fails the load.
     Returns the number of requests run (0 without the file: no warmup, as TF Serving)."""
-    from tensorflow_serving.apis import prediction_log_pb2  # noqa: PLC0415
+    from tensorflow_serving.apis import prediction_log_pb2
 
     path = os.path.join(loaded.path, f.WARMUP_FILE)
     if not tf.io.gfile.exists(path):
@@ -148,10 +148,11 @@ class ModelManager:
     skipped, and the one being served keeps serving; if the served version's folder is
     deleted, the newest remaining version takes over."""
 
-    def __init__(self, name: str, base_path: str, poll_seconds: float = POLL_SECONDS):
+    def __init__(self, name: str, base_path: str, poll_seconds: float = POLL_SECONDS, config=None):
         self.name = name
         self.base_path = base_path
         self.poll_seconds = poll_seconds
+        self.config = config  # the Sessions' ConfigProto (session_config() when None)
         self._current: LoadedVersion | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -184,7 +185,7 @@ class ModelManager:
             if version in self.failed and self.failed[version][1] == stamp:
                 continue
             try:
-                loaded = load_version(self.base_path, version)
+                loaded = load_version(self.base_path, version, self.config)
                 warm_up(loaded)
             except Exception as error:  # noqa: BLE001 - any broken version is skipped, never fatal
                 message = str(error).splitlines()[0] if str(error) else type(error).__name__
@@ -486,12 +487,13 @@ def start_server(
     poll_seconds: float = POLL_SECONDS,
     batching: BatchingConfig | None = None,
     rest_port: int | None = None,
+    intra_op_threads: int = INTRA_OP_THREADS,
 ) -> RunningServer:
     """Starts serving; port 0 picks a free port. Fails if no complete version exists.
     Every signature is batched as TF Serving's --enable_batching does, with `batching`
     (serving/batching.config when None). With `rest_port` (0: a free one), TF Serving's
     REST API is served too, over the same versions and batcher."""
-    manager = ModelManager(model_name, model_base_path, poll_seconds)
+    manager = ModelManager(model_name, model_base_path, poll_seconds, session_config(intra_op_threads=intra_op_threads))
     manager.start()
     if manager.current is None:
         manager.stop()
@@ -511,7 +513,7 @@ def start_server(
     server.start()
     rest = None
     if rest_port is not None:
-        from animerec.serving.rest import RestApi, RestServer  # noqa: PLC0415
+        from animerec.serving.rest import RestApi, RestServer
 
         rest = RestServer(RestApi(manager, batcher), host, rest_port)
     return RunningServer(server, manager, bound, batcher, rest)
@@ -523,9 +525,17 @@ def serve_forever(
     model_name: str = DEFAULT_MODEL_NAME,
     host: str = "127.0.0.1",
     rest_port: int | None = None,
+    intra_op_threads: int = INTRA_OP_THREADS,
 ) -> None:
     """Serves until Ctrl-C or SIGTERM (as Kubernetes stops a pod), then drains requests in flight."""
-    running = start_server(model_base_path, port=port, model_name=model_name, host=host, rest_port=rest_port)
+    running = start_server(
+        model_base_path,
+        port=port,
+        model_name=model_name,
+        host=host,
+        rest_port=rest_port,
+        intra_op_threads=intra_op_threads,
+    )
     rest = f" and REST on {host}:{running.rest.port}" if running.rest else ""
     print(
         f"Serving model {model_name} version {running.manager.current.version} from {model_base_path}: "

@@ -166,13 +166,13 @@ class FakeKfpApiServer:
             def log_message(self, *args):
                 pass
 
-            def do_GET(self):
+            def do_GET(self):  # noqa: N802 - http.server API
                 fake._handle(self, "GET")
 
-            def do_POST(self):
+            def do_POST(self):  # noqa: N802 - http.server API
                 fake._handle(self, "POST")
 
-            def do_DELETE(self):
+            def do_DELETE(self):  # noqa: N802 - http.server API
                 fake._handle(self, "DELETE")
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

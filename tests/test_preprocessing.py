@@ -115,7 +115,7 @@ def test_catalog_metadata_passes_through_on_catalog_rows_only(transformed):
 
 def test_trainer_reads_token_lists_padded_to_fixed_width(transformed):
     """The transformed schema says variable length; the Trainer's parser pads to TEXT_MAX_TOKENS."""
-    from animerec.model.data import dense_parser  # noqa: PLC0415
+    from animerec.model.data import dense_parser
 
     rows, output = transformed
     spec = output.transformed_feature_spec()

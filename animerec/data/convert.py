@@ -47,7 +47,7 @@ IN_PROCESS_BEAM_ARGS = ["--runner=DirectRunner", "--direct_running_mode=in_memor
 
 
 def _tf():
-    import tensorflow as tf  # noqa: PLC0415 - heavy import, only where records are written
+    import tensorflow as tf  # heavy import, only where records are written
 
     return tf
 
@@ -56,8 +56,8 @@ def encode_examples(columns: dict) -> list:
     """Serialized tf.Examples with one value per feature per row, from equal-length
     columns (numpy arrays, lists of bytes or Arrow arrays), by tfx_bsl's Arrow encoder:
     a block at a time instead of filling and serializing one proto per row."""
-    import pyarrow as pa  # noqa: PLC0415 - heavy imports, only where records are written
-    from tfx_bsl.coders import example_coder  # noqa: PLC0415
+    import pyarrow as pa  # heavy imports, only where records are written
+    from tfx_bsl.coders import example_coder
 
     rows = len(next(iter(columns.values())))
     offsets = pa.py_buffer(np.arange(rows + 1, dtype=np.int32))
@@ -74,7 +74,7 @@ def encode_examples(columns: dict) -> list:
 def optional_values(values: np.ndarray, dtype) -> pa.ListArray:  # noqa: F821 - pyarrow is imported lazily
     """An Arrow list column of zero (NaN) or one value per row: a tf.Example feature that
     is absent where the value is unknown."""
-    import pyarrow as pa  # noqa: PLC0415
+    import pyarrow as pa
 
     known = ~np.isnan(values)
     offsets = np.concatenate([[0], np.cumsum(known)]).astype(np.int32)
@@ -86,7 +86,7 @@ def optional_values(values: np.ndarray, dtype) -> pa.ListArray:  # noqa: F821 - 
 
 def _empty_texts(rows: int):
     """`rows` empty byte strings as an Arrow array (every value offset is 0)."""
-    import pyarrow as pa  # noqa: PLC0415
+    import pyarrow as pa
 
     return pa.Array.from_buffers(
         pa.binary(), rows, [None, pa.py_buffer(np.zeros(rows + 1, np.int32)), pa.py_buffer(b"")]
@@ -180,7 +180,7 @@ def _convert_range(task: _RangeTask) -> int:
     rng = np.random.default_rng([SHUFFLE_SEED, task.index])
     liked_index = interactions.REASONS.index(interactions.LIKED)
     files = {
-        (split_name, b): open(_spill_path(task.spill_dir, split_name, b, task.index), "wb")  # noqa: SIM115
+        (split_name, b): open(_spill_path(task.spill_dir, split_name, b, task.index), "wb")  # closed by the caller
         for split_name in INTERACTION_SPLITS
         for b in range(task.buckets)
     }
@@ -226,8 +226,8 @@ def _write_bucket(task: _BucketTask) -> None:
 def _run_on_beam(range_tasks: list, bucket_tasks: list, beam_pipeline_args: list[str]) -> None:
     """Both stages in one Beam pipeline (one start of the workers); the second waits
     for every range through a side input."""
-    import apache_beam as beam  # noqa: PLC0415 - heavy import
-    from apache_beam.options.pipeline_options import PipelineOptions  # noqa: PLC0415
+    import apache_beam as beam  # heavy import
+    from apache_beam.options.pipeline_options import PipelineOptions
 
     # The local job service forwards each worker's start-up warnings; they say nothing here.
     job_service_log = logging.getLogger("apache_beam.runners.portability.local_job_service")

@@ -324,7 +324,7 @@ class RecommenderModule(tf.Module):
 def warmup_requests(module: RecommenderModule) -> list:
     """One PredictRequest per signature (a known and an unknown user, k, an exclusion),
     for TF Serving to run before it serves a version."""
-    from tensorflow_serving.apis import predict_pb2  # noqa: PLC0415
+    from tensorflow_serving.apis import predict_pb2
 
     known = module.known_user_ids.numpy()[:1].tolist()
     users = np.array(known + [-1], np.int64)
@@ -360,7 +360,7 @@ def warmup_requests(module: RecommenderModule) -> list:
 
 def write_warmup_file(module: RecommenderModule, path: str) -> None:
     """assets.extra/tf_serving_warmup_requests: the warmup_requests as PredictionLog TFRecords."""
-    from tensorflow_serving.apis import prediction_log_pb2  # noqa: PLC0415
+    from tensorflow_serving.apis import prediction_log_pb2
 
     target = os.path.join(path, f.WARMUP_FILE)
     tf.io.gfile.makedirs(os.path.dirname(target))

@@ -28,7 +28,7 @@ MAX_EVAL_USERS = 20000
 
 
 def _read_split(examples: types.Artifact, split: str) -> dict[str, np.ndarray]:
-    from animerec.model.data import read_examples  # noqa: PLC0415
+    from animerec.model.data import read_examples
 
     pattern = os.path.join(artifact_utils.get_split_uri([examples], split), "*")
     spec = {name: tf.io.FixedLenFeature([1], tf.int64) for name in (f.USER_ID, f.ANIME_ID, f.LIKED)}
@@ -132,7 +132,7 @@ def write_report(out_dir: str, results: dict, curves: dict, blessed: bool, reaso
 
 class Executor(base_executor.BaseExecutor):
     def Do(self, input_dict, output_dict, exec_properties) -> None:  # noqa: N802 - TFX API
-        from animerec.components.retrieval_evaluator.component import (  # noqa: PLC0415
+        from animerec.components.retrieval_evaluator.component import (
             BASELINE_MODEL_KEY,
             BLESSING_KEY,
             EVALUATION_KEY,
