@@ -138,7 +138,7 @@ def test_recommend_caps_k_instead_of_failing(serving):
 
 
 def test_recommend_needs_one_k_per_user(serving):
-    with pytest.raises(tf.errors.InvalidArgumentError, match="one value per user_id"):
+    with pytest.raises(tf.errors.InvalidArgumentError, match="k must have one row per user_id"):
         serving.signatures[f.RECOMMEND_SIGNATURE](
             user_id=tf.constant([100], tf.int64), k=tf.constant([3, 3]), exclude_anime_ids=tf.zeros([1, 0], tf.int64)
         )

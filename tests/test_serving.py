@@ -314,51 +314,30 @@ def _example(user: int) -> bytes:
 
 # Requests of every signature, of several batch sizes, k and exclusion widths (the
 # client's layout: a leading -1 column, so TF Serving's padding value is -1).
+def _ranked(signature: str, users: list[int], ks: list[int], exclude: list[list[int]], key=f.SERVING_USER_ID):
+    """A request of a signature that takes k and exclusions: users (or liked lists, with key)."""
+    return (
+        signature,
+        {
+            key: np.array(users, np.int64),
+            f.SERVING_K: np.array(ks, np.int32),
+            f.SERVING_EXCLUDE: np.array(exclude, np.int64),
+        },
+    )
+
+
 MIXED_REQUESTS = [
     ("serving_default", {f.SERVING_USER_ID: np.array([100], np.int64)}),
     ("serving_default", {f.SERVING_USER_ID: np.array([101, 999], np.int64)}),
     (f.TF_EXAMPLE_SIGNATURE, {"examples": np.array([_example(102), _example(100)], object)}),
     (f.TF_EXAMPLE_SIGNATURE, {"examples": np.array([_example(999)], object)}),
-    (
-        f.RECOMMEND_SIGNATURE,
-        {
-            f.SERVING_USER_ID: np.array([100], np.int64),
-            f.SERVING_K: np.array([1], np.int32),
-            f.SERVING_EXCLUDE: np.array([[-1]], np.int64),
-        },
-    ),
-    (
-        f.RECOMMEND_SIGNATURE,
-        {
-            f.SERVING_USER_ID: np.array([101, 102], np.int64),
-            f.SERVING_K: np.array([4, 2], np.int32),
-            f.SERVING_EXCLUDE: np.array([[-1, ANIME_IDS[3], ANIME_IDS[4]], [-1, ANIME_IDS[5], -1]], np.int64),
-        },
-    ),
-    (
-        f.RECOMMEND_SIGNATURE,
-        {
-            f.SERVING_USER_ID: np.array([999], np.int64),
-            f.SERVING_K: np.array([3], np.int32),
-            f.SERVING_EXCLUDE: np.array([[-1, ANIME_IDS[0]]], np.int64),
-        },
-    ),
-    (
-        f.EVAL_SIGNATURE,
-        {
-            f.SERVING_USER_ID: np.array([102], np.int64),
-            f.SERVING_K: np.array([5], np.int32),
-            f.SERVING_EXCLUDE: np.array([[-1]], np.int64),
-        },
-    ),
-    (
-        f.EVAL_SIGNATURE,
-        {
-            f.SERVING_USER_ID: np.array([100, 101], np.int64),
-            f.SERVING_K: np.array([2, 6], np.int32),
-            f.SERVING_EXCLUDE: np.array([[-1, ANIME_IDS[5]], [-1, -1]], np.int64),
-        },
-    ),
+    _ranked(f.RECOMMEND_SIGNATURE, [100], [1], [[-1]]),
+    _ranked(f.RECOMMEND_SIGNATURE, [101, 102], [4, 2], [[-1, ANIME_IDS[3], ANIME_IDS[4]], [-1, ANIME_IDS[5], -1]]),
+    _ranked(f.RECOMMEND_SIGNATURE, [999], [3], [[-1, ANIME_IDS[0]]]),
+    _ranked(f.EVAL_SIGNATURE, [102], [5], [[-1]]),
+    _ranked(f.EVAL_SIGNATURE, [100, 101], [2, 6], [[-1, ANIME_IDS[5]], [-1, -1]]),
+    _ranked(f.FROM_LIKED_SIGNATURE, [[-1, 20, 30]], [3], [[-1]], key=f.SERVING_LIKED),
+    _ranked(f.FROM_LIKED_SIGNATURE, [[-1, 10], [-1, -1]], [2, 4], [[-1, 40], [-1, -1]], key=f.SERVING_LIKED),
 ]
 
 

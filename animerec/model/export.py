@@ -69,6 +69,17 @@ def _padded_rows(values: tf.Variable, splits: tf.Variable, row: tf.Tensor) -> tf
     return tf.where(valid, tf.cast(gathered, tf.int32), -1)
 
 
+def _same_rows(reference: tf.Tensor, reference_name: str, **tensors) -> list:
+    """Assertions that each tensor given has one row per row of `reference`."""
+    return [
+        tf.debugging.assert_equal(
+            tf.shape(tensor)[0], tf.shape(reference)[0], message=f"{name} must have one row per {reference_name}"
+        )
+        for name, tensor in tensors.items()
+        if tensor is not None
+    ]
+
+
 def _mask_columns(scores: tf.Tensor, columns: tf.Tensor) -> tf.Tensor:
     """Sets scores[b, columns[b, j]] to -inf for every column >= 0 (-1 is padding)."""
     batch, width = tf.shape(columns)[0], tf.shape(columns)[1]
@@ -182,18 +193,8 @@ class RecommenderModule(tf.Module):
         # Capped, not refused: TF Serving's batching fails every request of a merged
         # batch when the model call fails, so one client's bad k must not be an error.
         k = tf.clip_by_value(tf.cast(k, tf.int32), 0, width)
-        checks = [
-            tf.debugging.assert_positive(tf.size(user_id), message="user_id must hold at least one id"),
-            tf.debugging.assert_equal(tf.shape(k), tf.shape(user_id), message="k must hold one value per user_id"),
-        ]
-        if exclude_anime_ids is not None:
-            checks.append(
-                tf.debugging.assert_equal(
-                    tf.shape(exclude_anime_ids)[0],
-                    tf.shape(user_id)[0],
-                    message="exclude_anime_ids must have one row per user_id",
-                )
-            )
+        checks = [tf.debugging.assert_positive(tf.size(user_id), message="user_id must hold at least one id")]
+        checks += _same_rows(user_id, f.SERVING_USER_ID, k=k, exclude_anime_ids=exclude_anime_ids)
         with tf.control_dependencies(checks):
             user_index = self.user_table.lookup(user_id)
         row = tf.where(user_index >= 0, user_index, self.empty_user_row)
@@ -255,16 +256,7 @@ class RecommenderModule(tf.Module):
         tower runs on them now, as it ran at export time for known users. Liked and
         excluded titles are left out."""
         k = tf.clip_by_value(tf.cast(k, tf.int32), 0, self.max_k)
-        checks = [
-            tf.debugging.assert_equal(
-                tf.shape(k)[0], tf.shape(liked_anime_ids)[0], message="k must hold one value per row of liked_anime_ids"
-            ),
-            tf.debugging.assert_equal(
-                tf.shape(exclude_anime_ids)[0],
-                tf.shape(liked_anime_ids)[0],
-                message="exclude_anime_ids must have one row per row of liked_anime_ids",
-            ),
-        ]
+        checks = _same_rows(liked_anime_ids, f.SERVING_LIKED, k=k, exclude_anime_ids=exclude_anime_ids)
         with tf.control_dependencies(checks):
             liked = self.anime_table.lookup(liked_anime_ids)
         # Titles no training user liked have no trained embedding: they only count as seen.
