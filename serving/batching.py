@@ -198,6 +198,8 @@ class Batcher:
             )
         task = _Task(key, inputs, size, None if timeout is None else time.monotonic() + timeout)
         with self._cond:
+            if self._stop:
+                raise RequestError(grpc.StatusCode.UNAVAILABLE, "the server is stopping")
             inline = self.config.batch_timeout_micros == 0 and not self._queue and not self._busy and not self._stop
             if inline:
                 self._busy += 1

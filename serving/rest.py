@@ -150,7 +150,9 @@ def predict_request(body: dict, manager: server.ModelManager, name: str, version
             raise _bad(f"instances must be objects of the named inputs {sorted(specs)}")
     else:
         inputs = body["inputs"]
-        columns = inputs if isinstance(inputs, dict) and set(inputs) <= set(specs) else {next(iter(specs)): inputs}
+        # An object names the inputs (a {"b64": ...} object is one input's value).
+        named = isinstance(inputs, dict) and not (set(inputs) == {"b64"} and len(specs) == 1)
+        columns = inputs if named else {next(iter(specs)): inputs}
     for alias, value in columns.items():
         if alias not in specs:
             raise _bad(f"JSON object: does not have named input: {alias}")
