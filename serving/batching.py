@@ -239,7 +239,8 @@ class Batcher:
             while True:
                 if self._stop:
                     return []
-                if self._queue:
+                # As many calls at once as TF Serving has batch threads (a call run inline counts).
+                if self._queue and self._busy < self.config.num_batch_threads:
                     first = self._queue[0]
                     # The signature's tasks in arrival order, while they fit (its open batch).
                     batch, size, full = [], 0, False

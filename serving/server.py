@@ -539,7 +539,8 @@ def serve_forever(
     rest = f" and REST on {host}:{running.rest.port}" if running.rest else ""
     print(
         f"Serving model {model_name} version {running.manager.current.version} from {model_base_path}: "
-        f"gRPC on {host}:{running.port}{rest}"
+        f"gRPC on {host}:{running.port}{rest}",
+        flush=True,
     )
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())

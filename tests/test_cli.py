@@ -111,3 +111,27 @@ def test_recommend_errors_are_one_line(args, message):
     # One error line (argparse's usage lines may come before it), no traceback.
     assert out.returncode == 2 and message in out.stderr.strip().splitlines()[-1]
     assert "Traceback" not in out.stderr
+
+
+def test_serve_stops_cleanly_on_sigterm(serving_dir):
+    """Kubernetes stops a pod with SIGTERM: the server drains and exits 0."""
+    import signal
+    import time
+
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONWARNINGS="ignore")
+    proc = subprocess.Popen(
+        ANIMEREC + ["serve", "--model-dir", serving_dir, "--port", "0", "--rest-port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        line = proc.stdout.readline()
+        assert "Serving model animerec version 1" in line and "gRPC on 127.0.0.1:" in line
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert "Traceback" not in proc.stderr.read()
+    finally:
+        proc.kill()

@@ -599,3 +599,26 @@ def test_rest_client_gives_what_the_grpc_client_gives(running_rest):
     with pytest.raises(client.RestError, match="HTTP 404"):
         client.RestClient(running_rest.rest_url, model_name="other").recommend([100])
     by_grpc.close()
+
+
+def test_a_request_whose_deadline_passed_in_the_queue_is_dropped_before_the_call():
+    from animerec.serving import batching
+
+    calls, started = [], threading.Event()
+
+    def run(key, inputs):
+        calls.append(inputs["x"].tolist())
+        started.set()
+        time.sleep(0.5)  # the model is busy: the next request waits in the queue
+        return {"y": inputs["x"]}
+
+    batcher = batching.Batcher(run, BatchingConfig(max_batch_size=8, num_batch_threads=1))
+    first = threading.Thread(target=batcher.call, args=("sig", {"x": np.array([1])}))
+    first.start()
+    started.wait(5)
+    with pytest.raises(batching.RequestError) as error:
+        batcher.call("sig", {"x": np.array([2])}, timeout=0.1)
+    first.join()
+    batcher.stop()
+    assert error.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert calls == [[1]], "the expired request never reached the model"
