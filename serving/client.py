@@ -45,22 +45,17 @@ class RecommenderClient:
         self.model_name = model_name
         self.timeout = timeout
 
-    def request(self, user_ids, k: int | None = None, exclude_anime_ids=None) -> predict_pb2.PredictRequest:
-        """serving_default when only users are given, the `recommend` signature with k or exclusions."""
+    def _request(self, signature: str, inputs: dict) -> predict_pb2.PredictRequest:
         request = predict_pb2.PredictRequest()
         request.model_spec.name = self.model_name
-        user_ids = np.asarray(user_ids, dtype=np.int64)
-        request.inputs[f.SERVING_USER_ID].CopyFrom(tf.make_tensor_proto(user_ids))
-        if k is None and exclude_anime_ids is None:
-            request.model_spec.signature_name = f.DEFAULT_SIGNATURE
-            return request
-        request.model_spec.signature_name = f.RECOMMEND_SIGNATURE
-        # k per user: every input has a batch dimension, as TF Serving's batching needs.
-        k_rows = np.full(len(user_ids), k if k is not None else 10, np.int32)
-        request.inputs[f.SERVING_K].CopyFrom(tf.make_tensor_proto(k_rows))
-        exclude = _pad(exclude_anime_ids or [[] for _ in user_ids], len(user_ids))
-        request.inputs[f.SERVING_EXCLUDE].CopyFrom(tf.make_tensor_proto(exclude))
+        request.model_spec.signature_name = signature
+        for alias, value in inputs.items():
+            request.inputs[alias].CopyFrom(tf.make_tensor_proto(value))
         return request
+
+    def request(self, user_ids, k: int | None = None, exclude_anime_ids=None) -> predict_pb2.PredictRequest:
+        """serving_default when only users are given, the `recommend` signature with k or exclusions."""
+        return self._request(*by_user_inputs(user_ids, k, exclude_anime_ids))
 
     def recommend(self, user_ids, k: int | None = None, exclude_anime_ids=None) -> list[UserRecommendations]:
         response = self.stub.Predict(self.request(user_ids, k, exclude_anime_ids), timeout=self.timeout)
@@ -68,14 +63,7 @@ class RecommenderClient:
 
     def from_liked_request(self, liked, k: int = 10, exclude_anime_ids=None) -> predict_pb2.PredictRequest:
         """The recommend_from_liked signature: one row of liked anime ids per new user."""
-        request = predict_pb2.PredictRequest()
-        request.model_spec.name = self.model_name
-        request.model_spec.signature_name = f.FROM_LIKED_SIGNATURE
-        request.inputs[f.SERVING_LIKED].CopyFrom(tf.make_tensor_proto(_pad(liked, len(liked))))
-        request.inputs[f.SERVING_K].CopyFrom(tf.make_tensor_proto(np.full(len(liked), k, np.int32)))
-        exclude = _pad(exclude_anime_ids or [[] for _ in liked], len(liked))
-        request.inputs[f.SERVING_EXCLUDE].CopyFrom(tf.make_tensor_proto(exclude))
-        return request
+        return self._request(*from_liked_inputs(liked, k, exclude_anime_ids))
 
     def recommend_from_liked(self, liked, k: int = 10, exclude_anime_ids=None) -> list[UserRecommendations]:
         """Top k for users the model may not know, from their liked anime ids (user_id -1)."""
@@ -84,6 +72,29 @@ class RecommenderClient:
 
     def close(self) -> None:
         self.channel.close()
+
+
+def by_user_inputs(user_ids, k: int | None = None, exclude_anime_ids=None) -> tuple[str, dict]:
+    """The signature and input arrays for known users: serving_default when only users are
+    given, `recommend` with k or exclusions (k per user: every input has a batch dimension,
+    as TF Serving's batching needs)."""
+    users = np.asarray(user_ids, dtype=np.int64)
+    if k is None and exclude_anime_ids is None:
+        return f.DEFAULT_SIGNATURE, {f.SERVING_USER_ID: users}
+    return f.RECOMMEND_SIGNATURE, {
+        f.SERVING_USER_ID: users,
+        f.SERVING_K: np.full(len(users), k if k is not None else 10, np.int32),
+        f.SERVING_EXCLUDE: _pad(exclude_anime_ids or [[] for _ in users], len(users)),
+    }
+
+
+def from_liked_inputs(liked, k: int = 10, exclude_anime_ids=None) -> tuple[str, dict]:
+    """The signature and input arrays for new users: one row of liked anime ids each."""
+    return f.FROM_LIKED_SIGNATURE, {
+        f.SERVING_LIKED: _pad(liked, len(liked)),
+        f.SERVING_K: np.full(len(liked), k, np.int32),
+        f.SERVING_EXCLUDE: _pad(exclude_anime_ids or [[] for _ in liked], len(liked)),
+    }
 
 
 def _pad(rows, n_users: int) -> np.ndarray:
@@ -154,23 +165,12 @@ class RestClient:
             raise RestError(error.code, message) from None
 
     def recommend(self, user_ids, k: int | None = None, exclude_anime_ids=None) -> list[UserRecommendations]:
-        users = [int(u) for u in user_ids]
-        if k is None and exclude_anime_ids is None:
-            return _results(self.predict(f.DEFAULT_SIGNATURE, {f.SERVING_USER_ID: users}), users)
-        inputs = {
-            f.SERVING_USER_ID: users,
-            f.SERVING_K: [k if k is not None else 10] * len(users),
-            f.SERVING_EXCLUDE: _pad(exclude_anime_ids or [[] for _ in users], len(users)).tolist(),
-        }
-        return _results(self.predict(f.RECOMMEND_SIGNATURE, inputs), users)
+        signature, inputs = by_user_inputs(user_ids, k, exclude_anime_ids)
+        return _results(self.predict(signature, {a: v.tolist() for a, v in inputs.items()}), user_ids)
 
     def recommend_from_liked(self, liked, k: int = 10, exclude_anime_ids=None) -> list[UserRecommendations]:
-        inputs = {
-            f.SERVING_LIKED: _pad(liked, len(liked)).tolist(),
-            f.SERVING_K: [k] * len(liked),
-            f.SERVING_EXCLUDE: _pad(exclude_anime_ids or [[] for _ in liked], len(liked)).tolist(),
-        }
-        return _results(self.predict(f.FROM_LIKED_SIGNATURE, inputs), [NEW_USER] * len(liked))
+        signature, inputs = from_liked_inputs(liked, k, exclude_anime_ids)
+        return _results(self.predict(signature, {a: v.tolist() for a, v in inputs.items()}), [NEW_USER] * len(liked))
 
     def close(self) -> None:
         pass
