@@ -16,7 +16,7 @@ def _liked(rng, users=30, items=12, rows=200):
     return rng.integers(0, users, rows), rng.integers(0, items, rows)
 
 
-def _features_module(item_in, item_out, column, catalog_size, genres=None):
+def _features_module(item_in, item_out, column, catalog_size, genres=None, members=None):
     rng = np.random.default_rng(9)
     return ranking.RankingFeatures(
         item_in,
@@ -25,7 +25,7 @@ def _features_module(item_in, item_out, column, catalog_size, genres=None):
         rng.integers(0, 50, catalog_size).astype(np.float64),
         genres if genres is not None else ranking.genre_matrix(rng.integers(0, 4, (catalog_size, 3)), 4),
         rng.uniform(5, 9, catalog_size).astype(np.float32),
-        rng.integers(0, 10_000, catalog_size),
+        members if members is not None else rng.integers(0, 10_000, catalog_size),
     )
 
 
@@ -53,7 +53,8 @@ def test_candidates_are_both_retrievers_top_titles_unseen_and_ordered_by_retriev
     rng = np.random.default_rng(1)
     users, positions = _liked(rng, items=40, rows=600)
     index = evaluation.EaseIndex(users, positions, 40)
-    module = _features_module(*ranking.ease_factors(index.eigen, index.items, 40, 5.0, rank=32), 40)
+    members = rng.integers(0, 10_000, 40)
+    module = _features_module(*ranking.ease_factors(index.eigen, index.items, 40, 5.0, rank=32), 40, members=members)
     history = np.array([[1, 2, 3, -1], [5, 6, -1, -1]], np.int32)
     retrieval_scores = rng.normal(size=(2, 40)).astype(np.float32)
     retrieval_scores[0, [1, 2, 3, 10]] = -np.inf  # seen
@@ -76,6 +77,20 @@ def test_candidates_are_both_retrievers_top_titles_unseen_and_ordered_by_retriev
         np.testing.assert_allclose(
             features[row, present[row], column], item_item[row, candidates[row][present[row]]], rtol=1e-5
         )
+        # Each present candidate's place by item-item score (ties in list order), padding last.
+        listed = np.where(present[row], item_item[row, candidates[row]], -np.inf)
+        place = np.argsort(np.argsort(-listed, kind="stable"), kind="stable")
+        np.testing.assert_allclose(
+            features[row, :, ranking.FEATURE_NAMES.index("log_item_item_rank")][present[row]],
+            np.log1p(place)[present[row]],
+            rtol=1e-6,
+        )
+        titles = candidates[row][present[row]]
+        np.testing.assert_allclose(
+            features[row, present[row], ranking.FEATURE_NAMES.index("log_mal_members")],
+            np.log1p(members[titles]),
+            rtol=1e-6,
+        )
 
 
 def test_ranker_learns_which_feature_marks_the_liked_title():
@@ -86,12 +101,12 @@ def test_ranker_learns_which_feature_marks_the_liked_title():
     labels[np.arange(lists), features[:, :, 2].argmax(axis=1)] = 1.0  # feature 2 decides
     present = np.ones((lists, n), bool)
     ranker = ranking.fit_ranker(features[:200], labels[:200], present[:200], (8,), epochs=100, max_steps=300, members=2)
-    # The served form (one MLP of all members' units) is the members' mean.
+    # The served form (one MLP of all members' units, normalization folded in) is the members' mean.
     np.testing.assert_allclose(
-        ranker(tf.constant(features[200:])).numpy(),
+        ranking.ServingRanker(ranker)(tf.constant(features[200:])).numpy(),
         tf.reduce_mean(ranker.member_scores(tf.constant(features[200:])), axis=0).numpy(),
-        rtol=1e-5,
-        atol=1e-5,
+        rtol=1e-4,
+        atol=1e-4,
     )
     order = ranking.rerank(ranker, features[200:], present[200:])
     top = order[:, 0]
@@ -100,6 +115,21 @@ def test_ranker_learns_which_feature_marks_the_liked_title():
     present[200:, 0] = False
     order = ranking.rerank(ranker, features[200:], present[200:])
     assert np.all(order[:, -1] == 0)
+
+
+@pytest.mark.parametrize("hidden_units", [(), (6,), (6, 3)])
+def test_serving_ranker_computes_the_members_mean(hidden_units):
+    rng = np.random.default_rng(3)
+    width = 4
+    ranker = ranking.Ranker(rng.normal(size=width).tolist(), rng.uniform(0.1, 3.0, width).tolist(), hidden_units, 3)
+    features = tf.constant(rng.normal(size=(5, 7, width)).astype(np.float32))
+    ranker(features)  # builds the members
+    for scorer in ranker.scorers:  # away from the initialization's zero biases
+        for layer in scorer.layers:
+            layer.bias.assign(rng.normal(size=layer.bias.shape).astype(np.float32))
+    served = ranking.ServingRanker(ranker)(features).numpy()
+    assert served.shape == (5, 7)
+    np.testing.assert_allclose(served, ranker(features).numpy(), rtol=1e-4, atol=1e-4)
 
 
 def _clustered_data(users=80, seed=0) -> TrainingData:
@@ -183,7 +213,8 @@ def test_second_stage_is_chosen_on_validation_rows(fitted):
     assert set(report["validation_recall@50"]) >= {"retrieval only", "ease"}
     assert stage.candidates == 6 and stage.item_item_candidates == 4
     # The serving tables know every training row: validation rows are back in the item-item counts.
-    assert float(tf.reduce_sum(stage.features.log_popularity)) == pytest.approx(
+    log_popularity = stage.features.title_features[:, ranking.TITLE_FEATURES.index("log_popularity")]
+    assert float(tf.reduce_sum(log_popularity)) == pytest.approx(
         float(np.log1p(np.bincount(np.concatenate([data.history_values, data.validation_values]), minlength=24)).sum()),
         rel=1e-5,
     )

@@ -36,6 +36,7 @@ import tensorflow as tf
 
 from animerec import evaluation
 from animerec import features as f
+from animerec.model import ranking
 from animerec.model.data import TrainingData
 from animerec.model.retrieval import RetrievalModel, query_embeddings
 from animerec.model.two_stage import SecondStage, liked_positions
@@ -116,7 +117,7 @@ class RecommenderModule(tf.Module):
         self.second_stage = second_stage
         if second_stage is not None:
             self.ranking_features = second_stage.features
-            self.ranker = second_stage.ranker
+            self.ranker = ranking.ServingRanker(second_stage.ranker)
             self.candidates = min(second_stage.candidates, len(catalog.anime_id))
             self.item_item_candidates = min(second_stage.item_item_candidates, len(catalog.anime_id))
             liked_splits, liked_values = _csr_int32(*liked_positions(data))

@@ -31,6 +31,8 @@ FEATURE_NAMES = (
     "genre_affinity",
     "log_history_length",
 )
+# The features that depend on the title alone, consecutive in FEATURE_NAMES.
+TITLE_FEATURES = ("log_popularity", "mal_score", "log_mal_members")
 
 
 def ease_factors(
@@ -92,14 +94,17 @@ class RankingFeatures(tf.Module):
         # Catalog position of each EASE column.
         ease_items = np.argsort(item_column, kind="stable")[: item_out.shape[1] - 1].astype(np.int32)
         self.ease_items = tf.Variable(ease_items, trainable=False, name="ease_items")
-        self.log_popularity = tf.Variable(
-            np.log1p(likes_by_position).astype(np.float32), trainable=False, name="log_popularity"
+        # The per-title features (TITLE_FEATURES, in FEATURE_NAMES' order) in one table: one gather a request.
+        title_features = np.stack(
+            [
+                np.log1p(likes_by_position),
+                np.asarray(mal_score, np.float64),
+                np.log1p(np.asarray(members, np.float64)),
+            ],
+            axis=1,
         )
+        self.title_features = tf.Variable(title_features.astype(np.float32), trainable=False, name="title_features")
         self.genres = tf.Variable(genres, trainable=False, name="catalog_genre_matrix")
-        self.mal_score = tf.Variable(np.asarray(mal_score, np.float32), trainable=False, name="mal_score")
-        self.log_members = tf.Variable(
-            np.log1p(np.asarray(members, np.float64)).astype(np.float32), trainable=False, name="log_mal_members"
-        )
 
     def item_item_columns(self, history: tf.Tensor) -> tf.Tensor:
         """[batch, EASE titles + 1]: EASE's scores from the user's liked titles
@@ -171,24 +176,32 @@ class RankingFeatures(tf.Module):
         affinity = tf.reduce_sum(tf.gather(self.genres, candidates) * profile[:, None, :], axis=2)
 
         shape = tf.shape(candidates)
-        rank = tf.broadcast_to(tf.math.log1p(tf.cast(tf.range(shape[1]), tf.float32))[None, :], shape)
+        positions = tf.broadcast_to(tf.range(shape[1])[None, :], shape)
         # Relative to the user's own list: robust to how long the history is.
         ranked_item_item = tf.where(present, item_item, float("-inf"))
         best = tf.reduce_max(tf.where(present, item_item, 0.0), axis=1, keepdims=True)
-        item_item_rank = tf.argsort(tf.argsort(ranked_item_item, axis=1, direction="DESCENDING", stable=True), axis=1)
-        columns = [
+        # Each candidate's place in the list by item-item score: one stable sort (top_k keeps
+        # ties in index order, as a stable argsort does) and its inverse permutation.
+        order = tf.math.top_k(ranked_item_item, k=shape[1]).indices
+        rows = tf.broadcast_to(tf.range(shape[0])[:, None], shape)
+        item_item_rank = tf.scatter_nd(tf.stack([rows, order], axis=-1), positions, shape)
+        before_titles = [
             tf.where(present, retrieval_scores, 0.0),
-            rank,
+            tf.math.log1p(tf.cast(positions, tf.float32)),
             item_item,
             item_item / tf.maximum(best, 1e-6),
             tf.math.log1p(tf.cast(item_item_rank, tf.float32)),
-            tf.gather(self.log_popularity, candidates),
-            tf.gather(self.mal_score, candidates),
-            tf.gather(self.log_members, candidates),
-            affinity,
-            tf.broadcast_to(tf.math.log1p(count)[:, None], shape),
         ]
-        return tf.where(present[..., None], tf.stack(columns, axis=-1), 0.0)
+        after_titles = [affinity, tf.broadcast_to(tf.math.log1p(count)[:, None], shape)]
+        columns = tf.concat(
+            [
+                tf.stack(before_titles, axis=-1),
+                tf.gather(self.title_features, candidates),
+                tf.stack(after_titles, axis=-1),
+            ],
+            axis=-1,
+        )
+        return tf.where(present[..., None], columns, 0.0)
 
 
 class Ranker(tfrs.Model):
@@ -217,17 +230,7 @@ class Ranker(tfrs.Model):
         return tf.stack([tf.squeeze(scorer(normalized), axis=-1) for scorer in self.scorers])
 
     def call(self, features: tf.Tensor) -> tf.Tensor:
-        if len(self.scorers[0].layers) != 2 or not self.scorers[0].built:
-            return tf.reduce_mean(self.member_scores(features), axis=0)
-        # One hidden layer: the members' mean is one MLP of all their hidden units, the
-        # output weights divided by their number. Three matmuls and a few ops per
-        # request instead of a dozen small ones per member.
-        hidden = tf.concat([scorer.layers[0].kernel for scorer in self.scorers], axis=1)
-        hidden_bias = tf.concat([scorer.layers[0].bias for scorer in self.scorers], axis=0)
-        out = tf.concat([scorer.layers[1].kernel for scorer in self.scorers], axis=0) / len(self.scorers)
-        out_bias = tf.reduce_mean(tf.stack([scorer.layers[1].bias for scorer in self.scorers]))
-        units = tf.nn.relu(tf.tensordot(self.normalization(features), hidden, axes=1) + hidden_bias)
-        return tf.squeeze(tf.tensordot(units, out, axes=1), axis=-1) + out_bias
+        return tf.reduce_mean(self.member_scores(features), axis=0)
 
     @tf.autograph.experimental.do_not_convert
     def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:
@@ -240,6 +243,57 @@ class Ranker(tfrs.Model):
                 for scores in tf.unstack(self.member_scores(features))
             ]
         )
+
+
+class ServingRanker(tf.Module):
+    """A fitted Ranker as one MLP, for serving: the normalization folded into the first
+    layer, the members side by side (the first layer's units concatenated, deeper layers
+    block-diagonal, the output weights divided by their number, so the output is the
+    members' mean). Computes what Ranker computes, up to float rounding, in a few ops a
+    request instead of a few dozen."""
+
+    def __init__(self, ranker: Ranker):
+        super().__init__()
+        members = [[(layer.kernel.numpy(), layer.bias.numpy()) for layer in s.layers] for s in ranker.scorers]
+        mean = np.asarray(ranker.normalization.mean, np.float64).reshape(-1)
+        scale = 1.0 / np.maximum(np.sqrt(np.asarray(ranker.normalization.variance, np.float64).reshape(-1)), 1e-7)
+        layers = []
+        for depth in range(len(members[0])):
+            kernels = [m[depth][0].astype(np.float64) for m in members]
+            biases = [m[depth][1].astype(np.float64) for m in members]
+            if depth == len(members[0]) - 1:  # the output layer: the members' mean
+                # After hidden layers each member reads its own units; a linear ranker's members
+                # all read the features.
+                kernel = np.concatenate(kernels, axis=0) / len(members) if depth else np.mean(kernels, axis=0)
+                bias = np.mean(biases, axis=0)
+            elif depth == 0:  # every member reads the same features
+                kernel, bias = np.concatenate(kernels, axis=1), np.concatenate(biases)
+            else:  # each member reads its own units
+                kernel = np.zeros((sum(k.shape[0] for k in kernels), sum(k.shape[1] for k in kernels)))
+                row = col = 0
+                for k in kernels:
+                    kernel[row : row + k.shape[0], col : col + k.shape[1]] = k
+                    row, col = row + k.shape[0], col + k.shape[1]
+                bias = np.concatenate(biases)
+            if depth == 0:  # (x - mean) * scale @ W + b = x @ (scale W) + (b - (mean scale) @ W)
+                bias = bias - (mean * scale) @ kernel
+                kernel = kernel * scale[:, None]
+            layers.append((kernel, bias))
+        self.kernels = [
+            tf.Variable(k.astype(np.float32), trainable=False, name=f"kernel_{i}") for i, (k, _) in enumerate(layers)
+        ]
+        self.biases = [
+            tf.Variable(b.astype(np.float32), trainable=False, name=f"bias_{i}") for i, (_, b) in enumerate(layers)
+        ]
+
+    def __call__(self, features: tf.Tensor) -> tf.Tensor:
+        """[batch, N, features] -> [batch, N] scores."""
+        units = features
+        for i, (kernel, bias) in enumerate(zip(self.kernels, self.biases)):
+            units = tf.matmul(units, kernel) + bias
+            if i < len(self.kernels) - 1:
+                units = tf.nn.relu(units)
+        return tf.squeeze(units, axis=-1)
 
 
 def fit_ranker(
