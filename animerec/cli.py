@@ -9,6 +9,7 @@ import sys
 import warnings
 
 from animerec.data import interactions, kaggle
+from animerec.pipeline import shutdown
 
 
 def _add_filter_args(parser: argparse.ArgumentParser) -> None:
@@ -69,9 +70,10 @@ def _data_convert(args) -> int:
     from animerec.pipeline.local_runner import direct_runner_args
 
     liked_filter, split = _filter_and_split(args)
-    convert.convert_kaggle(
-        args.data_dir, args.out, liked_filter, split, beam_pipeline_args=direct_runner_args(args.workers)
-    )
+    with shutdown.stops_cleanly():
+        convert.convert_kaggle(
+            args.data_dir, args.out, liked_filter, split, beam_pipeline_args=direct_runner_args(args.workers)
+        )
     return 0
 
 
@@ -128,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     except kaggle.DataError as error:
         print(f"animerec: error: {error}", file=sys.stderr)
         return 2
+    except shutdown.RunInterruptedError as error:
+        print(f"animerec: {error}; worker processes stopped, the running step recorded as failed", file=sys.stderr)
+        return error.exit_code
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from animerec.config import TrainingConfig
 from animerec.data import convert, interactions
 from animerec.evaluation import GateConfig
-from animerec.pipeline import artifacts
+from animerec.pipeline import artifacts, shutdown
 from animerec.pipeline import progress as progress_module
 from animerec.pipeline.pipeline import SCHEMA_FILE, create_pipeline
 
@@ -103,39 +103,43 @@ def run_local(
     paths = output_paths(output_dir)
     os.makedirs(output_dir, exist_ok=True)
     start = time.time()
-    progress(f"[{time.strftime('%H:%M:%S')}] Converting {data_dir}")
-    log_path = os.path.join(output_dir, "pipeline.log")
-    progress(f"Full log: {log_path}")
-    # The converter runs on this machine's DirectRunner even when the pipeline's Beam
-    # arguments name a distributed runner: its input and output are local files.
-    local_args = beam_pipeline_args if beam_pipeline_args and "--runner=DirectRunner" in beam_pipeline_args else None
-    with _logs_to_file(log_path):
-        convert.convert_kaggle(
-            data_dir,
-            paths["examples_input"],
-            liked_filter,
-            split,
-            progress=progress,
-            beam_pipeline_args=local_args or direct_runner_args(),
+    # SIGTERM or Ctrl-C: the running component is recorded as failed, Beam's workers stop.
+    with shutdown.stops_cleanly(paths["metadata"]):
+        progress(f"[{time.strftime('%H:%M:%S')}] Converting {data_dir}")
+        log_path = os.path.join(output_dir, "pipeline.log")
+        progress(f"Full log: {log_path}")
+        # The converter runs on this machine's DirectRunner even when the pipeline's Beam
+        # arguments name a distributed runner: its input and output are local files.
+        local_args = (
+            beam_pipeline_args if beam_pipeline_args and "--runner=DirectRunner" in beam_pipeline_args else None
         )
-    timings = {"convert": time.time() - start}
+        with _logs_to_file(log_path):
+            convert.convert_kaggle(
+                data_dir,
+                paths["examples_input"],
+                liked_filter,
+                split,
+                progress=progress,
+                beam_pipeline_args=local_args or direct_runner_args(),
+            )
+        timings = {"convert": time.time() - start}
 
-    pipeline = create_pipeline(
-        pipeline_name=PIPELINE_NAME,
-        pipeline_root=paths["pipeline_root"],
-        data_root=paths["examples_input"],
-        serving_dir=paths["serving_dir"],
-        training=training,
-        gate=gate,
-        train_steps=train_steps,
-        schema_file=None if infer_schema else SCHEMA_FILE,
-        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(paths["metadata"]),
-        beam_pipeline_args=beam_pipeline_args if beam_pipeline_args is not None else direct_runner_args(),
-    )
-    tracker = progress_module.ComponentProgress(progress)
-    with _logs_to_file(log_path), tracker.installed(), _program_name_only():
-        tfx.orchestration.LocalDagRunner().run(pipeline)
-    timings.update(tracker.seconds)
+        pipeline = create_pipeline(
+            pipeline_name=PIPELINE_NAME,
+            pipeline_root=paths["pipeline_root"],
+            data_root=paths["examples_input"],
+            serving_dir=paths["serving_dir"],
+            training=training,
+            gate=gate,
+            train_steps=train_steps,
+            schema_file=None if infer_schema else SCHEMA_FILE,
+            metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(paths["metadata"]),
+            beam_pipeline_args=beam_pipeline_args if beam_pipeline_args is not None else direct_runner_args(),
+        )
+        tracker = progress_module.ComponentProgress(progress)
+        with _logs_to_file(log_path), tracker.installed(), _program_name_only():
+            tfx.orchestration.LocalDagRunner().run(pipeline)
+        timings.update(tracker.seconds)
     timings["total"] = time.time() - start
     from animerec import report
 

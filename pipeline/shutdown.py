@@ -1,0 +1,102 @@
+"""Stopping a local run cleanly on SIGTERM or Ctrl-C: the component that was running is
+recorded as failed in ML Metadata, Beam's worker processes stop with it, and the command
+exits with one line instead of a traceback.
+
+The signal becomes `RunInterruptedError`, an Exception (Ctrl-C's KeyboardInterrupt is not one):
+TFX's launcher catches Exceptions from an executor and publishes its execution as
+FAILED before it re-raises, which it does not do for a KeyboardInterrupt. Whatever a
+signal caught outside an executor left RUNNING is marked CANCELED afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+
+
+class RunInterruptedError(Exception):
+    """The run was stopped by a signal (SIGTERM, or SIGINT from Ctrl-C)."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal's number, as a shell reports a process killed by it."""
+        return 128 + self.signum
+
+
+def stop_descendants(timeout: float = 10.0) -> list[int]:
+    """Terminates every process this one started (Beam's SDK workers and their children),
+    then kills those still alive after `timeout` seconds. Returns their pids."""
+    import psutil
+
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.terminate()
+    _, alive = psutil.wait_procs(children, timeout=timeout)
+    for child in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+    psutil.wait_procs(alive, timeout=timeout)
+    return [child.pid for child in children]
+
+
+def cancel_running_executions(metadata_path: str) -> list[int]:
+    """Marks the executions a stopped run left NEW or RUNNING as CANCELED. Returns their ids."""
+    from ml_metadata.metadata_store import metadata_store
+    from ml_metadata.proto import metadata_store_pb2
+
+    if not os.path.exists(metadata_path):
+        return []
+    config = metadata_store_pb2.ConnectionConfig()
+    config.sqlite.filename_uri = metadata_path
+    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE
+    store = metadata_store.MetadataStore(config)
+    unfinished = {metadata_store_pb2.Execution.NEW, metadata_store_pb2.Execution.RUNNING}
+    executions = [e for e in store.get_executions() if e.last_known_state in unfinished]
+    for execution in executions:
+        execution.last_known_state = metadata_store_pb2.Execution.CANCELED
+    if executions:
+        store.put_executions(executions)
+    return [e.id for e in executions]
+
+
+@contextlib.contextmanager
+def stops_cleanly(metadata_path: str | None = None):
+    """Within the block, SIGTERM and SIGINT raise RunInterruptedError; on the way out the child
+    processes are stopped and unfinished executions in `metadata_path` (if given) cancelled.
+    A second signal during that clean-up is ignored. Outside the main thread (where
+    Python cannot handle signals) the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    received: list[int] = []
+
+    def interrupt(signum, _frame):
+        for s in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(s, signal.SIG_IGN)
+        received.append(signum)
+        raise RunInterruptedError(signum)
+
+    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    except BaseException as error:
+        # A library between the signal and here may have wrapped RunInterruptedError in its own error.
+        if not received:
+            raise
+        stop_descendants()
+        if metadata_path:
+            cancel_running_executions(metadata_path)
+        if isinstance(error, RunInterruptedError):
+            raise
+        raise RunInterruptedError(received[0]) from error
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
