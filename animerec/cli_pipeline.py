@@ -155,7 +155,9 @@ def _kubeflow_run_local(args) -> int:
         parameters[name] = value
     # The tasks inherit this process's environment, TF_USE_LEGACY_KERAS included (animerec sets it).
     outputs = local_launcher.run_compiled_pipeline(args.job, args.root, parameters)
-    print(f"Ran {len(outputs)} tasks; artifacts under {args.root}")
+    print(
+        f"Ran {len(outputs)} tasks; artifacts under {args.root}, ML Metadata in {args.root}/{local_launcher.METADATA_FILE}"
+    )
     return 0
 
 

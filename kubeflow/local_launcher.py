@@ -6,9 +6,11 @@ metadata, output artifact URIs, an output file), runs the executor container's
 command and arguments as a local process, and reads the ExecutorOutput it
 writes back, so the next tasks get the artifacts' metadata (split names, the
 blessing) as they would on a cluster. It checks that the entrypoints in the
-compiled spec work outside LocalDagRunner; it is not a KFP backend: no caching,
-no ML Metadata, and resolver tasks (the latest blessed model) resolve to nothing,
-as on a pipeline's first run.
+compiled spec work outside LocalDagRunner; it is not a KFP backend (no caching), but
+it keeps ML Metadata as one: each task's output artifacts go to an SQLite store under
+the root, and resolver tasks (the latest blessed model) answer their queries from it
+(kubeflow/local_metadata.py), so a second run is evaluated against the first run's
+blessed model. Each run's artifacts live under <root>/<run id>/<task>/.
 """
 
 from __future__ import annotations
@@ -58,6 +60,9 @@ def _substitute(arg: str, executor_input: dict) -> str:
     return arg
 
 
+METADATA_FILE = "metadata.sqlite"
+
+
 def run_compiled_pipeline(
     job_path: str,
     root: str,
@@ -65,7 +70,10 @@ def run_compiled_pipeline(
     env: dict | None = None,
     progress=print,
 ) -> dict:
-    """Runs every task of the compiled job under `root`; returns each task's output artifacts."""
+    """Runs every task of the compiled job under `root` (ML Metadata in <root>/metadata.sqlite);
+    returns each task's output artifacts."""
+    from animerec.kubeflow.local_metadata import LocalMetadata
+
     with open(job_path) as fh:
         job = json.load(fh)
     spec = job["pipelineSpec"]
@@ -74,6 +82,8 @@ def run_compiled_pipeline(
     executors = spec["deploymentSpec"]["executors"]
     values = {**job.get("runtimeConfig", {}).get("parameterValues", {}), **(parameters or {})}
     root = os.path.abspath(root)
+    metadata = LocalMetadata(os.path.join(root, METADATA_FILE))
+    run_id = time.strftime("run-%Y%m%d-%H%M%S") + f"-{os.getpid()}"
     env = {**os.environ, **(env or {})}
     outputs: dict[str, dict[str, list]] = {}
     for name in _task_order(tasks):
@@ -81,11 +91,19 @@ def run_compiled_pipeline(
         component = components[task["componentRef"]["name"]]
         executor = executors[component["executorLabel"]]
         output_keys = list(component.get("outputDefinitions", {}).get("artifacts", {}))
+        inputs = {}
+        for key, source in task.get("inputs", {}).get("artifacts", {}).items():
+            producer = source["taskOutputArtifact"]
+            inputs[key] = outputs[producer["producerTask"]][producer["outputArtifactKey"]]
         if "resolver" in executor:
-            outputs[name] = {key: [] for key in output_keys}
-            progress(f"{name}: resolver, nothing to resolve on a first run")
+            queries = executor["resolver"]["outputArtifactQueries"]
+            outputs[name] = {
+                key: metadata.resolve(queries[key]["filter"], inputs) if key in queries else [] for key in output_keys
+            }
+            found = {key: [a["uri"] for a in found] for key, found in outputs[name].items()}
+            progress(f"{name}: resolver, found {found}" if any(found.values()) else f"{name}: resolver, nothing found")
             continue
-        task_dir = os.path.join(root, name)
+        task_dir = os.path.join(root, run_id, name)
         executor_input = {
             "inputs": {
                 "parameterValues": {
@@ -98,7 +116,7 @@ def run_compiled_pipeline(
                     key: {
                         "artifacts": [
                             {
-                                "name": f"{name}-{key}",
+                                "name": f"{run_id}/{name}-{key}",
                                 "type": definition["artifactType"],
                                 "uri": os.path.join(task_dir, key),
                                 "metadata": {},
@@ -112,9 +130,7 @@ def run_compiled_pipeline(
                 "outputFile": os.path.join(task_dir, "executor_output.json"),
             },
         }
-        for key, source in task.get("inputs", {}).get("artifacts", {}).items():
-            producer = source["taskOutputArtifact"]
-            artifacts = outputs[producer["producerTask"]][producer["outputArtifactKey"]]
+        for key, artifacts in inputs.items():
             if artifacts:  # an optional input a resolver left empty is simply absent
                 executor_input["inputs"]["artifacts"][key] = {"artifacts": artifacts}
         os.makedirs(task_dir, exist_ok=True)
@@ -142,5 +158,6 @@ def run_compiled_pipeline(
                 declared = produced.get(key, [{}])
                 produced[key] = [{**declared[min(i, len(declared) - 1)], **a} for i, a in enumerate(value["artifacts"])]
         outputs[name] = produced
+        metadata.record(run_id, name, produced)
         progress(f"{name}: done in {time.time() - start:.1f}s")
     return outputs

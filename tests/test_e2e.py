@@ -14,12 +14,15 @@ import pandas as pd
 import pytest
 
 from animerec.config import TrainingConfig
-from animerec.data import kaggle, synth
+from animerec.data import convert, kaggle, synth
 from animerec.evaluation import GateConfig
 from animerec.pipeline import local_runner
 
 pytestmark = pytest.mark.e2e
 
+# Tiny data in one process: Beam's multi-process mode (each worker a TensorFlow start-up)
+# is what the real-sample run below and tests/test_shutdown.py exercise.
+IN_PROCESS = convert.IN_PROCESS_BEAM_ARGS
 PERMISSIVE_GATE = GateConfig(min_value=0.0, min_lift_over_popularity=-1.0, max_regression=1.0)
 RECOMMEND_SCRIPT = """
 import json, os, sys
@@ -69,7 +72,13 @@ def test_pipeline_on_synthetic_data_caches_and_gates(tmp_path):
     training = TrainingConfig(epochs=1, batch_size=256)
 
     first = local_runner.run_local(
-        data_dir, out_dir, training=training, gate=PERMISSIVE_GATE, train_steps=20, progress=print
+        data_dir,
+        out_dir,
+        training=training,
+        gate=PERMISSIVE_GATE,
+        train_steps=20,
+        progress=print,
+        beam_pipeline_args=IN_PROCESS,
     )
     assert first["pushed_model"], "a blessed model is pushed"
     assert first["evaluation"]["blessed"]
@@ -84,7 +93,13 @@ def test_pipeline_on_synthetic_data_caches_and_gates(tmp_path):
     # runs again (the resolver now finds the first run's blessed model) and, since that is
     # the same model, nothing new is pushed.
     second = local_runner.run_local(
-        data_dir, out_dir, training=training, gate=PERMISSIVE_GATE, train_steps=20, progress=print
+        data_dir,
+        out_dir,
+        training=training,
+        gate=PERMISSIVE_GATE,
+        train_steps=20,
+        progress=print,
+        beam_pipeline_args=IN_PROCESS,
     )
     for component in ("ImportExampleGen", "StatisticsGen", "Transform", "Trainer"):
         assert second["cached"][component], f"{component} should have been cached"
@@ -94,7 +109,9 @@ def test_pipeline_on_synthetic_data_caches_and_gates(tmp_path):
     # A new model (more steps) that cannot pass a strict gate: evaluated against the last
     # blessed model, not blessed, and Pusher pushes nothing.
     strict = GateConfig(min_value=1.01)
-    third = local_runner.run_local(data_dir, out_dir, training=training, gate=strict, train_steps=25, progress=print)
+    third = local_runner.run_local(
+        data_dir, out_dir, training=training, gate=strict, train_steps=25, progress=print, beam_pipeline_args=IN_PROCESS
+    )
     assert third["cached"]["Transform"] and not third["cached"]["Trainer"]
     assert not third["evaluation"]["blessed"]
     assert "last_blessed" in third["evaluation"]["metrics"]

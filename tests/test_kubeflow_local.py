@@ -30,17 +30,24 @@ def test_compiled_task_commands_run_the_pipeline(tmp_path):
         serving_dir=serving_dir,
         schema_file=SCHEMA,
         gate=GateConfig(min_value=0.0, min_lift_over_popularity=-1.0, max_regression=1.0),
+        # Tiny data: Beam in each container's own process, no worker start-ups.
+        beam_pipeline_args=convert.IN_PROCESS_BEAM_ARGS,
     )
     training = json.dumps(TrainingConfig(epochs=1, batch_size=256).to_json_dict())
-    lines = []
-    outputs = local_launcher.run_compiled_pipeline(
-        job_path,
-        str(tmp_path / "kfp"),
-        parameters={runner.DATA_ROOT_PARAMETER: examples, runner.TRAINING_PARAMETER: training},
-        env={"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"},
-        progress=lines.append,
-    )
-    print("\n".join(lines))
+
+    def run(lines: list) -> dict:
+        outputs = local_launcher.run_compiled_pipeline(
+            job_path,
+            str(tmp_path / "kfp"),
+            parameters={runner.DATA_ROOT_PARAMETER: examples, runner.TRAINING_PARAMETER: training},
+            env={"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"},
+            progress=lines.append,
+        )
+        print("\n".join(lines))
+        return outputs
+
+    first_lines: list = []
+    outputs = run(first_lines)
     # Every container ran; the runtime parameters reached ExampleGen and the Trainer.
     assert json.loads(outputs["ImportExampleGen"]["examples"][0]["metadata"]["split_names"]) == [
         "train",
@@ -49,8 +56,23 @@ def test_compiled_task_commands_run_the_pipeline(tmp_path):
     ]
     with open(os.path.join(outputs["Trainer"]["model_run"][0]["uri"], "training_history.json")) as fh:
         assert json.load(fh)["config"]["batch_size"] == 256
+    # A first run: the resolver finds no blessed model, nothing to compare with.
+    assert any("resolver, nothing found" in line for line in first_lines)
+    blessing = outputs["RetrievalEvaluator"]["blessing"][0]["metadata"]
     # The blessing crossed from the Evaluator's container to the Pusher's through the executor output.
-    assert outputs["RetrievalEvaluator"]["blessing"][0]["metadata"]["blessed"] == 1
+    assert blessing["blessed"] == 1 and "baseline_model" not in blessing
     versions = server.complete_versions(serving_dir)
     assert len(versions) == 1
     assert_never_recommends_seen(os.path.join(serving_dir, str(versions[0])), data_dir)
+
+    # A second run: ML Metadata under the root gives the resolver the first run's blessed
+    # model, and the Evaluator compares the new model against it, as on a cluster.
+    second = run([])
+    first_model = outputs["Trainer"]["model"][0]["uri"]
+    assert second["latest_blessed_model_resolver-model-resolver"]["model"][0]["uri"] == first_model
+    assert second["Trainer"]["model"][0]["uri"] != first_model, "each run has its own artifacts"
+    second_blessing = second["RetrievalEvaluator"]["blessing"][0]["metadata"]
+    assert second_blessing["baseline_model"] == first_model
+    with open(os.path.join(second["RetrievalEvaluator"]["evaluation"][0]["uri"], "metrics.json")) as fh:
+        assert "last_blessed" in json.load(fh)
+    assert len(server.complete_versions(serving_dir)) == 1 + second_blessing["blessed"]

@@ -35,12 +35,15 @@ def test_unfinished_executions_are_cancelled_and_finished_ones_kept(tmp_path):
     path = str(tmp_path / "metadata.sqlite")
     store = _store(path)
     type_id = store.put_execution_type(metadata_store_pb2.ExecutionType(name="Transform"))
-    E = metadata_store_pb2.Execution
+    ex = metadata_store_pb2.Execution
     ids = store.put_executions(
-        [E(type_id=type_id, last_known_state=state) for state in (E.COMPLETE, E.RUNNING, E.CACHED, E.NEW, E.FAILED)]
+        [
+            ex(type_id=type_id, last_known_state=state)
+            for state in (ex.COMPLETE, ex.RUNNING, ex.CACHED, ex.NEW, ex.FAILED)
+        ]
     )
     assert sorted(shutdown.cancel_running_executions(path)) == [ids[1], ids[3]]
-    assert list(_states(path).values()) == [E.COMPLETE, E.CANCELED, E.CACHED, E.CANCELED, E.FAILED]
+    assert list(_states(path).values()) == [ex.COMPLETE, ex.CANCELED, ex.CACHED, ex.CANCELED, ex.FAILED]
     assert shutdown.cancel_running_executions(str(tmp_path / "none.sqlite")) == []
 
 
@@ -100,7 +103,7 @@ def test_sigterm_during_a_beam_stage_stops_the_workers_and_leaves_metadata_consi
     assert stderr.strip().splitlines()[-1].startswith("animerec: stopped by SIGTERM")
     _, alive = psutil.wait_procs(workers, timeout=10)
     assert not alive, f"worker processes left running: {[p.pid for p in alive]}"
-    E = metadata_store_pb2.Execution
+    ex = metadata_store_pb2.Execution
     states = _states(os.path.join(out, "metadata.sqlite"))
-    assert E.RUNNING not in states.values() and E.NEW not in states.values()
-    assert E.FAILED in states.values() or E.CANCELED in states.values(), "the stopped step is recorded"
+    assert ex.RUNNING not in states.values() and ex.NEW not in states.values()
+    assert ex.FAILED in states.values() or ex.CANCELED in states.values(), "the stopped step is recorded"

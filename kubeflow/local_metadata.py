@@ -1,0 +1,159 @@
+"""ML Metadata for `kubeflow run-local`: the artifacts each task produced, kept across runs
+in an SQLite store, and the pipeline's resolver queries answered from it, so a second run
+finds the first run's blessed model as it would on a cluster.
+
+The compiled spec's resolver tasks hold KFP artifact queries; TFX compiles the latest
+blessed model lookup into two of them:
+    schema_title="tfx.ModelBlessing" AND state=LIVE AND metadata.blessed.number_value=1
+    schema_title="tfx.Model" AND state=LIVE AND name="{{$.inputs.artifacts['input'].metadata['current_model_id']}}"
+The first yields the newest matching artifact. In the second, `current_model_id` is the id
+TFX's KFP entrypoint gave the Trainer's model in the Evaluator's container: a hash of
+the artifact's KFP name (kubeflow_v2_entrypoint_utils._get_hashed_id), so `name` matches
+an artifact whose name hashes to it (or equals it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+from tfx.orchestration.kubeflow.v2.container import kubeflow_v2_entrypoint_utils as entrypoint_utils
+
+# What run-local keeps of an artifact: the ExecutorInput form the next task receives.
+RUNTIME_ARTIFACT = "runtime_artifact"
+CLAUSE = re.compile(
+    r'^(?:schema_title="(?P<type>[^"]+)"|state=(?P<state>\w+)|metadata\.(?P<key>\w+)\.number_value=(?P<number>[-\d.]+)'
+    r'|name="(?P<name>[^"]*)")$'
+)
+INPUT_METADATA = re.compile(r"\{\{\$\.inputs\.artifacts\['(?P<input>\w+)'\]\.metadata\['(?P<key>\w+)'\]\}\}")
+
+
+class UnsupportedQuery(ValueError):  # noqa: N818 - named for what it reports
+    pass
+
+
+def schema_title(artifact_type: dict) -> str:
+    """The type's name ("tfx.Model"): its schemaTitle, or the title of its instanceSchema
+    (the form TFX's compiler writes)."""
+    if "schemaTitle" in artifact_type:
+        return artifact_type["schemaTitle"]
+    for line in artifact_type.get("instanceSchema", "").splitlines():
+        if line.startswith("title:"):
+            return line.split(":", 1)[1].strip()
+    raise ValueError(f"artifact type {artifact_type} names no schema title")
+
+
+def kfp_artifact_id(name: str) -> int:
+    """The integer id TFX's KFP entrypoint gives an artifact named `name`."""
+    return entrypoint_utils._get_hashed_id(name, {})
+
+
+class LocalMetadata:
+    """An MLMD SQLite store of run-local's tasks and their output artifacts."""
+
+    def __init__(self, path: str):
+        from ml_metadata.metadata_store import metadata_store
+        from ml_metadata.proto import metadata_store_pb2
+
+        self._pb = metadata_store_pb2
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        config = metadata_store_pb2.ConnectionConfig()
+        config.sqlite.filename_uri = path
+        config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE_OPENCREATE
+        self.store = metadata_store.MetadataStore(config)
+        self.path = path
+
+    def _type_id(self, kind: str, name: str) -> int:
+        pb = self._pb
+        if kind == "artifact":
+            return self.store.put_artifact_type(pb.ArtifactType(name=name), can_add_fields=True)
+        if kind == "execution":
+            return self.store.put_execution_type(pb.ExecutionType(name=name), can_add_fields=True)
+        return self.store.put_context_type(pb.ContextType(name=name))
+
+    def record(self, run_id: str, task: str, produced: dict[str, list[dict]]) -> None:
+        """Records task `task` of run `run_id` as complete with its output artifacts
+        (ExecutorInput form, by output key)."""
+        pb = self._pb
+        artifacts, events = [], []
+        for key, items in produced.items():
+            for index, item in enumerate(items):
+                artifact = pb.Artifact(
+                    type_id=self._type_id("artifact", schema_title(item["type"])),
+                    uri=item["uri"],
+                    name=item["name"],
+                    state=pb.Artifact.LIVE,
+                )
+                artifact.custom_properties[RUNTIME_ARTIFACT].string_value = json.dumps(item)
+                for name, value in item.get("metadata", {}).items():
+                    if isinstance(value, bool | int | float):
+                        artifact.custom_properties[name].double_value = float(value)
+                    elif isinstance(value, str):
+                        artifact.custom_properties[name].string_value = value
+                artifacts.append(artifact)
+                event = pb.Event(type=pb.Event.OUTPUT)
+                event.path.steps.add().key = key
+                event.path.steps.add().index = index
+                events.append(event)
+        execution = pb.Execution(
+            type_id=self._type_id("execution", task), name=f"{run_id}/{task}", last_known_state=pb.Execution.COMPLETE
+        )
+        context = pb.Context(type_id=self._type_id("context", "pipeline_run"), name=run_id)
+        existing = self.store.get_context_by_type_and_name("pipeline_run", run_id)
+        if existing is not None:
+            context = existing
+        self.store.put_execution(execution, list(zip(artifacts, events)), [context])
+
+    def resolve(self, query: str, inputs: dict[str, list[dict]]) -> list[dict]:
+        """The artifacts (ExecutorInput form) a KFP resolver query yields: the newest match,
+        or none. `inputs`: the resolver task's input artifacts, for placeholders."""
+        wanted: dict = {}
+        for clause in query.split(" AND "):
+            match = CLAUSE.match(clause.strip())
+            if match is None:
+                raise UnsupportedQuery(f"resolver query clause {clause!r} (in {query!r}) is not one run-local answers")
+            wanted.update({k: v for k, v in match.groupdict().items() if v is not None})
+        if "type" not in wanted:
+            raise UnsupportedQuery(f"resolver query {query!r} names no schema_title")
+        if "name" in wanted:
+
+            def metadata_value(placeholder: re.Match) -> str:
+                found = inputs.get(placeholder["input"], [])
+                if not found:
+                    raise LookupError("no input artifact")
+                value = found[0].get("metadata", {}).get(placeholder["key"])
+                if value is None:
+                    raise LookupError("no such metadata")
+                return str(value)
+
+            try:
+                wanted["name"] = INPUT_METADATA.sub(metadata_value, wanted["name"])
+            except LookupError:
+                return []  # the input it refers to resolved to nothing (a first run)
+        candidates = []
+        for artifact in self.store.get_artifacts_by_type(wanted["type"]):
+            if wanted.get("state", "LIVE") != self._pb.Artifact.State.Name(artifact.state):
+                continue
+            if "key" in wanted:
+                value = artifact.custom_properties.get(wanted["key"])
+                if value is None or value.double_value != float(wanted["number"]):
+                    continue
+            if "name" in wanted and not _names_match(wanted["name"], artifact.name):
+                continue
+            candidates.append(artifact)
+        if not candidates:
+            return []
+        newest = max(candidates, key=lambda a: (a.create_time_since_epoch, a.id))
+        return [json.loads(newest.custom_properties[RUNTIME_ARTIFACT].string_value)]
+
+
+def _names_match(wanted: str, name: str) -> bool:
+    """`wanted` is the artifact's name or its KFP id. Executor outputs carry metadata as
+    JSON numbers (doubles), so an id read back from them is compared as one."""
+    if wanted == name:
+        return True
+    try:
+        return float(wanted) == float(kfp_artifact_id(name))
+    except ValueError:
+        return False

@@ -1,0 +1,59 @@
+"""run-local's ML Metadata answers the resolver queries TFX compiles for the latest blessed model."""
+
+import pytest
+
+from animerec.kubeflow import local_metadata
+from animerec.kubeflow.local_metadata import LocalMetadata
+
+BLESSING_QUERY = 'schema_title="tfx.ModelBlessing" AND state=LIVE AND metadata.blessed.number_value=1'
+MODEL_QUERY = "schema_title=\"tfx.Model\" AND state=LIVE AND name=\"{{$.inputs.artifacts['input'].metadata['current_model_id']}}\""
+
+
+def _artifact(run: str, task: str, key: str, schema: str, **metadata) -> dict:
+    return {
+        "name": f"{run}/{task}-{key}",
+        "type": {"instanceSchema": f"title: {schema}\ntype: object\n"},  # as TFX compiles it
+        "uri": f"/root/{run}/{task}/{key}",
+        "metadata": metadata,
+    }
+
+
+def _run(store: LocalMetadata, run: str, blessed: int) -> dict:
+    model = _artifact(run, "Trainer", "model", "tfx.Model")
+    # As the Evaluator's executor output carries it: the model's KFP id, as a JSON number.
+    blessing = _artifact(
+        run,
+        "RetrievalEvaluator",
+        "blessing",
+        "tfx.ModelBlessing",
+        blessed=blessed,
+        current_model_id=float(local_metadata.kfp_artifact_id(model["name"])),
+    )
+    store.record(run, "Trainer", {"model": [model]})
+    store.record(run, "RetrievalEvaluator", {"blessing": [blessing]})
+    return {"model": model, "blessing": blessing}
+
+
+def test_the_latest_blessed_model_is_resolved_across_runs(tmp_path):
+    path = str(tmp_path / "metadata.sqlite")
+    store = LocalMetadata(path)
+    assert store.resolve(BLESSING_QUERY, {}) == []
+    assert store.resolve(MODEL_QUERY, {"input": []}) == [], "nothing to resolve on a first run"
+
+    first = _run(store, "run-1", blessed=1)
+    _run(LocalMetadata(path), "run-2", blessed=0)  # not blessed: never the baseline
+    store = LocalMetadata(path)  # what a later run-local process sees
+    blessing = store.resolve(BLESSING_QUERY, {})
+    assert blessing == [first["blessing"]]
+    assert store.resolve(MODEL_QUERY, {"input": blessing}) == [first["model"]]
+
+    third = _run(store, "run-3", blessed=1)
+    blessing = store.resolve(BLESSING_QUERY, {})
+    assert blessing == [third["blessing"]], "the newest blessing wins"
+    assert store.resolve(MODEL_QUERY, {"input": blessing}) == [third["model"]]
+
+
+def test_a_query_it_cannot_answer_is_refused(tmp_path):
+    store = LocalMetadata(str(tmp_path / "metadata.sqlite"))
+    with pytest.raises(local_metadata.UnsupportedQuery, match="create_time"):
+        store.resolve('schema_title="tfx.Model" AND create_time>3', {})
