@@ -8,38 +8,9 @@ import os
 import sys
 import warnings
 
-from animerec.data import interactions, kaggle
+from animerec import cli_args
+from animerec.data import kaggle
 from animerec.pipeline import shutdown
-
-
-def _add_filter_args(parser: argparse.ArgumentParser) -> None:
-    defaults = interactions.LikedFilter()
-    split = interactions.SplitConfig()
-    parser.add_argument(
-        "--min-score",
-        type=int,
-        default=defaults.min_score,
-        help="lowest score that counts as liked (default %(default)s)",
-    )
-    parser.add_argument(
-        "--eval-percent",
-        type=int,
-        default=split.eval_percent,
-        help="share of each user's liked rows held out for eval (default %(default)s)",
-    )
-    parser.add_argument(
-        "--min-history",
-        type=int,
-        default=split.min_history,
-        help="liked rows a user needs to get eval rows (default %(default)s)",
-    )
-
-
-def _filter_and_split(args) -> tuple[interactions.LikedFilter, interactions.SplitConfig]:
-    return (
-        interactions.LikedFilter(min_score=args.min_score),
-        interactions.SplitConfig(eval_percent=args.eval_percent, min_history=args.min_history),
-    )
 
 
 def _data_synth(args) -> int:
@@ -55,7 +26,7 @@ def _data_synth(args) -> int:
 def _data_summary(args) -> int:
     from animerec.data import summary
 
-    liked_filter, split = _filter_and_split(args)
+    liked_filter, split = cli_args.filter_and_split(args)
     result = summary.summarize(args.data_dir, liked_filter, split)
     if args.json:
         result.pop("_reports")
@@ -69,7 +40,7 @@ def _data_convert(args) -> int:
     from animerec.data import convert
     from animerec.pipeline.local_runner import direct_runner_args
 
-    liked_filter, split = _filter_and_split(args)
+    liked_filter, split = cli_args.filter_and_split(args)
     with shutdown.stops_cleanly():
         convert.convert_kaggle(
             args.data_dir, args.out, liked_filter, split, beam_pipeline_args=direct_runner_args(args.workers)
@@ -102,19 +73,19 @@ def build_parser() -> argparse.ArgumentParser:
     summary = data_commands.add_parser("summary", help="validate the Kaggle files and print what training will see")
     summary.add_argument("--data-dir", required=True, help="folder with the Kaggle CSV files")
     summary.add_argument("--json", action="store_true", help="print the counts as JSON")
-    _add_filter_args(summary)
+    cli_args.add_filter_args(summary)
     summary.set_defaults(func=_data_summary)
 
     convert = data_commands.add_parser("convert", help="convert the Kaggle files into ExampleGen input (TFRecords)")
     convert.add_argument("--data-dir", required=True, help="folder with the Kaggle CSV files")
     convert.add_argument("--out", required=True, help="output folder (train/, eval/, catalog/)")
     convert.add_argument("--workers", type=int, help="DirectRunner worker processes (default: one per core)")
-    _add_filter_args(convert)
+    cli_args.add_filter_args(convert)
     convert.set_defaults(func=_data_convert)
 
     from animerec import cli_pipeline
 
-    cli_pipeline.add_commands(commands, _add_filter_args, _filter_and_split)
+    cli_pipeline.add_commands(commands)
     return parser
 
 

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 
+from animerec import cli_args
 from animerec import features as f
 
 DEFAULT_K = 10
@@ -25,7 +26,7 @@ def _run(args) -> int:
         seed=args.seed,
     )
     gate = _gate(args)
-    liked_filter, split = args.filter_and_split(args)
+    liked_filter, split = cli_args.filter_and_split(args)
     beam_args = local_runner.direct_runner_args(args.workers)
     result = local_runner.run_local(
         args.data_dir,
@@ -310,24 +311,34 @@ def _gate(args):
     )
 
 
-def add_commands(commands, add_filter_args, filter_and_split) -> None:
+def _add_training_args(parser, what: str) -> None:
+    """--epochs and --batch-size, defaulting to TrainingConfig's."""
+    from animerec.config import TrainingConfig
+
+    defaults = TrainingConfig()
+    parser.add_argument("--epochs", type=int, default=defaults.epochs, help=f"{what} epochs (default %(default)s)")
+    parser.add_argument(
+        "--batch-size", type=int, default=defaults.batch_size, help=f"{what} batch size (default %(default)s)"
+    )
+
+
+def _add_run_commands(commands) -> None:
+    """run and report."""
     from animerec.config import TrainingConfig
     from animerec.evaluation import GateConfig
 
     defaults = TrainingConfig()
-    gate = GateConfig()
     run = commands.add_parser("run", help="convert the Kaggle files and run the TFX pipeline locally on Beam")
     run.add_argument("--data-dir", required=True, help="folder with the Kaggle CSV files")
     run.add_argument("--output-dir", required=True, help="folder for artifacts, metadata and pushed models")
-    run.add_argument("--epochs", type=int, default=defaults.epochs, help="training epochs (default %(default)s)")
+    _add_training_args(run, "training")
     run.add_argument(
         "--train-steps", type=int, default=None, help="cap on optimizer steps (default: epochs over the data)"
     )
-    run.add_argument("--batch-size", type=int, default=defaults.batch_size, help="default %(default)s")
     run.add_argument("--embedding-dim", type=int, default=defaults.embedding_dim, help="default %(default)s")
     run.add_argument("--learning-rate", type=float, default=defaults.learning_rate, help="default %(default)s")
     run.add_argument("--seed", type=int, default=defaults.seed, help="training seed (default %(default)s)")
-    _add_gate_args(run, gate)
+    _add_gate_args(run, GateConfig())
     run.add_argument("--workers", type=int, default=None, help="DirectRunner workers (default: one per core)")
     run.add_argument(
         "--infer-schema",
@@ -335,14 +346,19 @@ def add_commands(commands, add_filter_args, filter_and_split) -> None:
         help="infer the schema with SchemaGen instead of importing schema/schema.pbtxt",
     )
     run.add_argument("--json", action="store_true", help="also print the result as JSON")
-    add_filter_args(run)
-    run.set_defaults(func=_run, filter_and_split=filter_and_split)
+    cli_args.add_filter_args(run)
+    run.set_defaults(func=_run)
 
     report = commands.add_parser(
         "report", help="regenerate the run report (metrics.json, plots) under OUTPUT_DIR/report"
     )
     report.add_argument("--output-dir", required=True, help="the --output-dir of `animerec run`")
     report.set_defaults(func=_report)
+
+
+def _add_kubeflow_commands(commands) -> None:
+    """kubeflow compile, run-local and submit."""
+    from animerec.evaluation import GateConfig
 
     kubeflow = commands.add_parser("kubeflow", help="Kubeflow Pipelines integration")
     kubeflow_commands = kubeflow.add_subparsers(dest="kubeflow_command", metavar="SUBCOMMAND", required=True)
@@ -371,22 +387,14 @@ def add_commands(commands, add_filter_args, filter_and_split) -> None:
     compile_.add_argument(
         "--image", default="animerec-pipeline:0.1.0", help="the pipeline image built from kubeflow/Dockerfile"
     )
-    _add_gate_args(compile_, gate, compiled=True)
+    _add_gate_args(compile_, GateConfig(), compiled=True)
     compile_.add_argument(
         "--beam-arg",
         action="append",
         default=[],
         help="a Beam pipeline argument, repeatable (e.g. --beam-arg=--runner=DataflowRunner)",
     )
-    compile_.add_argument(
-        "--epochs", type=int, default=defaults.epochs, help="default epochs in the training_config parameter"
-    )
-    compile_.add_argument(
-        "--batch-size",
-        type=int,
-        default=defaults.batch_size,
-        help="default batch size in the training_config parameter",
-    )
+    _add_training_args(compile_, "the training_config parameter's default")
     compile_.add_argument(
         "--schema-file",
         default=None,
@@ -433,6 +441,8 @@ def add_commands(commands, add_filter_args, filter_and_split) -> None:
     )
     submit.set_defaults(func=_kubeflow_submit)
 
+
+def _add_batch_command(commands) -> None:
     batch = commands.add_parser("batch-recommend", help="top k for every known user, as a Beam job, to Parquet")
     batch.add_argument(
         "--model-dir", required=True, help="a serving dir (its newest version is used) or one SavedModel"
@@ -448,6 +458,8 @@ def add_commands(commands, add_filter_args, filter_and_split) -> None:
     )
     batch.set_defaults(func=_batch_recommend)
 
+
+def _add_bench_commands(commands) -> None:
     bench = commands.add_parser("bench", help="benchmarks that print figures")
     bench_commands = bench.add_subparsers(dest="bench_command", metavar="SUBCOMMAND", required=True)
     bench_serve = bench_commands.add_parser("serve", help="gRPC serving throughput and latency on a full-size model")
@@ -493,6 +505,9 @@ def add_commands(commands, add_filter_args, filter_and_split) -> None:
     bench_pipeline.add_argument("--json", action="store_true", help="print only the JSON summary line")
     bench_pipeline.set_defaults(func=_bench("main_pipeline"))
 
+
+def _add_serving_commands(commands) -> None:
+    """serve and recommend."""
     serve = commands.add_parser("serve", help="serve the newest pushed model over TF Serving's gRPC API")
     serve.add_argument("--model-dir", required=True, help="the serving dir Pusher writes (numbered versions)")
     serve.add_argument("--port", type=int, default=8500, help="gRPC port (default %(default)s, as TF Serving)")
@@ -529,3 +544,12 @@ def add_commands(commands, add_filter_args, filter_and_split) -> None:
     where.add_argument("--model-dir", help="a serving dir: starts the stand-in server in-process")
     recommend.add_argument("--model-name", default=f.MODEL_NAME, help="default %(default)s")
     recommend.set_defaults(func=_recommend)
+
+
+def add_commands(commands) -> None:
+    """The pipeline, Kubeflow, batch, benchmark and serving commands."""
+    _add_run_commands(commands)
+    _add_kubeflow_commands(commands)
+    _add_batch_command(commands)
+    _add_bench_commands(commands)
+    _add_serving_commands(commands)
