@@ -188,9 +188,15 @@ def _convert_range(task: _RangeTask) -> int:
         for block in interactions.scan_animelist(
             task.path, task.catalog_ids, task.liked_filter, task.split, report, stats, byte_range=task.byte_range
         ):
-            liked = (block.reason == liked_index).astype(np.int64)
+            by_name = {
+                features.USER_ID: block.user_id,
+                features.ANIME_ID: block.anime_id,
+                features.RATING: block.rating,
+                features.LIKED: (block.reason == liked_index).astype(np.int64),
+            }
             for split_name, rows in ((features.EVAL_SPLIT, block.is_eval), (features.TRAIN_SPLIT, ~block.is_eval)):
-                columns = np.stack((block.user_id[rows], block.anime_id[rows], block.rating[rows], liked[rows]), axis=1)
+                # Spilled as int64 columns in RAW_INT_FEATURES' order (read back by _write_bucket).
+                columns = np.stack([by_name[name][rows] for name in features.RAW_INT_FEATURES], axis=1)
                 bucket = rng.integers(0, task.buckets, len(columns))
                 order = np.argsort(bucket, kind="stable")
                 bounds = np.searchsorted(bucket[order], np.arange(task.buckets + 1))
@@ -301,15 +307,16 @@ def convert_kaggle(
     catalog_writer = _ExampleWriter(os.path.join(tmp_dir, features.CATALOG_SPLIT), "catalog")
     anime_ids = catalog["anime_id"].to_numpy()
     catalog_writer.write_columns(
-        dict(
-            zip(
-                features.RAW_INT_FEATURES,
-                (np.full(len(catalog), features.NO_USER), anime_ids, np.zeros(len(catalog)), np.zeros(len(catalog))),
-            )
-        ),
         {
-            name: [text.encode("utf-8") for text in catalog[column]]
-            for name, column in zip(features.RAW_TEXT_FEATURES, ("name", "genres", "synopsis"))
+            features.USER_ID: np.full(len(catalog), features.NO_USER),
+            features.ANIME_ID: anime_ids,
+            features.RATING: np.zeros(len(catalog)),
+            features.LIKED: np.zeros(len(catalog)),
+        },
+        {
+            features.NAME: [text.encode("utf-8") for text in catalog["name"]],
+            features.GENRES: [text.encode("utf-8") for text in catalog["genres"]],
+            features.SYNOPSIS: [text.encode("utf-8") for text in catalog["synopsis"]],
         },
         {
             features.MAL_SCORE: optional_values(catalog["score"].to_numpy(np.float64), np.float32),
