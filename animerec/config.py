@@ -26,9 +26,11 @@ class TrainingConfig:
     # popularity-debiased, while what users go on to like is popularity-skewed.
     # The second stage (animerec.model.two_stage): the ranker reorders this many of the
     # two-tower's top titles. The grids below are searched on the validation split.
-    ranking_candidates: int = 300
+    # 200 + 100 scored as 300 + 200 on validation (3 seeds on the real sample: +0.001
+    # recall@50 on average) and costs 0.15 ms less a request.
+    ranking_candidates: int = 200
     # ... together with this many of the item-item top titles (animerec.model.ranking).
-    item_item_candidates: int = 200
+    item_item_candidates: int = 100
     # Share of each user's liked training rows held out for validation.
     validation_percent: int = 20
     # Rank of the EASE factorization behind the item-item feature and candidates.
