@@ -30,7 +30,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
-	$(PY) -m pytest -v tests
+	$(PY) -m pytest -v -n 2 --dist loadfile --no-loadscope-reorder tests
 
 lint: $(STAMP)
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .

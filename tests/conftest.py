@@ -11,6 +11,13 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REAL_DATA_DIR = os.path.join(REPO_ROOT, "..", "shared", "data", "mal")
 
 
+def pytest_collection_modifyitems(config, items):
+    """The end-to-end tests first (in file order), the unit tests after: with `-n 2
+    --dist loadfile --no-loadscope-reorder` (make test) the long pipeline runs start at
+    once on both workers and the short tests fill in behind them."""
+    items.sort(key=lambda item: item.get_closest_marker("e2e") is None)
+
+
 @pytest.fixture(scope="session")
 def real_data_dir():
     if not os.path.isdir(REAL_DATA_DIR):

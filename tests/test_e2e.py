@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -119,23 +118,3 @@ def test_pipeline_on_synthetic_data_caches_and_gates(tmp_path):
     with open(third["evaluation"]["report"]) as fh:
         report = fh.read()
     assert "NOT BLESSED" in report and "FAIL: recall@50" in report
-
-
-def test_pipeline_on_real_sample_beats_popularity(tmp_path, real_data_dir):
-    result = local_runner.run_local(real_data_dir, str(tmp_path / "out"), progress=print)
-    metrics = result["evaluation"]["metrics"]
-    print(json.dumps({k: {m: round(v, 4) for m, v in d.items() if isinstance(v, float)} for k, d in metrics.items()}))
-    # The default gate: recall@50 above popularity by 10% at least.
-    assert result["evaluation"]["blessed"], metrics
-    assert metrics["model"]["recall@50"] > 1.1 * metrics["popularity"]["recall@50"]
-    assert result["pushed_model"]
-    out = assert_never_recommends_seen(result["pushed_model"], real_data_dir, n_users=40)
-    assert not any(out["is_fallback"][:-1]), "every real user with history gets model recommendations"
-    assert len({tuple(ids[:10]) for ids in out["anime_ids"][:-1]}) > 30, "recommendations are personal, not one list"
-    assert np.isfinite(metrics["ease"]["recall@50"])
-    # The second stage earns its place: well above retrieval alone (0.35 against 0.26 in
-    # recall@50 here) and not behind the tuned EASE the Evaluator computes (1.02x to 1.04x
-    # over three seeds; the margin leaves room for numeric differences between machines).
-    assert metrics["model"]["recall@50"] > 1.15 * metrics["retrieval only"]["recall@50"]
-    assert metrics["model"]["recall@50"] >= 0.97 * metrics["ease"]["recall@50"]
-    assert metrics["model"]["slices"]["history 21-100"]["users"] > 0

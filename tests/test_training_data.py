@@ -91,16 +91,22 @@ def _files(tmp_path):
     return [str(tmp_path / "Split-train" / "*"), str(tmp_path / "Split-catalog" / "*")]
 
 
-def _load(files, user_vocab_size=3, anime_vocab_size=2, validation_percent=0):
+def _load(files, user_vocabulary=(b"8", b"7", b"9"), anime_vocab_size=2, validation_percent=0):
     return model_data.load_training_data(
         trainer.split_patterns(files, f.TRAIN_SPLIT),
         trainer.split_patterns(files, f.CATALOG_SPLIT),
         SPEC,
-        user_vocab_size=user_vocab_size,
+        user_vocabulary=user_vocabulary,
         anime_vocab_size=anime_vocab_size,
         text_vocab_sizes={n: 6 for n in f.TEXT_MAX_TOKENS},
         validation_percent=validation_percent,
     )
+
+
+def test_rows_must_agree_with_the_user_vocabulary(tmp_path):
+    # User index 1 is user 7 in the rows; a vocabulary from another Transform run says 9.
+    with pytest.raises(ValueError, match="user_index 1 of a training row with user_id 7 disagrees"):
+        _load(_files(tmp_path), user_vocabulary=(b"8", b"9", b"7"))
 
 
 def _rows(splits, values):
@@ -191,8 +197,9 @@ def test_validation_rows_are_carved_out_of_histories_and_training_batches(tmp_pa
     _write(str(tmp_path / "Split-train"), rows)
     _write(str(tmp_path / "Split-catalog"), catalog)
     files = [str(tmp_path / "Split-train" / "*"), str(tmp_path / "Split-catalog" / "*")]
-    whole = _load(files, n_users, n_anime)
-    data = _load(files, n_users, n_anime, validation_percent=20)
+    vocabulary = [str(1000 + user).encode() for user in range(n_users)]
+    whole = _load(files, vocabulary, n_anime)
+    data = _load(files, vocabulary, n_anime, validation_percent=20)
     held = _rows(data.validation_splits, data.validation_values)
     fit = _rows(data.history_splits, data.history_values)
     assert 0 < sum(map(len, held)) < 0.4 * len(rows)

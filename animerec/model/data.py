@@ -226,25 +226,37 @@ def load_training_data(
     train_patterns,
     catalog_patterns,
     feature_spec: dict,
-    user_vocab_size: int,
+    user_vocabulary,
     anime_vocab_size: int,
     text_vocab_sizes: dict,
     validation_percent: int = 0,
 ) -> TrainingData:
     """The catalog, and histories and seen lists from one streaming pass over the training split.
 
-    Only five narrow columns are read, kept as int32 while streaming: no text,
-    and nothing per interaction survives but the CSR tables. With validation_percent,
-    liked rows carved out per user (interactions.is_validation) are kept apart from
-    the histories.
+    `user_vocabulary`: Transform's user vocabulary (raw user ids, as bytes or numbers, by
+    user index), the one record of which index stands for which user; every row's
+    user_index must agree with it. Only five narrow columns are read, kept as int32
+    while streaming: no text, and nothing per interaction survives but the CSR tables.
+    With validation_percent, liked rows carved out per user (interactions.is_validation)
+    are kept apart from the histories.
     """
     catalog = catalog_from_columns(read_examples(catalog_patterns, {k: feature_spec[k] for k in CATALOG_COLUMNS}))
-    n_users = user_vocab_size + 1  # + the empty row for unknown users
-    user_ids = np.full(n_users, -1, dtype=np.int64)
+    user_vocab_size = len(user_vocabulary)
+    # + the empty row for unknown users (user_id -1)
+    user_ids = np.append(np.asarray([int(u) for u in user_vocabulary], np.int64), -1)
+    n_users = user_vocab_size + 1
     users, items, positions, liked = [], [], [], []
     for batch in example_batches(train_patterns, {k: feature_spec[k] for k in INTERACTION_COLUMNS}):
         user_index = batch[f.USER_INDEX].reshape(-1)
-        user_ids[user_index] = batch[f.USER_ID].reshape(-1)
+        user_id = batch[f.USER_ID].reshape(-1)
+        wrong = (user_index < user_vocab_size) & (user_ids[np.minimum(user_index, user_vocab_size)] != user_id)
+        if wrong.any():
+            i = int(np.flatnonzero(wrong)[0])
+            raise ValueError(
+                f"{f.USER_INDEX} {user_index[i]} of a training row with {f.USER_ID} {user_id[i]} disagrees with "
+                f"Transform's user vocabulary ({user_ids[user_index[i]]}): the examples and the vocabulary come "
+                "from different Transform runs"
+            )
         users.append(user_index.astype(np.int32))
         items.append(batch[f.ANIME_INDEX].reshape(-1).astype(np.int32))
         positions.append(catalog.positions(batch[f.ANIME_ID].reshape(-1)).astype(np.int32))
