@@ -29,7 +29,7 @@ from google.protobuf import json_format
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, predict_pb2
 
 from animerec import features as f
-from animerec.serving import server
+from animerec.serving import predict, versions
 from animerec.serving.batching import RequestError
 
 DEFAULT_REST_PORT = 8501
@@ -117,7 +117,7 @@ def _check_numbers(value, dtype: np.dtype) -> None:
         )
 
 
-def predict_request(body: dict, manager: server.ModelManager, name: str, version: str | None):
+def predict_request(body: dict, manager: versions.ModelManager, name: str, version: str | None):
     """A PredictRequest from a REST predict body (row or columnar format) and whether it was rows."""
     if not isinstance(body, dict):
         raise _bad("JSON Value: request body is not an object")
@@ -157,7 +157,7 @@ def predict_request(body: dict, manager: server.ModelManager, name: str, version
         if alias not in specs:
             raise _bad(f"JSON object: does not have named input: {alias}")
         array = _array(value, specs[alias].dtype.as_numpy_dtype, alias)
-        request.inputs[alias].CopyFrom(server.tensor_proto(array))
+        request.inputs[alias].CopyFrom(predict.tensor_proto(array))
     return request, rows
 
 
@@ -194,7 +194,7 @@ def predict_json(response: predict_pb2.PredictResponse, rows: bool) -> dict:
 class RestApi:
     """The REST handlers over a model manager and batcher (those of the gRPC server)."""
 
-    def __init__(self, manager: server.ModelManager, batcher):
+    def __init__(self, manager: versions.ModelManager, batcher):
         self.manager = manager
         self.batcher = batcher
 
@@ -224,7 +224,7 @@ class RestApi:
             _model_spec(request.model_spec, http.match_info["name"], http.match_info.get("version"))
             # Every field printed, as TF Serving prints them (error_code "OK" included).
             return json_format.MessageToDict(
-                server.model_status(self.manager, request),
+                predict.model_status(self.manager, request),
                 including_default_value_fields=True,
                 preserving_proto_field_name=True,
             )
@@ -237,7 +237,7 @@ class RestApi:
             _model_spec(request.model_spec, http.match_info["name"], http.match_info.get("version"))
             request.metadata_field.append("signature_def")
             return json_format.MessageToDict(
-                server.model_metadata(self.manager, request), preserving_proto_field_name=True
+                predict.model_metadata(self.manager, request), preserving_proto_field_name=True
             )
 
         return await self._answer(compute)
@@ -250,7 +250,7 @@ class RestApi:
 
         def compute():
             request, rows = predict_request(body, self.manager, http.match_info["name"], http.match_info.get("version"))
-            return predict_json(server.predict(self.manager, self.batcher, request), rows)
+            return predict_json(predict.predict(self.manager, self.batcher, request), rows)
 
         return await self._answer(compute)
 

@@ -9,7 +9,7 @@ from animerec.config import TrainingConfig
 from animerec.data import convert, synth
 from animerec.evaluation import GateConfig
 from animerec.kubeflow import local_launcher, runner
-from animerec.serving import server
+from animerec.pipeline import artifacts
 from tests.test_e2e import assert_never_recommends_seen
 
 pytestmark = pytest.mark.e2e
@@ -61,7 +61,7 @@ def test_compiled_task_commands_run_the_pipeline(tmp_path):
     blessing = outputs["RetrievalEvaluator"]["blessing"][0]["metadata"]
     # The blessing crossed from the Evaluator's container to the Pusher's through the executor output.
     assert blessing["blessed"] == 1 and "baseline_model" not in blessing
-    versions = server.complete_versions(serving_dir)
+    versions = artifacts.complete_versions(serving_dir)
     assert len(versions) == 1
     assert_never_recommends_seen(os.path.join(serving_dir, str(versions[0])), data_dir)
 
@@ -75,4 +75,4 @@ def test_compiled_task_commands_run_the_pipeline(tmp_path):
     assert second_blessing["baseline_model"] == first_model
     with open(os.path.join(second["RetrievalEvaluator"]["evaluation"][0]["uri"], "metrics.json")) as fh:
         assert "last_blessed" in json.load(fh)
-    assert len(server.complete_versions(serving_dir)) == 1 + second_blessing["blessed"]
+    assert len(artifacts.complete_versions(serving_dir)) == 1 + second_blessing["blessed"]

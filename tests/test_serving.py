@@ -19,7 +19,7 @@ from tensorflow_serving.apis import (
 
 from animerec import features as f
 from animerec.model import export, retrieval
-from animerec.serving import client, server
+from animerec.serving import client, predict, server, versions
 from animerec.serving.batching import BatchingConfig
 from tests.model_fixtures import ANIME_IDS, small_training_data
 
@@ -283,7 +283,7 @@ def test_concurrent_requests_each_get_their_own_answer(running_rest, exported_mo
     ids=["int64", "float32", "bool", "string", "empty"],
 )
 def test_output_tensor_protos_match_tensorflows(value):
-    proto, reference = server.tensor_proto(value), tf.make_tensor_proto(value)
+    proto, reference = predict.tensor_proto(value), tf.make_tensor_proto(value)
     assert (proto.dtype, proto.tensor_shape) == (reference.dtype, reference.tensor_shape)
     np.testing.assert_array_equal(tf.make_ndarray(proto), tf.make_ndarray(reference))
 
@@ -292,7 +292,7 @@ def test_session_run_matches_the_eager_signature(exported_model, tmp_path):
     """The server runs SignatureDefs by tensor name in a Session, as TF Serving does."""
     serving_dir = str(tmp_path / "serving")
     push(exported_model, serving_dir, 1)
-    loaded = server.load_version(serving_dir, 1)
+    loaded = versions.load_version(serving_dir, 1)
     eager = tf.saved_model.load(exported_model).signatures[f.RECOMMEND_SIGNATURE]
     inputs = {
         f.SERVING_USER_ID: np.array([100, 101, 999], np.int64),
@@ -473,14 +473,14 @@ def test_exported_model_carries_warmup_requests_for_every_signature(exported_mod
     assert {log.predict_log.request.model_spec.signature_name for log in logs} == signatures
     serving_dir = str(tmp_path / "serving")
     push(exported_model, serving_dir, 1)
-    assert server.warm_up(server.load_version(serving_dir, 1)) == len(signatures)
+    assert versions.warm_up(versions.load_version(serving_dir, 1)) == len(signatures)
     # A warmup request that fails makes the version fail to load, as in TF Serving.
     bad = logs[0]
     bad.predict_log.request.model_spec.signature_name = "no_such_signature"
     with tf.io.TFRecordWriter(os.path.join(serving_dir, "1", f.WARMUP_FILE)) as writer:
         writer.write(bad.SerializeToString())
     with pytest.raises(ValueError, match="warmup request 1 \\(no_such_signature\\) failed"):
-        server.warm_up(server.load_version(serving_dir, 1))
+        versions.warm_up(versions.load_version(serving_dir, 1))
 
 
 def _http(srv, path: str, body=None) -> tuple[int, dict]:

@@ -1,0 +1,197 @@
+"""TF Serving's request handling, shared by the stand-in's gRPC and REST APIs: a
+PredictRequest validated against the signature (aliases, dtypes, declared sizes before
+anything is allocated), the signature run, the response protos, and the metadata and
+status answers, each failure as the RequestError (status code and message) TF Serving
+would answer with."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import tensor_pb2, types_pb2
+from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, predict_pb2
+
+from animerec import features as f
+from animerec.serving.batching import Batcher, RequestError
+
+if TYPE_CHECKING:
+    from animerec.serving.versions import LoadedVersion, ModelManager
+
+# An input tensor may declare at most this many elements: checked on the request's
+# declared shape, before anything is allocated for it.
+MAX_INPUT_ELEMENTS = 1 << 20
+
+
+def tensor_proto(value: np.ndarray):
+    """TensorProto of an output, built directly: tf.make_tensor_proto's checks cost
+    more than the model call for small outputs. Numbers go into tensor_content
+    (little-endian, as TF Serving writes them), strings into string_val."""
+    value = np.asarray(value)
+    proto = tensor_pb2.TensorProto()
+    for size in value.shape:
+        proto.tensor_shape.dim.add().size = size
+    if value.dtype.kind in ("S", "O"):
+        proto.dtype = types_pb2.DT_STRING
+        proto.string_val.extend(value.reshape(-1).tolist())
+        return proto
+    proto.dtype = tf.dtypes.as_dtype(value.dtype).as_datatype_enum
+    proto.tensor_content = np.ascontiguousarray(value, value.dtype.newbyteorder("<")).tobytes()
+    return proto
+
+
+def validate_predict(loaded: LoadedVersion, request: predict_pb2.PredictRequest) -> tuple[str, dict]:
+    """The signature name and input arrays of a PredictRequest, or TF Serving's error."""
+    name = request.model_spec.signature_name or f.DEFAULT_SIGNATURE
+    if name not in loaded.signature_defs:
+        raise RequestError(
+            grpc.StatusCode.INVALID_ARGUMENT, f'Serving signature name: "{name}" not found in signature def'
+        )
+    specs = loaded.input_specs(name)
+    expected = set(specs)
+    given = set(request.inputs)
+    if given != expected:
+        missing = sorted(expected - given)
+        extra = sorted(given - expected)
+        detail = f"input tensor alias not found in signature: {', '.join(extra)}. " if extra else ""
+        raise RequestError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"{detail}Missing inputs: {missing}. Inputs expected to be in the set {{{', '.join(sorted(expected))}}}.",
+        )
+    inputs = {}
+    for key, spec in specs.items():
+        proto = request.inputs[key]
+        if proto.dtype != spec.dtype.as_datatype_enum:
+            raise RequestError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"Expects arg[{key}] to be {spec.dtype.name} but {_dtype_name(proto.dtype)} is provided",
+            )
+        declared = [d.size for d in proto.tensor_shape.dim]
+        if any(d < 0 for d in declared) or int(np.prod(declared, dtype=np.float64)) > MAX_INPUT_ELEMENTS:
+            raise RequestError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"input {key}: shape {declared} is over the limit of {MAX_INPUT_ELEMENTS:,} elements",
+            )
+        try:
+            value = tf.make_ndarray(proto)
+        except (TypeError, ValueError) as error:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"input {key}: {error}") from None
+        if not spec.shape.is_compatible_with(value.shape):
+            raise RequestError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"input {key}: shape {list(value.shape)} is not compatible with {spec.shape}",
+            )
+        if spec.shape.rank and value.shape[0] == 0:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"input {key}: the batch is empty")
+        inputs[key] = value
+    unknown = set(request.output_filter) - set(loaded.signature_defs[name].outputs)
+    if unknown:
+        raise RequestError(
+            grpc.StatusCode.INVALID_ARGUMENT, f"output tensor alias not found in signature: {sorted(unknown)}"
+        )
+    return name, inputs
+
+
+def _dtype_name(enum: int) -> str:
+    try:
+        return tf.dtypes.as_dtype(enum).name
+    except TypeError:
+        return f"data type {enum}"
+
+
+def call_signature(loaded: LoadedVersion, name: str, inputs: dict) -> dict:
+    """Runs a signature; the model's errors as TF Serving reports them (the op error's own code)."""
+    specs = loaded.input_specs(name)
+    try:
+        return loaded.run(name, {k: np.asarray(v, dtype=specs[k].dtype.as_numpy_dtype) for k, v in inputs.items()})
+    except tf.errors.OpError as error:
+        code = _GRPC_CODES.get(error.error_code, grpc.StatusCode.UNKNOWN)
+        raise RequestError(code, _text(error.message)) from None
+    except UnicodeDecodeError:
+        # TensorFlow's error quoted bytes of the request that are not UTF-8 (a string
+        # input that is not what it should be, such as a non-Example): the input's fault.
+        raise RequestError(
+            grpc.StatusCode.INVALID_ARGUMENT, f"signature {name}: an input could not be parsed (non-UTF-8 bytes)"
+        ) from None
+
+
+# TensorFlow's error codes are gRPC's.
+_GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def _text(message) -> str:
+    """An error message as text, whatever bytes a request put into it."""
+    return message.decode("utf-8", "replace") if isinstance(message, bytes) else str(message)
+
+
+def build_response(loaded: LoadedVersion, request, name: str, outputs: dict) -> predict_pb2.PredictResponse:
+    response = predict_pb2.PredictResponse()
+    response.model_spec.name = request.model_spec.name
+    response.model_spec.version.value = loaded.version
+    response.model_spec.signature_name = name
+    for key in set(request.output_filter) or set(outputs):
+        response.outputs[key].CopyFrom(tensor_proto(outputs[key]))
+    return response
+
+
+def run_batch(key: tuple[LoadedVersion, str], inputs: dict) -> dict:
+    return call_signature(key[0], key[1], inputs)
+
+
+def predict(manager: ModelManager, batcher: Batcher | None, request, timeout: float | None = None):
+    """A PredictRequest's PredictResponse, or the RequestError TF Serving would answer with."""
+    loaded = manager.resolve(request.model_spec)
+    name, inputs = validate_predict(loaded, request)
+    if batcher is None:
+        outputs = call_signature(loaded, name, inputs)
+    else:
+        outputs = batcher.call((loaded, name), inputs, timeout)
+    return build_response(loaded, request, name, outputs)
+
+
+def model_metadata(manager: ModelManager, request) -> get_model_metadata_pb2.GetModelMetadataResponse:
+    """The signature_def metadata of the version a GetModelMetadataRequest names."""
+    loaded = manager.resolve(request.model_spec)
+    fields = set(request.metadata_field)
+    if fields != {"signature_def"}:
+        raise RequestError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"Metadata field {sorted(fields - {'signature_def'}) or '(none)'} is not supported",
+        )
+    signature_map = get_model_metadata_pb2.SignatureDefMap()
+    for name, signature in loaded.signature_defs.items():
+        signature_map.signature_def[name].CopyFrom(signature)
+    response = get_model_metadata_pb2.GetModelMetadataResponse()
+    response.model_spec.name = manager.name
+    response.model_spec.version.value = loaded.version
+    response.metadata["signature_def"].Pack(signature_map)
+    return response
+
+
+def model_status(manager: ModelManager, request) -> get_model_status_pb2.GetModelStatusResponse:
+    """Every version seen: the served one AVAILABLE; earlier served and unloadable ones END."""
+    states_enum = get_model_status_pb2.ModelVersionStatus
+    current = manager.current
+    if request.model_spec.name != manager.name or current is None:
+        raise RequestError(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {request.model_spec.name}")
+    states = {v: states_enum.END for v in manager.retired | set(manager.failed)}
+    states[current.version] = states_enum.AVAILABLE
+    wanted = request.model_spec.version.value if request.model_spec.HasField("version") else None
+    if wanted is not None and wanted not in states:
+        raise RequestError(
+            grpc.StatusCode.NOT_FOUND, f"Could not find version {wanted} of model {request.model_spec.name}"
+        )
+    response = get_model_status_pb2.GetModelStatusResponse()
+    for version in sorted(states, reverse=True):
+        if wanted is not None and version != wanted:
+            continue
+        version_status = response.model_version_status.add()
+        version_status.version = version
+        version_status.state = states[version]
+        version_status.status.error_code = 0  # OK
+        if version in manager.failed and version != current.version:
+            version_status.status.error_code = grpc.StatusCode.UNKNOWN.value[0]
+            version_status.status.error_message = manager.failed[version][0]
+    return response

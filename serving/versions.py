@@ -1,0 +1,209 @@
+"""The model versions a TF Serving stand-in serves: each one's graph loaded into a Session
+(as TF Serving loads a SavedModel), its warmup replayed, and TF Serving's latest-version
+policy (ModelManager: poll the base path, switch atomically, skip broken versions)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+
+import grpc
+import tensorflow as tf
+from absl import logging
+from tensorflow.python.util import deprecation
+
+from animerec import features as f
+from animerec.pipeline.artifacts import complete_versions
+from animerec.serving.batching import RequestError
+from animerec.serving.predict import call_signature, validate_predict
+
+POLL_SECONDS = 2.0
+
+
+# Session options, as TF Serving's --tensorflow_inter_op_parallelism/--tensorflow_intra_op_parallelism.
+# A negative inter-op count runs each request's ops on the thread that received it
+# (no hand-off to a pool), and idle pool threads sleep instead of spinning: on a
+# small machine the spinning takes the CPU the next request needs.
+INTER_OP_THREADS = -1
+INTRA_OP_THREADS = 1
+
+
+@dataclasses.dataclass
+class LoadedVersion:
+    """One version, loaded the way TF Serving loads it: the SavedModel's graph in a
+    Session, each signature run by its SignatureDef's tensor names."""
+
+    version: int
+    path: str
+    session: object
+    signature_defs: dict  # name -> SignatureDef proto
+    _callables: dict = dataclasses.field(default_factory=dict)
+    _specs: dict = dataclasses.field(default_factory=dict)
+
+    def input_specs(self, name: str) -> dict:
+        if name not in self._specs:
+            self._specs[name] = {
+                alias: tf.TensorSpec(tf.TensorShape(info.tensor_shape), tf.dtypes.as_dtype(info.dtype), alias)
+                for alias, info in self.signature_defs[name].inputs.items()
+            }
+        return self._specs[name]
+
+    def run(self, name: str, inputs: dict) -> dict:
+        """Runs signature `name` on numpy inputs keyed by alias; outputs keyed by alias."""
+        if name not in self._callables:
+            signature = self.signature_defs[name]
+            in_aliases = sorted(signature.inputs)
+            out_aliases = sorted(signature.outputs)
+            run = self.session.make_callable(
+                [signature.outputs[a].name for a in out_aliases],
+                feed_list=[signature.inputs[a].name for a in in_aliases],
+            )
+            self._callables[name] = (in_aliases, out_aliases, run)
+        in_aliases, out_aliases, run = self._callables[name]
+        return dict(zip(out_aliases, run(*(inputs[a] for a in in_aliases))))
+
+
+def session_config(inter_op_threads: int = INTER_OP_THREADS, intra_op_threads: int = INTRA_OP_THREADS):
+    config = tf.compat.v1.ConfigProto(
+        inter_op_parallelism_threads=inter_op_threads, intra_op_parallelism_threads=intra_op_threads
+    )
+    config.experimental.disable_thread_spinning = True
+    return config
+
+
+def load_version(base_path: str, version: int, config=None) -> LoadedVersion:
+    path = os.path.join(base_path, str(version))
+    graph = tf.Graph()
+    session = tf.compat.v1.Session(graph=graph, config=config or session_config())
+    # TF Serving's loader (a MetaGraph in a Session) is TF1 API: TensorFlow marks it
+    # deprecated and warns on every load, which would end up in every CLI command's output.
+    with graph.as_default(), deprecation.silence():
+        meta_graph = tf.compat.v1.saved_model.loader.load(session, [tf.saved_model.SERVING], path)
+    signature_defs = dict(meta_graph.signature_def)
+    signature_defs.pop("__saved_model_init_op", None)
+    return LoadedVersion(version, path, session, signature_defs)
+
+
+# TF Serving replays at most this many warmup records per version.
+MAX_WARMUP_RECORDS = 1000
+
+
+def warm_up(loaded: LoadedVersion) -> int:
+    """Replays the version's assets.extra/tf_serving_warmup_requests, as TF Serving does
+    before it serves a version: each PredictLog's request runs through the same
+    validation and signature call as a real one, and a failing record fails the load.
+    Returns the number of requests run (0 without the file: no warmup, as TF Serving)."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    path = os.path.join(loaded.path, f.WARMUP_FILE)
+    if not tf.io.gfile.exists(path):
+        return 0
+    count = 0
+    for record in tf.data.TFRecordDataset(path).take(MAX_WARMUP_RECORDS).as_numpy_iterator():
+        log = prediction_log_pb2.PredictionLog.FromString(record)
+        if log.WhichOneof("log_type") != "predict_log":
+            raise ValueError(f"{path}: record {count + 1} is not a PredictLog; the stand-in replays only those")
+        request = log.predict_log.request
+        try:
+            call_signature(loaded, *validate_predict(loaded, request))
+        except RequestError as error:
+            raise ValueError(
+                f"{path}: warmup request {count + 1} ({request.model_spec.signature_name}) failed: {error}"
+            ) from None
+        count += 1
+    return count
+
+
+class ModelManager:
+    """Holds the served version, as TF Serving's latest-version policy does: the newest
+    version that loads is served; a newer one replaces it once it has loaded; a version
+    that fails to load (empty, truncated, corrupt, missing variables) is logged once and
+    skipped, and the one being served keeps serving; if the served version's folder is
+    deleted, the newest remaining version takes over."""
+
+    def __init__(self, name: str, base_path: str, poll_seconds: float = POLL_SECONDS, config=None):
+        self.name = name
+        self.base_path = base_path
+        self.poll_seconds = poll_seconds
+        self.config = config  # the Sessions' ConfigProto (session_config() when None)
+        self._current: LoadedVersion | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = None
+        # Versions that failed to load, with the error and the saved_model.pb they were
+        # tried with (a version copied again is tried again); versions served before.
+        self.failed: dict[int, tuple[str, tuple]] = {}
+        self.retired: set[int] = set()
+
+    @property
+    def current(self) -> LoadedVersion | None:
+        return self._current
+
+    def _stamp(self, version: int) -> tuple:
+        stat = os.stat(os.path.join(self.base_path, str(version), "saved_model.pb"))
+        return stat.st_mtime_ns, stat.st_size
+
+    def refresh(self) -> bool:
+        """Serves the newest loadable version if it differs from the served one; True if it switched."""
+        current = self._current
+        # While its folder is there, only a newer version replaces the served one.
+        floor = current.version if current is not None and os.path.isdir(current.path) else None
+        for version in reversed(complete_versions(self.base_path)):
+            if floor is not None and version <= floor:
+                return False
+            try:
+                stamp = self._stamp(version)
+            except OSError:
+                continue  # deleted since it was listed
+            if version in self.failed and self.failed[version][1] == stamp:
+                continue
+            try:
+                loaded = load_version(self.base_path, version, self.config)
+                warm_up(loaded)
+            except Exception as error:  # noqa: BLE001 - any broken version is skipped, never fatal
+                message = str(error).splitlines()[0] if str(error) else type(error).__name__
+                logging.error("%s version %d does not load; skipped: %s", self.name, version, message)
+                self.failed[version] = (message, stamp)
+                continue
+            self.failed.pop(version, None)
+            with self._lock:
+                previous, self._current = self._current, loaded
+            if previous is not None:
+                self.retired.add(previous.version)
+            logging.info("Serving %s version %d (was %s)", self.name, version, previous and previous.version)
+            return True
+        return False
+
+    def start(self) -> None:
+        self.refresh()
+        self._thread = threading.Thread(target=self._poll, name="version-poller", daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.poll_seconds):
+            try:
+                self.refresh()
+            except Exception:  # noqa: BLE001 - the poller must outlive any file system surprise
+                logging.exception("Polling %s failed; the served version keeps serving", self.base_path)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def resolve(self, model_spec) -> LoadedVersion:
+        """The loaded version a request's ModelSpec names, or TF Serving's NOT_FOUND."""
+        current = self._current
+        if model_spec.name != self.name or current is None:
+            raise RequestError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Latest({model_spec.name})")
+        which = model_spec.WhichOneof("version_choice")
+        if which == "version" and model_spec.version.value != current.version:
+            raise RequestError(
+                grpc.StatusCode.NOT_FOUND,
+                f"Servable not found for request: Specific({model_spec.name}, {model_spec.version.value})",
+            )
+        if which == "version_label":
+            raise RequestError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"Unrecognized servable version label: {model_spec.version_label}",
+            )
+        return current
