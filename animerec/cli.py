@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     # The Google client libraries warn about Python 3.10 on every import; TFX 1.16 needs 3.10.
     warnings.filterwarnings("ignore", category=FutureWarning)
+    # ... and in every Beam worker process a command starts (they inherit the environment).
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning,ignore::DeprecationWarning")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -72,6 +72,14 @@ def test_empty_file_names_it(tmp_path):
         kaggle.read_anime_with_synopsis(path)
 
 
+def test_header_only_file_names_it(tmp_path):
+    path = write_csv(tmp_path, kaggle.ANIMELIST_CSV, HEADER)
+    with pytest.raises(kaggle.DataError, match=r"animelist\.csv: no rows after the header line"):
+        list(kaggle.iter_animelist(path, kaggle.ReadReport(path)))
+    with pytest.raises(kaggle.DataError, match=r"animelist\.csv: no rows after the header line"):
+        kaggle.key_aligned_ranges(path, 1 << 20)
+
+
 def test_missing_column_names_it(tmp_path):
     path = write_csv(tmp_path, kaggle.ANIMELIST_CSV, "user_id,anime_id,rating,watched_episodes\n1,2,3,4\n")
     with pytest.raises(kaggle.DataError, match=r"animelist\.csv: header lacks column\(s\) \['watching_status'\]"):

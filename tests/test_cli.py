@@ -1,12 +1,14 @@
 """The README's commands, run as a user would (subprocesses of the installed console script)."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 
 import pytest
 
+from animerec.data import kaggle
 from animerec.model import export, retrieval
 from tests.model_fixtures import small_training_data
 
@@ -66,6 +68,40 @@ def test_bad_data_is_a_clear_error_not_a_traceback(tmp_path):
     out = animerec("data", "summary", "--data-dir", str(tmp_path), check=False)
     assert out.returncode == 2
     assert "animerec: error:" in out.stderr and "Traceback" not in out.stderr
+
+
+def _ungrouped_and_header_only(real_data_dir, tmp_path) -> tuple[str, str]:
+    folders = []
+    for name in ("ungrouped", "header_only"):
+        folder = tmp_path / name
+        folder.mkdir()
+        for catalog in (kaggle.ANIME_CSV, kaggle.ANIME_WITH_SYNOPSIS_CSV):
+            shutil.copy(os.path.join(real_data_dir, catalog), folder)
+        folders.append(str(folder))
+    with open(os.path.join(real_data_dir, kaggle.ANIMELIST_CSV)) as f:
+        header, *rows = f.readlines()
+    # A user's rows coming back after other users' (a re-export in time order, say).
+    with open(os.path.join(folders[0], kaggle.ANIMELIST_CSV), "w") as f:
+        f.writelines([header] + rows[len(rows) // 2 :] + rows[: len(rows) // 2 + 1])
+    with open(os.path.join(folders[1], kaggle.ANIMELIST_CSV), "w") as f:
+        f.write(header)
+    return folders[0], folders[1]
+
+
+def test_data_errors_inside_beam_workers_are_one_paragraph(real_data_dir, tmp_path):
+    ungrouped, header_only = _ungrouped_and_header_only(real_data_dir, tmp_path)
+    # The converter's Beam stage on worker processes (the default), where the error is raised.
+    out = animerec("data", "convert", "--data-dir", ungrouped, "--out", str(tmp_path / "out"), check=False)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines() == [out.stderr.strip()], "one line on stderr"
+    assert re.match(r"animerec: error: .*animelist\.csv line \d+, field user_id: user \d+ appears again", out.stderr)
+    assert not os.path.exists(tmp_path / "out")
+    for command in (("data", "convert", "--out", str(tmp_path / "out2")), ("data", "summary")):
+        out = animerec(*command, "--data-dir", header_only, check=False)
+        assert out.returncode == 2
+        assert out.stderr.strip() == (
+            f"animerec: error: {header_only}/animelist.csv: no rows after the header line; there is nothing to train on."
+        )
 
 
 @pytest.fixture(scope="module")

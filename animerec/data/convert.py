@@ -171,7 +171,23 @@ def _summary_path(spill_dir: str, range_index: int) -> str:
     return os.path.join(spill_dir, f"range-{range_index:05d}.pickle")
 
 
+def _error_path(spill_dir: str, range_index: int) -> str:
+    return os.path.join(spill_dir, f"range-{range_index:05d}.error")
+
+
 def _convert_range(task: _RangeTask) -> int:
+    """_label_and_spill, with a data error written to the range's error file (for
+    convert_kaggle to raise) instead of raised inside a Beam worker, which would print
+    the worker's traceback and reach the caller wrapped in Beam's own error."""
+    try:
+        return _label_and_spill(task)
+    except kaggle.DataError as error:
+        with open(_error_path(task.spill_dir, task.index), "w") as f:
+            f.write(str(error))
+        return task.index
+
+
+def _label_and_spill(task: _RangeTask) -> int:
     """Labels one range's rows (liked, train or eval) and spills them at random into
     the shuffle buckets of their split as raw int64 columns; the range's read report
     and counts go to a summary file."""
@@ -216,7 +232,10 @@ def _convert_range(task: _RangeTask) -> int:
 
 
 def _write_bucket(task: _BucketTask) -> None:
-    """Gathers one bucket of one split from every range, permutes it and writes its shard(s)."""
+    """Gathers one bucket of one split from every range, permutes it and writes its shard(s)
+    (nothing when a range failed: the conversion stops with its error)."""
+    if any(os.path.exists(_error_path(task.spill_dir, r)) for r in range(task.ranges)):
+        return
     paths = [_spill_path(task.spill_dir, task.split_name, task.bucket, r) for r in range(task.ranges)]
     rows = np.concatenate([np.fromfile(p, np.int64).reshape(-1, len(features.RAW_INT_FEATURES)) for p in paths])
     if len(rows):
@@ -235,10 +254,11 @@ def _run_on_beam(range_tasks: list, bucket_tasks: list, beam_pipeline_args: list
     import apache_beam as beam  # heavy import
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    # The local job service forwards each worker's start-up warnings; they say nothing here.
+    # The local job service forwards each worker's start-up warnings and, as an ERROR
+    # line, a failing worker's traceback: the error itself reaches the caller below.
     job_service_log = logging.getLogger("apache_beam.runners.portability.local_job_service")
     previous_level = job_service_log.level
-    job_service_log.setLevel(logging.ERROR)
+    job_service_log.setLevel(logging.CRITICAL)
     try:
         with beam.Pipeline(options=PipelineOptions(beam_pipeline_args)) as pipeline:
             spilled = pipeline | "Ranges" >> beam.Create(range_tasks) | "LabelAndSpill" >> beam.Map(_convert_range)
@@ -247,8 +267,28 @@ def _run_on_beam(range_tasks: list, bucket_tasks: list, beam_pipeline_args: list
                 | "Buckets" >> beam.Create(bucket_tasks)
                 | "ShuffleAndWrite" >> beam.Map(lambda task, _: _write_bucket(task), beam.pvalue.AsList(spilled))
             )
+    except Exception as error:
+        message = data_error_message(error)
+        if message is None:
+            raise
+        raise kaggle.DataError(message) from None
     finally:
         job_service_log.setLevel(previous_level)
+
+
+def data_error_message(error: BaseException) -> str | None:
+    """The message of a kaggle.DataError raised in a Beam worker, from the error Beam
+    re-raised (the DataError itself in-process, a RuntimeError holding the worker's
+    traceback as text across processes); None for any other error."""
+    marker = f"{kaggle.DataError.__module__}.{kaggle.DataError.__qualname__}: "
+    while error is not None:
+        text = str(error)
+        if isinstance(error, kaggle.DataError):
+            return text.split(" [while running", 1)[0]
+        if marker in text:
+            return text.rsplit(marker, 1)[1].splitlines()[0].split(" [while running", 1)[0]
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def shuffle_buckets(animelist_path: str) -> int:
@@ -344,6 +384,12 @@ def convert_kaggle(
         [_BucketTask(s, b, len(ranges), spill_dir, tmp_dir) for s in INTERACTION_SPLITS for b in range(buckets)],
         beam_pipeline_args,
     )
+    for i in range(len(ranges)):  # the first failing range is the earliest error in the file
+        if os.path.exists(_error_path(spill_dir, i)):
+            with open(_error_path(spill_dir, i)) as f:
+                message = f.read()
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+            raise kaggle.DataError(message)
     read_report, stats = kaggle.ReadReport(animelist_path), interactions.ScanStats()
     for i in range(len(ranges)):
         with open(_summary_path(spill_dir, i), "rb") as f:

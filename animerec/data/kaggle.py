@@ -311,6 +311,8 @@ def key_aligned_ranges(path: str, range_bytes: int) -> list[ByteRange]:
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         data_start = len(f.readline())
+        if size <= data_start:
+            raise _no_rows(path)
         cuts = [data_start]
         for target in range(data_start + range_bytes, size, range_bytes):
             if target <= cuts[-1]:
@@ -371,6 +373,12 @@ def iter_animelist(
                 a[ok] for a in (user_id, anime_id, rating, status, episodes, line)
             )
         yield InteractionBlock(user_id, anime_id, rating, status, episodes, line)
+    if byte_range is None and report.rows_read == 0:
+        raise _no_rows(path)
+
+
+def _no_rows(path: str) -> DataError:
+    return DataError(f"{path}: no rows after the header line; there is nothing to train on.")
 
 
 def read_rating_complete(path: str, report: ReadReport) -> pd.DataFrame:
