@@ -152,11 +152,16 @@ def test_converter_refuses_data_with_nothing_to_evaluate(tmp_path):
         convert.convert_kaggle(str(tmp_path), str(tmp_path / "out"), progress=lambda _: None)
 
 
-def test_a_user_split_across_converter_ranges_is_an_error_naming_the_line(tmp_path, monkeypatch):
-    # Each range is checked on its own; user 1 returning two ranges later is caught when they are merged.
+def test_a_user_split_across_converter_ranges_is_regrouped(tmp_path, monkeypatch):
+    # Each range is checked on its own; user 1 returning two ranges later is caught when
+    # they are merged, and the converter then regroups the file by user.
     body = "".join(f"{u},{10 + i},8,2,1\n" for u in (1, 2, 3, 1) for i in range(6))
     _tiny_dataset(tmp_path, body)
     monkeypatch.setattr(convert, "RANGE_BYTES", 40)
     assert len(kaggle.key_aligned_ranges(str(tmp_path / kaggle.ANIMELIST_CSV), 40)) == 4
-    with pytest.raises(kaggle.DataError, match=r"animelist\.csv line 20, field user_id: user 1 appears again"):
-        convert.convert_kaggle(str(tmp_path), str(tmp_path / "out"), progress=lambda _: None)
+    messages = []
+    # User 1's second run of rows repeats its first (anime 10-15): regrouped, they are one
+    # user's rows, so all 6 are duplicates. (Three catalog titles leave nothing to evaluate.)
+    with pytest.raises(kaggle.DataError, match="no eval rows .*'duplicate user-anime row': 6"):
+        convert.convert_kaggle(str(tmp_path), str(tmp_path / "out"), progress=messages.append)
+    assert any("animelist.csv line 20, field user_id: user 1 appears again" in m for m in messages)

@@ -111,3 +111,43 @@ def test_interactions_come_out_in_one_global_random_order(real_data_dir, tmp_pat
     ]
     assert sorted(row for shard in outputs[0] for row in shard) == sorted(flat)
     assert outputs[0] == outputs[1]
+
+
+def test_rows_in_any_order_give_the_same_splits(real_data_dir, tmp_path, monkeypatch):
+    with open(os.path.join(real_data_dir, "animelist.csv")) as fh:
+        header, *lines = fh.readlines()
+    # A duplicate (user, anime) row with another rating, after the original: the first
+    # row in the file wins, in either order.
+    user, anime, *_ = lines[100].split(",")
+    duplicate = f"{user},{anime},1,2,0\n"
+    grouped_lines = lines[:101] + [duplicate] + lines[101:]
+    # The same rows in another order (a re-export in time order, say).
+    shuffled_lines = [grouped_lines[i] for i in np.random.default_rng(4).permutation(len(grouped_lines))]
+    first, second = shuffled_lines.index(lines[100]), shuffled_lines.index(duplicate)
+    shuffled_lines[min(first, second)], shuffled_lines[max(first, second)] = lines[100], duplicate
+    folders = {}
+    for name, rows in (("grouped", grouped_lines), ("shuffled", shuffled_lines)):
+        folders[name] = tmp_path / name
+        folders[name].mkdir()
+        for other in os.listdir(real_data_dir):
+            if other != "animelist.csv":
+                os.symlink(os.path.join(real_data_dir, other), folders[name] / other)
+        with open(folders[name] / "animelist.csv", "w") as fh:
+            fh.writelines([header] + rows)
+    # Several ranges and buckets, as a big file gets on a multi-worker runner.
+    monkeypatch.setattr(convert, "RANGE_BYTES", 100_000)
+    monkeypatch.setattr(convert, "ROWS_PER_SHARD", 10_000)
+    grouped = convert.convert_kaggle(str(folders["grouped"]), str(tmp_path / "a"), progress=lambda _: None)
+    messages = []
+    regrouped = convert.convert_kaggle(str(folders["shuffled"]), str(tmp_path / "b"), progress=messages.append)
+    assert not grouped["regrouped"] and regrouped["regrouped"] and regrouped["ranges"] > 5
+    assert any("appears again" in m and "regrouping" in m for m in messages)
+    assert regrouped["interactions"] == grouped["interactions"]
+    assert regrouped["animelist"]["set_aside"] == grouped["animelist"]["set_aside"] == {interactions.DUPLICATE: 1}
+    assert regrouped["animelist"]["rows_read"] == grouped["animelist"]["rows_read"] == len(grouped_lines)
+    for split in (f.TRAIN_SPLIT, f.EVAL_SPLIT):
+        rows = [sorted(_pairs(_read(str(tmp_path / name / split / "*")))) for name in "ab"]
+        assert rows[0] == rows[1], f"the {split} split differs"
+    kept = [row for row in _pairs(_read(str(tmp_path / "b" / "*" / "*"))) if row[:2] == (int(user), int(anime))]
+    assert len(kept) == 1 and kept[0][2] != 1, "the first row of the duplicate pair is kept"
+    assert not os.path.exists(tmp_path / "b" / "spill")

@@ -6,6 +6,9 @@ Output layout (one ImportExampleGen input split per folder):
     <out>/catalog/*.tfrecord  one record per anime with name, genres, synopsis
     <out>/conversion_report.json
 
+animelist.csv is read in user-aligned ranges, each labeled on its own, when it is
+grouped by user as Kaggle ships it; otherwise its rows are first spilled to user
+buckets (by user id) and each bucket is labeled whole: the same splits either way.
 Interaction records are written in one global random order (spilled into
 buckets at random, each bucket permuted), so ExampleGen need not reshuffle them
 and the Trainer's shuffle windows draw from every user. Every record carries
@@ -139,17 +142,31 @@ class _ExampleWriter:
 
 
 @dataclasses.dataclass(frozen=True)
-class _RangeTask:
-    """One Beam element of the first stage: a user-aligned range of animelist.csv."""
+class _RegroupTask:
+    """One Beam element of the regrouping stage (a file not grouped by user): a range of
+    animelist.csv whose valid rows go to user buckets by user id."""
 
     index: int
     path: str
     byte_range: kaggle.ByteRange
+    user_buckets: int
+    spill_dir: str
+
+
+@dataclasses.dataclass(frozen=True)
+class _RangeTask:
+    """One Beam element of the labeling stage: a user-aligned range of animelist.csv, or
+    (regroup_ranges > 0) user bucket `index` of the regrouping stage."""
+
+    index: int
+    path: str
+    byte_range: kaggle.ByteRange | None
     catalog_ids: np.ndarray
     liked_filter: interactions.LikedFilter
     split: interactions.SplitConfig
     buckets: int
     spill_dir: str
+    regroup_ranges: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,20 +188,77 @@ def _summary_path(spill_dir: str, range_index: int) -> str:
     return os.path.join(spill_dir, f"range-{range_index:05d}.pickle")
 
 
-def _error_path(spill_dir: str, range_index: int) -> str:
-    return os.path.join(spill_dir, f"range-{range_index:05d}.error")
+def _error_path(spill_dir: str, range_index: int, stage: str = "range") -> str:
+    return os.path.join(spill_dir, f"{stage}-{range_index:05d}.error")
 
 
-def _convert_range(task: _RangeTask) -> int:
-    """_label_and_spill, with a data error written to the range's error file (for
+def _user_bucket_path(spill_dir: str, bucket: int, range_index: int) -> str:
+    return os.path.join(spill_dir, f"users-{bucket:05d}-{range_index:05d}.bin")
+
+
+def _regroup_summary_path(spill_dir: str, range_index: int) -> str:
+    return os.path.join(spill_dir, f"regroup-{range_index:05d}.pickle")
+
+
+def _keeping_data_errors(stage: str, work: Callable):
+    """`work(task)`, with a data error written to the task's error file (for
     convert_kaggle to raise) instead of raised inside a Beam worker, which would print
     the worker's traceback and reach the caller wrapped in Beam's own error."""
+
+    def run(task) -> int:
+        try:
+            return work(task)
+        except kaggle.DataError as error:
+            with open(_error_path(task.spill_dir, task.index, stage), "w") as f:
+                json.dump({"message": str(error), "not_grouped": isinstance(error, interactions.NotGroupedError)}, f)
+            return task.index
+
+    return run
+
+
+def _first_error(spill_dir: str, tasks: int, stage: str = "range") -> dict | None:
+    """The error of the first failing task of a stage (the earliest in the file), or None."""
+    for i in range(tasks):
+        if os.path.exists(_error_path(spill_dir, i, stage)):
+            with open(_error_path(spill_dir, i, stage)) as f:
+                return json.load(f)
+    return None
+
+
+# Columns of a regrouped row, spilled as int64: the reader's InteractionBlock fields.
+REGROUP_COLUMNS = ("user_id", "anime_id", "rating", "status", "episodes", "line")
+
+
+def _regroup(task: _RegroupTask) -> int:
+    """Reads one range of an animelist.csv not grouped by user and spills its valid rows,
+    with their line numbers, into the user buckets (user_id modulo their number)."""
+    report = kaggle.ReadReport(task.path)
+    files = [open(_user_bucket_path(task.spill_dir, b, task.index), "wb") for b in range(task.user_buckets)]
     try:
-        return _label_and_spill(task)
-    except kaggle.DataError as error:
-        with open(_error_path(task.spill_dir, task.index), "w") as f:
-            f.write(str(error))
-        return task.index
+        for block in kaggle.iter_animelist(task.path, report, byte_range=task.byte_range):
+            columns = np.stack([getattr(block, name) for name in REGROUP_COLUMNS], axis=1).astype(np.int64)
+            bucket = block.user_id % task.user_buckets
+            order = np.argsort(bucket, kind="stable")
+            bounds = np.searchsorted(bucket[order], np.arange(task.user_buckets + 1))
+            for b in range(task.user_buckets):
+                columns[order[bounds[b] : bounds[b + 1]]].tofile(files[b])
+    finally:
+        for f in files:
+            f.close()
+    with open(_regroup_summary_path(task.spill_dir, task.index), "wb") as f:
+        pickle.dump(report, f)
+    return task.index
+
+
+def _regrouped_blocks(task: _RangeTask, block_rows: int = kaggle.DEFAULT_BLOCK_LINES):
+    """User bucket `task.index` as blocks of rows grouped by user, each user's rows in file order."""
+    paths = [_user_bucket_path(task.spill_dir, task.index, r) for r in range(task.regroup_ranges)]
+    rows = np.concatenate([np.fromfile(p, np.int64).reshape(-1, len(REGROUP_COLUMNS)) for p in paths])
+    for p in paths:
+        os.remove(p)
+    rows = rows[np.lexsort((rows[:, REGROUP_COLUMNS.index("line")], rows[:, 0]))]
+    for start in range(0, len(rows), block_rows):
+        yield kaggle.InteractionBlock(*rows[start : start + block_rows].T)
 
 
 def _label_and_spill(task: _RangeTask) -> int:
@@ -200,9 +274,13 @@ def _label_and_spill(task: _RangeTask) -> int:
         for split_name in INTERACTION_SPLITS
         for b in range(task.buckets)
     }
+    if task.regroup_ranges:
+        source = _regrouped_blocks(task)
+    else:
+        source = kaggle.iter_animelist(task.path, report, byte_range=task.byte_range)
     try:
-        for block in interactions.scan_animelist(
-            task.path, task.catalog_ids, task.liked_filter, task.split, report, stats, byte_range=task.byte_range
+        for block in interactions.scan_blocks(
+            task.path, source, task.catalog_ids, task.liked_filter, task.split, report, stats
         ):
             by_name = {
                 features.USER_ID: block.user_id,
@@ -223,18 +301,16 @@ def _label_and_spill(task: _RangeTask) -> int:
             f.close()
     with open(_summary_path(task.spill_dir, task.index), "wb") as f:
         pickle.dump((report, stats), f)
-    print(
-        f"  {os.path.basename(task.path)} lines {task.byte_range.first_line:,}+: {report.rows_read:,} rows "
-        f"in {time.time() - start:.0f}s",
-        flush=True,
-    )
+    where = f"user bucket {task.index}" if task.regroup_ranges else f"lines {task.byte_range.first_line:,}+"
+    count = sum(stats.rows_by_reason.values())
+    print(f"  {os.path.basename(task.path)} {where}: {count:,} rows in {time.time() - start:.0f}s", flush=True)
     return task.index
 
 
 def _write_bucket(task: _BucketTask) -> None:
     """Gathers one bucket of one split from every range, permutes it and writes its shard(s)
     (nothing when a range failed: the conversion stops with its error)."""
-    if any(os.path.exists(_error_path(task.spill_dir, r)) for r in range(task.ranges)):
+    if any(os.path.exists(_error_path(task.spill_dir, r, stage)) for r in range(task.ranges) for stage in STAGES):
         return
     paths = [_spill_path(task.spill_dir, task.split_name, task.bucket, r) for r in range(task.ranges)]
     rows = np.concatenate([np.fromfile(p, np.int64).reshape(-1, len(features.RAW_INT_FEATURES)) for p in paths])
@@ -248,9 +324,14 @@ def _write_bucket(task: _BucketTask) -> None:
         os.remove(p)
 
 
-def _run_on_beam(range_tasks: list, bucket_tasks: list, beam_pipeline_args: list[str]) -> None:
-    """Both stages in one Beam pipeline (one start of the workers); the second waits
-    for every range through a side input."""
+STAGES = ("regroup", "range")
+
+
+def _run_on_beam(
+    range_tasks: list, bucket_tasks: list, beam_pipeline_args: list[str], regroup_tasks: list | None = None
+) -> None:
+    """The stages in one Beam pipeline (one start of the workers); each waits for every
+    task of the one before through a side input."""
     import apache_beam as beam  # heavy import
     from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -261,7 +342,19 @@ def _run_on_beam(range_tasks: list, bucket_tasks: list, beam_pipeline_args: list
     job_service_log.setLevel(logging.CRITICAL)
     try:
         with beam.Pipeline(options=PipelineOptions(beam_pipeline_args)) as pipeline:
-            spilled = pipeline | "Ranges" >> beam.Create(range_tasks) | "LabelAndSpill" >> beam.Map(_convert_range)
+            label = _keeping_data_errors("range", _label_and_spill)
+            ranges = pipeline | "Ranges" >> beam.Create(range_tasks)
+            if regroup_tasks:
+                regrouped = (
+                    pipeline
+                    | "RegroupRanges" >> beam.Create(regroup_tasks)
+                    | "Regroup" >> beam.Map(_keeping_data_errors("regroup", _regroup))
+                )
+                spilled = ranges | "LabelAndSpill" >> beam.Map(
+                    lambda task, _: label(task), beam.pvalue.AsList(regrouped)
+                )
+            else:
+                spilled = ranges | "LabelAndSpill" >> beam.Map(label)
             _ = (
                 pipeline
                 | "Buckets" >> beam.Create(bucket_tasks)
@@ -310,6 +403,56 @@ def input_fingerprint(data_dir: str, liked_filter, split) -> str:
             digest.update(f"{name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     digest.update(json.dumps([dataclasses.asdict(liked_filter), dataclasses.asdict(split)]).encode())
     return digest.hexdigest()
+
+
+def _label_interactions(
+    path: str,
+    ranges: list,
+    anime_ids: np.ndarray,
+    liked_filter: interactions.LikedFilter,
+    split: interactions.SplitConfig,
+    buckets: int,
+    spill_dir: str,
+    out_dir: str,
+    beam_pipeline_args: list[str],
+    regroup: bool = False,
+) -> tuple[kaggle.ReadReport, interactions.ScanStats]:
+    """Labels and shuffles animelist.csv's rows into out_dir's train and eval splits, on Beam.
+
+    The file's user-aligned `ranges` are labeled one by one (the file grouped by user, as
+    Kaggle ships it); a user met again in another place raises NotGroupedError. With
+    `regroup`, the ranges' rows first go to `buckets` user buckets, each of which is then
+    labeled whole: the same labels as for the grouped file, whatever the rows' order.
+    Returns the merged read report and counts."""
+    regroup_tasks = [_RegroupTask(i, path, r, buckets, spill_dir) for i, r in enumerate(ranges)] if regroup else None
+    if regroup:
+        tasks = [
+            _RangeTask(b, path, None, anime_ids, liked_filter, split, buckets, spill_dir, len(ranges))
+            for b in range(buckets)
+        ]
+    else:
+        tasks = [
+            _RangeTask(i, path, r, anime_ids, liked_filter, split, buckets, spill_dir) for i, r in enumerate(ranges)
+        ]
+    bucket_tasks = [
+        _BucketTask(s, b, len(tasks), spill_dir, out_dir) for s in INTERACTION_SPLITS for b in range(buckets)
+    ]
+    _run_on_beam(tasks, bucket_tasks, beam_pipeline_args, regroup_tasks)
+    for stage, count in (("regroup", len(ranges) if regroup else 0), ("range", len(tasks))):
+        error = _first_error(spill_dir, count, stage)
+        if error is not None:
+            raise (interactions.NotGroupedError if error["not_grouped"] else kaggle.DataError)(error["message"])
+    read_report, stats = kaggle.ReadReport(path), interactions.ScanStats()
+    for i in range(len(ranges) if regroup else 0):
+        with open(_regroup_summary_path(spill_dir, i), "rb") as f:
+            read_report.merge(pickle.load(f))
+    for i in range(len(tasks)):
+        with open(_summary_path(spill_dir, i), "rb") as f:
+            range_report, range_stats = pickle.load(f)
+        read_report.merge(range_report)
+        stats.merge(range_stats)
+    interactions.check_ranges_grouped(path, stats)
+    return read_report, stats
 
 
 def convert_kaggle(
@@ -375,28 +518,29 @@ def convert_kaggle(
         f"shuffled through {buckets} bucket(s) per split"
     )
     beam_pipeline_args = beam_pipeline_args or IN_PROCESS_BEAM_ARGS
-    tasks = [
-        _RangeTask(i, animelist_path, r, anime_ids, liked_filter, split, buckets, spill_dir)
-        for i, r in enumerate(ranges)
-    ]
-    _run_on_beam(
-        tasks,
-        [_BucketTask(s, b, len(ranges), spill_dir, tmp_dir) for s in INTERACTION_SPLITS for b in range(buckets)],
-        beam_pipeline_args,
-    )
-    for i in range(len(ranges)):  # the first failing range is the earliest error in the file
-        if os.path.exists(_error_path(spill_dir, i)):
-            with open(_error_path(spill_dir, i)) as f:
-                message = f.read()
-            shutil.rmtree(tmp_dir, ignore_errors=True)
-            raise kaggle.DataError(message)
-    read_report, stats = kaggle.ReadReport(animelist_path), interactions.ScanStats()
-    for i in range(len(ranges)):
-        with open(_summary_path(spill_dir, i), "rb") as f:
-            range_report, range_stats = pickle.load(f)
-        read_report.merge(range_report)
-        stats.merge(range_stats)
-    interactions.check_ranges_grouped(animelist_path, stats)
+    try:
+        read_report, stats = _label_interactions(
+            animelist_path, ranges, anime_ids, liked_filter, split, buckets, spill_dir, tmp_dir, beam_pipeline_args
+        )
+        regrouped = False
+    except interactions.NotGroupedError as error:
+        progress(f"{error.args[0].split('. ')[0]}: regrouping animelist.csv by user_id, a pass more")
+        for folder in [spill_dir] + [os.path.join(tmp_dir, name) for name in INTERACTION_SPLITS]:
+            shutil.rmtree(folder, ignore_errors=True)
+        os.makedirs(spill_dir)
+        read_report, stats = _label_interactions(
+            animelist_path,
+            ranges,
+            anime_ids,
+            liked_filter,
+            split,
+            buckets,
+            spill_dir,
+            tmp_dir,
+            beam_pipeline_args,
+            True,
+        )
+        regrouped = True
     shutil.rmtree(spill_dir)
     # A split with no rows still needs a file for ExampleGen's input pattern.
     for split_name in (features.TRAIN_SPLIT, features.EVAL_SPLIT):
@@ -418,6 +562,8 @@ def convert_kaggle(
         "interactions": stats.to_dict(),
         "ranges": len(ranges),
         "shuffle_buckets": buckets,
+        # True when animelist.csv was not grouped by user_id and the converter regrouped it.
+        "regrouped": regrouped,
         "seconds": round(time.time() - start, 1),
     }
     with open(os.path.join(tmp_dir, REPORT_FILE), "w") as f:

@@ -207,10 +207,32 @@ def scan_animelist(
     id that reappears after other users is an error: the converter relies on
     the Kaggle file being grouped by user_id.
     """
+    yield from scan_blocks(
+        path,
+        kaggle.iter_animelist(path, report, block_lines, byte_range),
+        catalog_ids,
+        liked_filter,
+        split,
+        report,
+        stats,
+    )
+
+
+def scan_blocks(
+    path: str,
+    blocks: Iterator[kaggle.InteractionBlock],
+    catalog_ids: np.ndarray,
+    liked_filter: LikedFilter,
+    split: SplitConfig,
+    report: kaggle.ReadReport,
+    stats: ScanStats,
+) -> Iterator[LabeledBlock]:
+    """scan_animelist over blocks of rows of `path` grouped by user (from the file, or
+    regrouped by the converter), cut anywhere."""
     catalog_ids = np.sort(catalog_ids)
     finished_users = np.zeros(0, dtype=bool)  # bitmap over user ids
     carry = None
-    for block in kaggle.iter_animelist(path, report, block_lines, byte_range):
+    for block in blocks:
         if carry is not None:
             block = kaggle.InteractionBlock(*(np.concatenate([c, b]) for c, b in zip(carry, _fields(block))))
         if len(block.user_id) == 0:
@@ -250,10 +272,15 @@ def _check_grouped(path: str, block: kaggle.InteractionBlock, finished: np.ndarr
     return finished
 
 
+class NotGroupedError(kaggle.DataError):
+    """animelist.csv is not grouped by user_id (the converter then regroups it)."""
+
+
 def raise_not_grouped(path: str, user: int, line: int) -> None:
-    raise kaggle.DataError(
+    raise NotGroupedError(
         f"{path} line {line}, field user_id: user {user} appears again after rows of other users. "
-        "The converter streams the file grouped by user_id, as Kaggle ships it; sort it first "
+        "`data summary` streams the file grouped by user_id, as Kaggle ships it (`data convert` and `run` "
+        "regroup any other order themselves); to summarize this one, sort it first "
         "(for example: (head -1 animelist.csv; tail -n +2 animelist.csv | sort -t, -k1,1n -s) > sorted.csv)."
     )
 
