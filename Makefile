@@ -30,7 +30,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
-	$(PY) -m pytest -v -n 2 --dist loadfile --no-loadscope-reorder tests
+	$(PY) -m pytest -v -n 2 --dist loadfile --no-loadscope-reorder --durations=10 tests
 
 lint: $(STAMP)
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
