@@ -173,21 +173,41 @@ def drive(target: str, clients: int, seconds: float, users: int, seed: int = 0) 
     }
 
 
-def model_only_ms(model_dir: str, users: int, calls: int = 300) -> float:
-    """Median in-process latency of one serving_default call for one user."""
+def model_only_ms(model_dirs: dict[str, str], users: int, calls: int = 1000) -> dict[str, dict]:
+    """Median latency of one serving_default call for one user, for each model of
+    `model_dirs` (name -> version folder), the models called in turn so that they share
+    the machine's state: in-process (the TF2 signature, TensorFlow's default threads)
+    and in a Session configured as the server's (one intra-op thread, ops on the
+    calling thread), which is what a served request runs."""
     import tensorflow as tf
 
-    signature = tf.saved_model.load(model_dir).signatures[f.DEFAULT_SIGNATURE]
+    from animerec.serving import versions
+
+    callers = {}
+    for name, model_dir in model_dirs.items():
+        signature = tf.saved_model.load(model_dir).signatures[f.DEFAULT_SIGNATURE]
+        loaded = versions.load_version(os.path.dirname(model_dir), int(os.path.basename(model_dir)))
+        inputs = loaded.signature_defs[f.DEFAULT_SIGNATURE].inputs[f.SERVING_USER_ID].name
+        outputs = [t.name for t in loaded.signature_defs[f.DEFAULT_SIGNATURE].outputs.values()]
+        session_call = loaded.session.make_callable(outputs, feed_list=[inputs])
+        callers[name] = {
+            "in_process_ms": lambda user, s=signature: s(user_id=tf.constant(user)),
+            "session_ms": lambda user, c=session_call: c(user),
+        }
     rng = np.random.default_rng(1)
-    for _ in range(20):
-        signature(user_id=tf.constant([int(rng.integers(0, users))], tf.int64))
-    times = []
-    for _ in range(calls):
-        user = tf.constant([int(rng.integers(0, users))], tf.int64)
-        start = time.perf_counter()
-        signature(user_id=user)
-        times.append(time.perf_counter() - start)
-    return round(float(np.median(times)) * 1000, 3)
+    times = {name: {kind: [] for kind in kinds} for name, kinds in callers.items()}
+    for i in range(calls + 20):
+        user = np.array([int(rng.integers(0, users))], np.int64)
+        for name, kinds in callers.items():
+            for kind, call in kinds.items():
+                start = time.perf_counter()
+                call(user)
+                if i >= 20:  # the first calls warm up
+                    times[name][kind].append(time.perf_counter() - start)
+    return {
+        name: {kind: round(float(np.median(values)) * 1000, 3) for kind, values in kinds.items()}
+        for name, kinds in times.items()
+    }
 
 
 def bench_serve(
@@ -200,50 +220,70 @@ def bench_serve(
     levels: tuple[int, ...] = (1, 4, 16),
     progress=print,
 ) -> dict:
-    """Both serving models, back to back in one run: retrieval alone, then the two stages."""
+    """Both serving models, back to back in one run: retrieval alone, then the two stages,
+    each served and driven by 1, 4 and 16 clients; then both models alone, called in turn."""
     out = {}
-    for name, second_stage in (("retrieval only", False), ("two stages", True)):
-        progress(f"== {name}")
-        out[name] = _bench_one_model(users, anime, dim, history, seen, seconds, levels, second_stage, progress)
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dirs = {}
+        for name, second_stage in (("retrieval only", False), ("two stages", True)):
+            progress(f"== {name}")
+            model_dirs[name], out[name] = _bench_one_model(
+                os.path.join(tmp, name.replace(" ", "_")),
+                users,
+                anime,
+                dim,
+                history,
+                seen,
+                seconds,
+                levels,
+                second_stage,
+                progress,
+            )
+        progress("== each model alone, one user a call, the models in turn")
+        for name, figures in model_only_ms(model_dirs, users).items():
+            out[name].update(figures)
+            one_client = out[name]["levels"][0]["p50_ms"] if out[name]["levels"] else float("nan")
+            progress(
+                f"{name}: {figures['in_process_ms']:.2f} ms in-process, {figures['session_ms']:.2f} ms in the "
+                f"server's Session; the rest of a served request at 1 client (p50): "
+                f"{one_client - figures['session_ms']:.2f} ms"
+            )
     return out
 
 
-def _bench_one_model(users, anime, dim, history, seen, seconds, levels, second_stage, progress) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        serving_dir = os.path.join(tmp, "serving")
-        start = time.time()
-        model_dir = build_serving_model(serving_dir, users, anime, dim, history, seen, second_stage)
-        size_mb = sum(os.path.getsize(os.path.join(d, n)) for d, _, ns in os.walk(model_dir) for n in ns) / 1e6
-        progress(
-            f"Built a {users:,}-user, {anime:,}-anime, dim-{dim} model ({size_mb:,.0f} MB) in {time.time() - start:.0f}s"
-        )
-        port = _free_port()
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONWARNINGS="ignore")
-        server = subprocess.Popen(
-            [sys.executable, "-m", "animerec.cli", "serve", "--model-dir", serving_dir, "--port", str(port)]
-            + ["--rest-port", "0"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            target = f"localhost:{port}"
-            _wait_for_server(target)
-            drive(target, 1, 2.0, users)  # warm-up
-            results = []
-            for clients in levels:
-                result = drive(target, clients, seconds, users)
-                results.append(result)
-                progress(
-                    f"{clients:>3} clients: {result['qps']:>8.1f} req/s  p50 {result['p50_ms']:.2f} ms  "
-                    f"p95 {result['p95_ms']:.2f} ms  p99 {result['p99_ms']:.2f} ms  errors {result['errors']}"
-                )
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
-        in_process = model_only_ms(model_dir, users)
-        progress(f"model only (in-process signature call, one user): {in_process:.2f} ms")
-    return {"levels": results, "model_only_ms": in_process, "size_mb": round(size_mb)}
+def _bench_one_model(serving_dir, users, anime, dim, history, seen, seconds, levels, second_stage, progress):
+    """Builds one model under serving_dir, serves it and drives it; returns its version folder and figures."""
+    start = time.time()
+    model_dir = build_serving_model(serving_dir, users, anime, dim, history, seen, second_stage)
+    size_mb = sum(os.path.getsize(os.path.join(d, n)) for d, _, ns in os.walk(model_dir) for n in ns) / 1e6
+    progress(
+        f"Built a {users:,}-user, {anime:,}-anime, dim-{dim} model ({size_mb:,.0f} MB) in {time.time() - start:.0f}s"
+    )
+    port = _free_port()
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONWARNINGS="ignore")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "animerec.cli", "serve", "--model-dir", serving_dir, "--port", str(port)]
+        + ["--rest-port", "0"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        target = f"localhost:{port}"
+        _wait_for_server(target)
+        drive(target, 1, 2.0, users)  # warm-up
+        results = []
+        for clients in levels:
+            result = drive(target, clients, seconds, users)
+            results.append(result)
+            progress(
+                f"{clients:>3} clients: {result['qps']:>8.1f} req/s  p50 {result['p50_ms']:.2f} ms  "
+                f"p95 {result['p95_ms']:.2f} ms  p99 {result['p99_ms']:.2f} ms  errors {result['errors']}"
+            )
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    return model_dir, {"levels": results, "size_mb": round(size_mb)}
 
 
 def main_serve(args) -> int:
