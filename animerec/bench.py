@@ -173,12 +173,14 @@ def drive(target: str, clients: int, seconds: float, users: int, seed: int = 0) 
     }
 
 
-def model_only_ms(model_dirs: dict[str, str], users: int, calls: int = 1000) -> dict[str, dict]:
+def model_only_ms(model_dirs: dict[str, str], users: int, rounds: int = 4, block: int = 250) -> dict[str, dict]:
     """Median latency of one serving_default call for one user, for each model of
-    `model_dirs` (name -> version folder), the models called in turn so that they share
-    the machine's state: in-process (the TF2 signature, TensorFlow's default threads)
-    and in a Session configured as the server's (one intra-op thread, ops on the
-    calling thread), which is what a served request runs."""
+    `model_dirs` (name -> version folder): in-process (the TF2 signature, TensorFlow's
+    default threads) and in a Session configured as the server's (one intra-op thread,
+    ops on the calling thread), which is what a served request runs. The models take
+    turns in blocks of `block` calls (the first 20 of a block warm the caches up, as a
+    server's steady stream of calls to its one model keeps them), `rounds` times, so that
+    both see the same drift of the machine."""
     import tensorflow as tf
 
     from animerec.serving import versions
@@ -196,14 +198,15 @@ def model_only_ms(model_dirs: dict[str, str], users: int, calls: int = 1000) -> 
         }
     rng = np.random.default_rng(1)
     times = {name: {kind: [] for kind in kinds} for name, kinds in callers.items()}
-    for i in range(calls + 20):
-        user = np.array([int(rng.integers(0, users))], np.int64)
+    for _ in range(rounds):
         for name, kinds in callers.items():
             for kind, call in kinds.items():
-                start = time.perf_counter()
-                call(user)
-                if i >= 20:  # the first calls warm up
-                    times[name][kind].append(time.perf_counter() - start)
+                for i in range(block):
+                    user = np.array([int(rng.integers(0, users))], np.int64)
+                    start = time.perf_counter()
+                    call(user)
+                    if i >= 20:
+                        times[name][kind].append(time.perf_counter() - start)
     return {
         name: {kind: round(float(np.median(values)) * 1000, 3) for kind, values in kinds.items()}
         for name, kinds in times.items()
@@ -239,7 +242,7 @@ def bench_serve(
                 second_stage,
                 progress,
             )
-        progress("== each model alone, one user a call, the models in turn")
+        progress("== each model alone, one user a call, the models in turns of 250 calls")
         for name, figures in model_only_ms(model_dirs, users).items():
             out[name].update(figures)
             one_client = out[name]["levels"][0]["p50_ms"] if out[name]["levels"] else float("nan")
