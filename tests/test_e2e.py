@@ -70,15 +70,18 @@ def test_pipeline_on_synthetic_data_caches_and_gates(tmp_path):
     out_dir = str(tmp_path / "out")
     training = TrainingConfig(epochs=1, batch_size=256)
 
-    first = local_runner.run_local(
-        data_dir,
-        out_dir,
-        training=training,
-        gate=PERMISSIVE_GATE,
-        train_steps=20,
-        progress=print,
-        beam_pipeline_args=IN_PROCESS,
-    )
+    def run(gate: GateConfig = PERMISSIVE_GATE, train_steps: int = 20) -> dict:
+        return local_runner.run_local(
+            data_dir,
+            out_dir,
+            training=training,
+            gate=gate,
+            train_steps=train_steps,
+            progress=print,
+            beam_pipeline_args=IN_PROCESS,
+        )
+
+    first = run()
     assert first["pushed_model"], "a blessed model is pushed"
     assert first["evaluation"]["blessed"]
     metrics = first["evaluation"]["metrics"]
@@ -91,15 +94,7 @@ def test_pipeline_on_synthetic_data_caches_and_gates(tmp_path):
     # The same inputs again: data, Transform and Trainer come from the cache. The Evaluator
     # runs again (the resolver now finds the first run's blessed model) and, since that is
     # the same model, nothing new is pushed.
-    second = local_runner.run_local(
-        data_dir,
-        out_dir,
-        training=training,
-        gate=PERMISSIVE_GATE,
-        train_steps=20,
-        progress=print,
-        beam_pipeline_args=IN_PROCESS,
-    )
+    second = run()
     for component in ("ImportExampleGen", "StatisticsGen", "Transform", "Trainer"):
         assert second["cached"][component], f"{component} should have been cached"
     assert not second["evaluation"]["blessed"]
@@ -108,9 +103,7 @@ def test_pipeline_on_synthetic_data_caches_and_gates(tmp_path):
     # A new model (more steps) that cannot pass a strict gate: evaluated against the last
     # blessed model, not blessed, and Pusher pushes nothing.
     strict = GateConfig(min_value=1.01)
-    third = local_runner.run_local(
-        data_dir, out_dir, training=training, gate=strict, train_steps=25, progress=print, beam_pipeline_args=IN_PROCESS
-    )
+    third = run(strict, train_steps=25)
     assert third["cached"]["Transform"] and not third["cached"]["Trainer"]
     assert not third["evaluation"]["blessed"]
     assert "last_blessed" in third["evaluation"]["metrics"]
