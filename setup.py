@@ -11,6 +11,7 @@ setup(
         "animerec",
         "animerec.data",
         "animerec.model",
+        "animerec.bench",
         "animerec.pipeline",
         "animerec.components",
         "animerec.components.retrieval_evaluator",

@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"animerec: error: {error}", file=sys.stderr)
         return 2
     except shutdown.RunInterruptedError as error:
-        print(f"animerec: {error}; worker processes stopped, the running step recorded as failed", file=sys.stderr)
+        print(f"animerec: {error}; its worker processes were stopped", file=sys.stderr)
         return error.exit_code
 
 

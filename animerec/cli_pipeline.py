@@ -60,13 +60,13 @@ def _run(args) -> int:
     return 0
 
 
-def _bench(entry_point: str):
-    """A command that imports animerec.bench (TensorFlow and all) only when it runs."""
+def _bench(name: str):
+    """A command that imports animerec.bench.<name> (TensorFlow and all) only when it runs."""
 
     def run(args) -> int:
-        from animerec import bench
+        import importlib
 
-        return getattr(bench, entry_point)(args)
+        return importlib.import_module(f"animerec.bench.{name}").main(args)
 
     return run
 
@@ -473,7 +473,7 @@ def _add_bench_commands(commands) -> None:
         "--levels", type=int, nargs="+", default=[1, 4, 16], help="concurrent clients (default 1 4 16)"
     )
     bench_serve.add_argument("--json", action="store_true", help="print only the JSON summary line")
-    bench_serve.set_defaults(func=_bench("main_serve"))
+    bench_serve.set_defaults(func=_bench("serve"))
 
     bench_train = bench_commands.add_parser("train", help="training examples per second of the default model")
     bench_train.add_argument(
@@ -481,7 +481,7 @@ def _add_bench_commands(commands) -> None:
     )
     bench_train.add_argument("--steps", type=int, default=None, help="timed steps per batch size (default: one epoch)")
     bench_train.add_argument("--json", action="store_true", help="print only the JSON summary line")
-    bench_train.set_defaults(func=_bench("main_train"))
+    bench_train.set_defaults(func=_bench("train"))
 
     bench_pipeline = bench_commands.add_parser(
         "pipeline", help="pipeline wall time per stage, rows/s and peak memory at several sizes"
@@ -503,7 +503,7 @@ def _add_bench_commands(commands) -> None:
         help="stop a size whose process tree passes this much memory (default: 90%% of this machine's)",
     )
     bench_pipeline.add_argument("--json", action="store_true", help="print only the JSON summary line")
-    bench_pipeline.set_defaults(func=_bench("main_pipeline"))
+    bench_pipeline.set_defaults(func=_bench("pipeline"))
 
 
 def _add_serving_commands(commands) -> None:

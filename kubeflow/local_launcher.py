@@ -20,6 +20,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 
 
 class TaskFailed(RuntimeError):  # noqa: N818 - a task failing is what it reports
@@ -83,7 +84,7 @@ def run_compiled_pipeline(
     values = {**job.get("runtimeConfig", {}).get("parameterValues", {}), **(parameters or {})}
     root = os.path.abspath(root)
     metadata = LocalMetadata(os.path.join(root, METADATA_FILE))
-    run_id = time.strftime("run-%Y%m%d-%H%M%S") + f"-{os.getpid()}"
+    run_id = time.strftime("run-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:8]
     env = {**os.environ, **(env or {})}
     outputs: dict[str, dict[str, list]] = {}
     for name in _task_order(tasks):

@@ -20,8 +20,11 @@ class RunInterruptedError(Exception):
     """The run was stopped by a signal (SIGTERM, or SIGINT from Ctrl-C)."""
 
     def __init__(self, signum: int):
+        super().__init__(signum)
         self.signum = signum
-        super().__init__(f"stopped by {signal.Signals(signum).name}")
+
+    def __str__(self) -> str:
+        return f"stopped by {signal.Signals(self.signum).name}"
 
     @property
     def exit_code(self) -> int:
@@ -70,7 +73,7 @@ def cancel_running_executions(metadata_path: str) -> list[int]:
 def stops_cleanly(metadata_path: str | None = None):
     """Within the block, SIGTERM and SIGINT raise RunInterruptedError; on the way out the child
     processes are stopped and unfinished executions in `metadata_path` (if given) cancelled.
-    A second signal during that clean-up is ignored. Outside the main thread (where
+    A second signal stops the process the default way. Outside the main thread (where
     Python cannot handle signals) the block runs as it is."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -79,13 +82,16 @@ def stops_cleanly(metadata_path: str | None = None):
     received: list[int] = []
 
     def interrupt(signum, _frame):
+        # Once: a second signal stops the process the default way, clean-up or not.
         for s in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(s, signal.SIG_IGN)
+            signal.signal(s, signal.SIG_DFL if s == signal.SIGTERM else signal.default_int_handler)
         received.append(signum)
         raise RunInterruptedError(signum)
 
-    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
+        for s in previous:
+            signal.signal(s, interrupt)
         yield
     except BaseException as error:
         # A library between the signal and here may have wrapped RunInterruptedError in its own error.

@@ -2,6 +2,7 @@
 execution as still running, the command prints one line."""
 
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -45,6 +46,11 @@ def test_unfinished_executions_are_cancelled_and_finished_ones_kept(tmp_path):
     assert sorted(shutdown.cancel_running_executions(path)) == [ids[1], ids[3]]
     assert list(_states(path).values()) == [ex.COMPLETE, ex.CANCELED, ex.CACHED, ex.CANCELED, ex.FAILED]
     assert shutdown.cancel_running_executions(str(tmp_path / "none.sqlite")) == []
+
+
+def test_the_error_names_the_signal_and_crosses_processes():
+    error = pickle.loads(pickle.dumps(shutdown.RunInterruptedError(signal.SIGTERM)))
+    assert str(error) == "stopped by SIGTERM" and error.exit_code == 143
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])

@@ -216,6 +216,11 @@ def _keeping_data_errors(stage: str, work: Callable):
     return run
 
 
+def _failed(spill_dir: str) -> bool:
+    """Whether a task of an earlier stage wrote an error (later stages then do nothing)."""
+    return any(name.endswith(".error") for name in os.listdir(spill_dir))
+
+
 def _first_error(spill_dir: str, tasks: int, stage: str = "range") -> dict | None:
     """The error of the first failing task of a stage (the earliest in the file), or None."""
     for i in range(tasks):
@@ -267,6 +272,8 @@ def _label_and_spill(task: _RangeTask) -> int:
     and counts go to a summary file."""
     start = time.time()
     report, stats = kaggle.ReadReport(task.path), interactions.ScanStats()
+    if task.regroup_ranges and _failed(task.spill_dir):
+        return task.index
     rng = np.random.default_rng([SHUFFLE_SEED, task.index])
     liked_index = interactions.REASONS.index(interactions.LIKED)
     files = {
@@ -310,7 +317,7 @@ def _label_and_spill(task: _RangeTask) -> int:
 def _write_bucket(task: _BucketTask) -> None:
     """Gathers one bucket of one split from every range, permutes it and writes its shard(s)
     (nothing when a range failed: the conversion stops with its error)."""
-    if any(os.path.exists(_error_path(task.spill_dir, r, stage)) for r in range(task.ranges) for stage in STAGES):
+    if _failed(task.spill_dir):
         return
     paths = [_spill_path(task.spill_dir, task.split_name, task.bucket, r) for r in range(task.ranges)]
     rows = np.concatenate([np.fromfile(p, np.int64).reshape(-1, len(features.RAW_INT_FEATURES)) for p in paths])
@@ -322,9 +329,6 @@ def _write_bucket(task: _BucketTask) -> None:
         writer.close()
     for p in paths:
         os.remove(p)
-
-
-STAGES = ("regroup", "range")
 
 
 def _run_on_beam(
@@ -465,10 +469,13 @@ def convert_kaggle(
 ) -> dict:
     """Converts `data_dir`'s Kaggle files into ExampleGen input under `out_dir`.
 
-    The interactions are converted by two Beam stages (IN_PROCESS_BEAM_ARGS unless
+    The interactions are converted on Beam (IN_PROCESS_BEAM_ARGS unless
     `beam_pipeline_args` say otherwise): user-aligned ranges of animelist.csv are
-    labeled and spilled at random into shuffle buckets, then each bucket is
-    permuted and written as a shard. Memory stays at a block of rows per worker.
+    labeled and spilled at random into shuffle buckets, then each bucket is permuted
+    and written as a shard; memory stays at a block of rows per worker. A file not
+    grouped by user is first regrouped (_label_interactions): its rows go to user
+    buckets on disk, and each one is loaded whole (about ROWS_PER_SHARD rows) to be
+    labeled.
 
     Returns the conversion report (also written to out_dir/conversion_report.json).
     """
@@ -484,92 +491,97 @@ def convert_kaggle(
     start = time.time()
     tmp_dir = out_dir.rstrip("/") + ".tmp"
     shutil.rmtree(tmp_dir, ignore_errors=True)
-    catalog, catalog_reports = kaggle.read_catalog(data_dir)
-    progress(f"Catalog: {len(catalog):,} anime from {', '.join(os.path.basename(r.path) for r in catalog_reports)}")
-
-    catalog_writer = _ExampleWriter(os.path.join(tmp_dir, features.CATALOG_SPLIT), "catalog")
-    anime_ids = catalog["anime_id"].to_numpy()
-    catalog_writer.write_columns(
-        {
-            features.USER_ID: np.full(len(catalog), features.NO_USER),
-            features.ANIME_ID: anime_ids,
-            features.RATING: np.zeros(len(catalog)),
-            features.LIKED: np.zeros(len(catalog)),
-        },
-        {
-            features.NAME: [text.encode("utf-8") for text in catalog["name"]],
-            features.GENRES: [text.encode("utf-8") for text in catalog["genres"]],
-            features.SYNOPSIS: [text.encode("utf-8") for text in catalog["synopsis"]],
-        },
-        {
-            features.MAL_SCORE: optional_values(catalog["score"].to_numpy(np.float64), np.float32),
-            features.MEMBERS: optional_values(catalog["members"].to_numpy(np.float64), np.int64),
-        },
-    )
-    catalog_writer.close()
-
-    animelist_path = os.path.join(data_dir, kaggle.ANIMELIST_CSV)
-    spill_dir = os.path.join(tmp_dir, "spill")
-    os.makedirs(spill_dir)
-    ranges = kaggle.key_aligned_ranges(animelist_path, RANGE_BYTES)
-    buckets = shuffle_buckets(animelist_path)
-    progress(
-        f"animelist.csv: {os.path.getsize(animelist_path) / 1e6:,.0f} MB in {len(ranges)} user-aligned range(s), "
-        f"shuffled through {buckets} bucket(s) per split"
-    )
-    beam_pipeline_args = beam_pipeline_args or IN_PROCESS_BEAM_ARGS
     try:
-        read_report, stats = _label_interactions(
-            animelist_path, ranges, anime_ids, liked_filter, split, buckets, spill_dir, tmp_dir, beam_pipeline_args
-        )
-        regrouped = False
-    except interactions.NotGroupedError as error:
-        progress(f"{error.args[0].split('. ')[0]}: regrouping animelist.csv by user_id, a pass more")
-        for folder in [spill_dir] + [os.path.join(tmp_dir, name) for name in INTERACTION_SPLITS]:
-            shutil.rmtree(folder, ignore_errors=True)
-        os.makedirs(spill_dir)
-        read_report, stats = _label_interactions(
-            animelist_path,
-            ranges,
-            anime_ids,
-            liked_filter,
-            split,
-            buckets,
-            spill_dir,
-            tmp_dir,
-            beam_pipeline_args,
-            True,
-        )
-        regrouped = True
-    shutil.rmtree(spill_dir)
-    # A split with no rows still needs a file for ExampleGen's input pattern.
-    for split_name in (features.TRAIN_SPLIT, features.EVAL_SPLIT):
-        folder = os.path.join(tmp_dir, split_name)
-        if not os.path.isdir(folder) or not os.listdir(folder):
-            raise kaggle.DataError(
-                f"{animelist_path}: no {split_name} rows after filtering "
-                f"({dict(stats.rows_by_reason)}); nothing to train or evaluate on."
-            )
+        catalog, catalog_reports = kaggle.read_catalog(data_dir)
+        progress(f"Catalog: {len(catalog):,} anime from {', '.join(os.path.basename(r.path) for r in catalog_reports)}")
 
-    report = {
-        "fingerprint": fingerprint,
-        "data_dir": os.path.abspath(data_dir),
-        "liked_filter": dataclasses.asdict(liked_filter),
-        "split": dataclasses.asdict(split),
-        "catalog_size": int(len(catalog)),
-        "catalog_files": [r.to_dict() for r in catalog_reports],
-        "animelist": read_report.to_dict(),
-        "interactions": stats.to_dict(),
-        "ranges": len(ranges),
-        "shuffle_buckets": buckets,
-        # True when animelist.csv was not grouped by user_id and the converter regrouped it.
-        "regrouped": regrouped,
-        "seconds": round(time.time() - start, 1),
-    }
-    with open(os.path.join(tmp_dir, REPORT_FILE), "w") as f:
-        json.dump(report, f, indent=2)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp_dir, out_dir)
+        catalog_writer = _ExampleWriter(os.path.join(tmp_dir, features.CATALOG_SPLIT), "catalog")
+        anime_ids = catalog["anime_id"].to_numpy()
+        catalog_writer.write_columns(
+            {
+                features.USER_ID: np.full(len(catalog), features.NO_USER),
+                features.ANIME_ID: anime_ids,
+                features.RATING: np.zeros(len(catalog)),
+                features.LIKED: np.zeros(len(catalog)),
+            },
+            {
+                features.NAME: [text.encode("utf-8") for text in catalog["name"]],
+                features.GENRES: [text.encode("utf-8") for text in catalog["genres"]],
+                features.SYNOPSIS: [text.encode("utf-8") for text in catalog["synopsis"]],
+            },
+            {
+                features.MAL_SCORE: optional_values(catalog["score"].to_numpy(np.float64), np.float32),
+                features.MEMBERS: optional_values(catalog["members"].to_numpy(np.float64), np.int64),
+            },
+        )
+        catalog_writer.close()
+
+        animelist_path = os.path.join(data_dir, kaggle.ANIMELIST_CSV)
+        spill_dir = os.path.join(tmp_dir, "spill")
+        os.makedirs(spill_dir)
+        ranges = kaggle.key_aligned_ranges(animelist_path, RANGE_BYTES)
+        buckets = shuffle_buckets(animelist_path)
+        progress(
+            f"animelist.csv: {os.path.getsize(animelist_path) / 1e6:,.0f} MB in {len(ranges)} user-aligned range(s), "
+            f"shuffled through {buckets} bucket(s) per split"
+        )
+        beam_pipeline_args = beam_pipeline_args or IN_PROCESS_BEAM_ARGS
+        try:
+            read_report, stats = _label_interactions(
+                animelist_path, ranges, anime_ids, liked_filter, split, buckets, spill_dir, tmp_dir, beam_pipeline_args
+            )
+            regrouped = False
+        except interactions.NotGroupedError as error:
+            progress(f"{error.args[0].split('. ')[0]}: regrouping animelist.csv by user_id, a pass more")
+            for folder in [spill_dir] + [os.path.join(tmp_dir, name) for name in INTERACTION_SPLITS]:
+                shutil.rmtree(folder, ignore_errors=True)
+            os.makedirs(spill_dir)
+            read_report, stats = _label_interactions(
+                animelist_path,
+                ranges,
+                anime_ids,
+                liked_filter,
+                split,
+                buckets,
+                spill_dir,
+                tmp_dir,
+                beam_pipeline_args,
+                True,
+            )
+            regrouped = True
+        shutil.rmtree(spill_dir)
+        # A split with no rows still needs a file for ExampleGen's input pattern.
+        for split_name in (features.TRAIN_SPLIT, features.EVAL_SPLIT):
+            folder = os.path.join(tmp_dir, split_name)
+            if not os.path.isdir(folder) or not os.listdir(folder):
+                raise kaggle.DataError(
+                    f"{animelist_path}: no {split_name} rows after filtering "
+                    f"({dict(stats.rows_by_reason)}); nothing to train or evaluate on."
+                )
+
+        report = {
+            "fingerprint": fingerprint,
+            "data_dir": os.path.abspath(data_dir),
+            "liked_filter": dataclasses.asdict(liked_filter),
+            "split": dataclasses.asdict(split),
+            "catalog_size": int(len(catalog)),
+            "catalog_files": [r.to_dict() for r in catalog_reports],
+            "animelist": read_report.to_dict(),
+            "interactions": stats.to_dict(),
+            "ranges": len(ranges),
+            "shuffle_buckets": buckets,
+            # True when animelist.csv was not grouped by user_id and the converter regrouped it.
+            "regrouped": regrouped,
+            "seconds": round(time.time() - start, 1),
+        }
+        with open(os.path.join(tmp_dir, REPORT_FILE), "w") as f:
+            json.dump(report, f, indent=2)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        os.replace(tmp_dir, out_dir)
+    except BaseException:
+        # A data error, a stop: nothing half-written (spill files can take gigabytes) stays.
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
     progress(
         f"Converted {read_report.rows_read:,} rows in {report['seconds']}s: "
         f"{stats.train_rows:,} train, {stats.eval_rows:,} eval, {len(catalog):,} catalog records -> {out_dir}"

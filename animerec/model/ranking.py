@@ -254,6 +254,12 @@ class ServingRanker(tf.Module):
 
     def __init__(self, ranker: Ranker):
         super().__init__()
+        for scorer in ranker.scorers:  # what the fold assumes: ReLU hidden layers, a linear output
+            activations = [layer.activation for layer in scorer.layers]
+            if activations[-1] is not tf.keras.activations.linear or any(
+                a is not tf.keras.activations.relu for a in activations[:-1]
+            ):
+                raise ValueError(f"ServingRanker folds ReLU MLPs with a linear output; got activations {activations}")
         members = [[(layer.kernel.numpy(), layer.bias.numpy()) for layer in s.layers] for s in ranker.scorers]
         mean = np.asarray(ranker.normalization.mean, np.float64).reshape(-1)
         scale = 1.0 / np.maximum(np.sqrt(np.asarray(ranker.normalization.variance, np.float64).reshape(-1)), 1e-7)

@@ -1,0 +1,223 @@
+"""`animerec bench serve`: a full-size model (17.5k anime, 325k users, embedding 64) is
+built from synthetic arrays without training, served by `animerec serve` in its own
+process, and driven over loopback gRPC by 1, 4 and 16 concurrent clients for a fixed
+time each; then each model alone, in-process and in the server's Session configuration.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+from animerec import features as f
+from animerec.bench.synthetic import synthetic_second_stage, synthetic_training_data
+
+
+def build_serving_model(
+    out_dir: str, users: int, anime: int, dim: int, history: int, seen: int, second_stage: bool = True
+) -> str:
+    """Exports an untrained full-size model as version 1 under out_dir (retrieval alone,
+    or with a second stage of the default size)."""
+    from animerec.config import TrainingConfig
+    from animerec.model import export, retrieval
+
+    data = synthetic_training_data(users, anime, history, seen)
+    # The query tower of the default TrainingConfig: liked history only, no user id table.
+    model = retrieval.RetrievalModel(
+        data, dim, temperature=0.05, use_user_embedding=TrainingConfig().use_user_embedding
+    )
+    embeddings = retrieval.catalog_embeddings(model, data)
+    path = os.path.join(out_dir, "1")
+    stage = synthetic_second_stage(data) if second_stage else None
+    export.export_serving_model(model, data, embeddings, top_k=100, path=path, second_stage=stage)
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_server(target: str, timeout: float = 300.0) -> None:
+    import grpc
+
+    channel = grpc.insecure_channel(target)
+    grpc.channel_ready_future(channel).result(timeout=timeout)
+    channel.close()
+
+
+def drive(target: str, clients: int, seconds: float, users: int, seed: int = 0) -> dict:
+    """`clients` threads, each one request at a time for one user, for `seconds`."""
+    from animerec.serving.client import RecommenderClient
+
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    errors = [0] * clients
+    deadline = time.perf_counter() + seconds
+
+    def worker(i: int) -> None:
+        client = RecommenderClient(target, timeout=10)
+        stub, rng = client.stub, np.random.default_rng(seed + i)
+        while time.perf_counter() < deadline:
+            request = client.request([int(rng.integers(0, users))])
+            start = time.perf_counter()
+            try:
+                stub.Predict(request, timeout=10)
+                latencies[i].append(time.perf_counter() - start)
+            except Exception:  # noqa: BLE001 - counted and reported, a benchmark keeps going
+                errors[i] += 1
+        client.close()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    all_ms = np.array([x for per in latencies for x in per]) * 1000
+    return {
+        "clients": clients,
+        "requests": int(len(all_ms)),
+        "errors": int(sum(errors)),
+        "qps": round(len(all_ms) / elapsed, 1),
+        "p50_ms": round(float(np.percentile(all_ms, 50)), 3),
+        "p95_ms": round(float(np.percentile(all_ms, 95)), 3),
+        "p99_ms": round(float(np.percentile(all_ms, 99)), 3),
+    }
+
+
+def model_only_ms(model_dirs: dict[str, str], users: int, rounds: int = 4, block: int = 250) -> dict[str, dict]:
+    """Median latency of one serving_default call for one user, for each model of
+    `model_dirs` (name -> version folder): in-process (the TF2 signature, TensorFlow's
+    default threads) and in a Session configured as the server's (one intra-op thread,
+    ops on the calling thread), which is what a served request runs. The models take
+    turns in blocks of `block` calls (the first 20 of a block warm the caches up, as a
+    server's steady stream of calls to its one model keeps them), `rounds` times, so that
+    both see the same drift of the machine."""
+    import tensorflow as tf
+
+    from animerec.serving import versions
+
+    callers = {}
+    for name, model_dir in model_dirs.items():
+        signature = tf.saved_model.load(model_dir).signatures[f.DEFAULT_SIGNATURE]
+        loaded = versions.load_version(os.path.dirname(model_dir), int(os.path.basename(model_dir)))
+        inputs = loaded.signature_defs[f.DEFAULT_SIGNATURE].inputs[f.SERVING_USER_ID].name
+        outputs = [t.name for t in loaded.signature_defs[f.DEFAULT_SIGNATURE].outputs.values()]
+        session_call = loaded.session.make_callable(outputs, feed_list=[inputs])
+        callers[name] = {
+            "in_process_ms": lambda user, s=signature: s(user_id=tf.constant(user)),
+            "session_ms": lambda user, c=session_call: c(user),
+        }
+    rng = np.random.default_rng(1)
+    times = {name: {kind: [] for kind in kinds} for name, kinds in callers.items()}
+    for _ in range(rounds):
+        for name, kinds in callers.items():
+            for kind, call in kinds.items():
+                for i in range(block):
+                    user = np.array([int(rng.integers(0, users))], np.int64)
+                    start = time.perf_counter()
+                    call(user)
+                    if i >= 20:
+                        times[name][kind].append(time.perf_counter() - start)
+    return {
+        name: {kind: round(float(np.median(values)) * 1000, 3) for kind, values in kinds.items()}
+        for name, kinds in times.items()
+    }
+
+
+def bench_serve(
+    users: int = 325_000,
+    anime: int = 17_500,
+    dim: int = 64,
+    history: int = 100,
+    seen: int = 300,
+    seconds: float = 10.0,
+    levels: tuple[int, ...] = (1, 4, 16),
+    progress=print,
+) -> dict:
+    """Both serving models, back to back in one run: retrieval alone, then the two stages,
+    each served and driven by 1, 4 and 16 clients; then both models alone, called in turn."""
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dirs = {}
+        for name, second_stage in (("retrieval only", False), ("two stages", True)):
+            progress(f"== {name}")
+            model_dirs[name], out[name] = _bench_one_model(
+                os.path.join(tmp, name.replace(" ", "_")),
+                users,
+                anime,
+                dim,
+                history,
+                seen,
+                seconds,
+                levels,
+                second_stage,
+                progress,
+            )
+        progress("== each model alone, one user a call, the models in turns of 250 calls")
+        for name, figures in model_only_ms(model_dirs, users).items():
+            out[name].update(figures)
+            one_client = out[name]["levels"][0]["p50_ms"] if out[name]["levels"] else float("nan")
+            progress(
+                f"{name}: {figures['in_process_ms']:.2f} ms in-process, {figures['session_ms']:.2f} ms in the "
+                f"server's Session; the rest of a served request at 1 client (p50): "
+                f"{one_client - figures['session_ms']:.2f} ms"
+            )
+    return out
+
+
+def _bench_one_model(serving_dir, users, anime, dim, history, seen, seconds, levels, second_stage, progress):
+    """Builds one model under serving_dir, serves it and drives it; returns its version folder and figures."""
+    start = time.time()
+    model_dir = build_serving_model(serving_dir, users, anime, dim, history, seen, second_stage)
+    size_mb = sum(os.path.getsize(os.path.join(d, n)) for d, _, ns in os.walk(model_dir) for n in ns) / 1e6
+    progress(
+        f"Built a {users:,}-user, {anime:,}-anime, dim-{dim} model ({size_mb:,.0f} MB) in {time.time() - start:.0f}s"
+    )
+    port = _free_port()
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONWARNINGS="ignore")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "animerec.cli", "serve", "--model-dir", serving_dir, "--port", str(port)]
+        + ["--rest-port", "0"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        target = f"localhost:{port}"
+        _wait_for_server(target)
+        drive(target, 1, 2.0, users)  # warm-up
+        results = []
+        for clients in levels:
+            result = drive(target, clients, seconds, users)
+            results.append(result)
+            progress(
+                f"{clients:>3} clients: {result['qps']:>8.1f} req/s  p50 {result['p50_ms']:.2f} ms  "
+                f"p95 {result['p95_ms']:.2f} ms  p99 {result['p99_ms']:.2f} ms  errors {result['errors']}"
+            )
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    return model_dir, {"levels": results, "size_mb": round(size_mb)}
+
+
+def main(args) -> int:
+    result = bench_serve(
+        users=args.users,
+        anime=args.anime,
+        dim=args.dim,
+        seconds=args.seconds,
+        levels=tuple(args.levels),
+        progress=(lambda _: None) if args.json else print,
+    )
+    if args.json:
+        print(json.dumps(result))
+    return 0
