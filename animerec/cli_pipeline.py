@@ -480,6 +480,9 @@ def _add_bench_commands(commands) -> None:
         "--batch-sizes", type=int, nargs="+", default=[1024, 4096, 8192], help="default 1024 4096 8192"
     )
     bench_train.add_argument("--steps", type=int, default=None, help="timed steps per batch size (default: one epoch)")
+    bench_train.add_argument(
+        "--rows", type=int, default=1_000_000, help="interaction rows generated (default %(default)s)"
+    )
     bench_train.add_argument("--json", action="store_true", help="print only the JSON summary line")
     bench_train.set_defaults(func=_bench("train"))
 

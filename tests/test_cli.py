@@ -185,7 +185,9 @@ def test_benchmarks_run_and_report_their_figures():
         assert level["clients"] == 1 and level["requests"] > 0 and level["errors"] == 0
         assert serve[model]["in_process_ms"] > 0 and serve[model]["session_ms"] > 0
     train = json.loads(
-        animerec("bench", "train", "--batch-sizes", "256", "--steps", "2", "--json").stdout.splitlines()[-1]
+        animerec(
+            "bench", "train", "--batch-sizes", "256", "--steps", "2", "--rows", "20000", "--json"
+        ).stdout.splitlines()[-1]
     )
     assert [level["batch_size"] for level in train["levels"]] == [256]
     assert train["levels"][0]["examples_per_second"] > 0 and train["liked_rows"] > 0

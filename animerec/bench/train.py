@@ -137,7 +137,10 @@ def naive_tfrs_examples_per_second(
 
 def main(args) -> int:
     result = bench_train(
-        batch_sizes=tuple(args.batch_sizes), steps=args.steps, progress=(lambda _: None) if args.json else print
+        rows=args.rows,
+        batch_sizes=tuple(args.batch_sizes),
+        steps=args.steps,
+        progress=(lambda _: None) if args.json else print,
     )
     if args.json:
         print(json.dumps(result))
