@@ -53,15 +53,13 @@ class LocalMetadata:
     """An MLMD SQLite store of run-local's tasks and their output artifacts."""
 
     def __init__(self, path: str):
-        from ml_metadata.metadata_store import metadata_store
         from ml_metadata.proto import metadata_store_pb2
+
+        from animerec.pipeline import artifacts
 
         self._pb = metadata_store_pb2
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        config = metadata_store_pb2.ConnectionConfig()
-        config.sqlite.filename_uri = path
-        config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE_OPENCREATE
-        self.store = metadata_store.MetadataStore(config)
+        self.store = artifacts.open_store(path, "create")
         self.path = path
 
     def _type_id(self, kind: str, name: str) -> int:

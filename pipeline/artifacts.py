@@ -31,16 +31,22 @@ def newest_version_dir(base_path: str) -> str | None:
     return os.path.join(base_path, str(versions[-1])) if versions else None
 
 
-def open_store(metadata_path: str):
-    """The run's ML Metadata store (SQLite), read-only."""
+def open_store(metadata_path: str, mode: str = "read"):
+    """The run's ML Metadata store (SQLite): "read" (read-only) or "write" an existing one,
+    or "create" it when absent."""
     from ml_metadata.metadata_store import metadata_store
     from ml_metadata.proto import metadata_store_pb2
 
-    if not os.path.exists(metadata_path):
+    modes = metadata_store_pb2.SqliteMetadataSourceConfig
+    if mode != "create" and not os.path.exists(metadata_path):
         raise FileNotFoundError(f"{metadata_path}: no ML Metadata store (has the pipeline run here?)")
     config = metadata_store_pb2.ConnectionConfig()
     config.sqlite.filename_uri = metadata_path
-    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    config.sqlite.connection_mode = {
+        "read": modes.READONLY,
+        "write": modes.READWRITE,
+        "create": modes.READWRITE_OPENCREATE,
+    }[mode]
     return metadata_store.MetadataStore(config)
 
 

@@ -51,15 +51,13 @@ def stop_descendants(timeout: float = 10.0) -> list[int]:
 
 def cancel_running_executions(metadata_path: str) -> list[int]:
     """Marks the executions a stopped run left NEW or RUNNING as CANCELED. Returns their ids."""
-    from ml_metadata.metadata_store import metadata_store
     from ml_metadata.proto import metadata_store_pb2
+
+    from animerec.pipeline import artifacts
 
     if not os.path.exists(metadata_path):
         return []
-    config = metadata_store_pb2.ConnectionConfig()
-    config.sqlite.filename_uri = metadata_path
-    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE
-    store = metadata_store.MetadataStore(config)
+    store = artifacts.open_store(metadata_path, "write")
     unfinished = {metadata_store_pb2.Execution.NEW, metadata_store_pb2.Execution.RUNNING}
     executions = [e for e in store.get_executions() if e.last_known_state in unfinished]
     for execution in executions:

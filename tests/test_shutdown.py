@@ -11,21 +11,17 @@ import time
 
 import psutil
 import pytest
-from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from animerec.data import synth
-from animerec.pipeline import shutdown
+from animerec.pipeline import artifacts, shutdown
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="3", PYTHONWARNINGS="ignore")
 
 
 def _store(path: str):
-    config = metadata_store_pb2.ConnectionConfig()
-    config.sqlite.filename_uri = path
-    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE_OPENCREATE
-    return metadata_store.MetadataStore(config)
+    return artifacts.open_store(path, "create")
 
 
 def _states(path: str) -> dict:
@@ -59,7 +55,7 @@ def test_a_signal_stops_the_children_and_raises_an_exception(tmp_path, signum):
     script = textwrap.dedent(
         f"""
         import os, subprocess, sys, time
-        from animerec.pipeline import shutdown
+        from animerec.pipeline import artifacts, shutdown
         try:
             with shutdown.stops_cleanly():
                 child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])

@@ -340,7 +340,7 @@ def _run_on_beam(
     from apache_beam.options.pipeline_options import PipelineOptions
 
     # The local job service forwards each worker's start-up warnings and, as an ERROR
-    # line, a failing worker's traceback: the error itself reaches the caller below.
+    # line, a failing worker's traceback: Beam re-raises the error to the caller itself.
     job_service_log = logging.getLogger("apache_beam.runners.portability.local_job_service")
     previous_level = job_service_log.level
     job_service_log.setLevel(logging.CRITICAL)
@@ -364,28 +364,8 @@ def _run_on_beam(
                 | "Buckets" >> beam.Create(bucket_tasks)
                 | "ShuffleAndWrite" >> beam.Map(lambda task, _: _write_bucket(task), beam.pvalue.AsList(spilled))
             )
-    except Exception as error:
-        message = data_error_message(error)
-        if message is None:
-            raise
-        raise kaggle.DataError(message) from None
     finally:
         job_service_log.setLevel(previous_level)
-
-
-def data_error_message(error: BaseException) -> str | None:
-    """The message of a kaggle.DataError raised in a Beam worker, from the error Beam
-    re-raised (the DataError itself in-process, a RuntimeError holding the worker's
-    traceback as text across processes); None for any other error."""
-    marker = f"{kaggle.DataError.__module__}.{kaggle.DataError.__qualname__}: "
-    while error is not None:
-        text = str(error)
-        if isinstance(error, kaggle.DataError):
-            return text.split(" [while running", 1)[0]
-        if marker in text:
-            return text.rsplit(marker, 1)[1].splitlines()[0].split(" [while running", 1)[0]
-        error = error.__cause__ or error.__context__
-    return None
 
 
 def shuffle_buckets(animelist_path: str) -> int:
