@@ -16,12 +16,15 @@ def _liked(rng, users=30, items=12, rows=200):
     return rng.integers(0, users, rows), rng.integers(0, items, rows)
 
 
-def _features_module(item_in, item_out, column, catalog_size, genres=None, members=None):
+def _features_module(item_in, item_out, column, catalog_size, genres=None, members=None, neighbours=None):
     rng = np.random.default_rng(9)
+    if neighbours is None:  # no title has a neighbour
+        neighbours = np.full((catalog_size, 3), -1, np.int32), np.zeros((catalog_size, 3), np.float32)
     return ranking.RankingFeatures(
         item_in,
         item_out,
         column,
+        *neighbours,
         rng.integers(0, 50, catalog_size).astype(np.float64),
         genres if genres is not None else ranking.genre_matrix(rng.integers(0, 4, (catalog_size, 3)), 4),
         rng.uniform(5, 9, catalog_size).astype(np.float32),
@@ -91,6 +94,60 @@ def test_candidates_are_both_retrievers_top_titles_unseen_and_ordered_by_retriev
             np.log1p(members[titles]),
             rtol=1e-6,
         )
+
+
+def _cosine(users, positions, catalog_size):
+    x = np.zeros((users.max() + 1, catalog_size))
+    x[users, positions] = 1.0
+    norms = np.linalg.norm(x, axis=0)
+    return (x.T @ x) / np.maximum(np.outer(norms, norms), 1e-12)
+
+
+def test_cosine_neighbours_are_each_titles_nearest_by_co_likes():
+    rng = np.random.default_rng(4)
+    users, positions = _liked(rng, users=20, items=10, rows=60)
+    catalog_size = 13  # titles 10-12 nobody liked: no neighbours
+    index = evaluation.EaseIndex(users, positions, catalog_size)
+    cosine = _cosine(users, positions, catalog_size)
+    neighbours, similarity = ranking.cosine_neighbours(index.gram, index.items, catalog_size, k=4, block=3)
+    assert neighbours.shape == similarity.shape == (catalog_size, 4)
+    assert np.all(neighbours[10:] == -1) and np.all(similarity[10:] == 0.0)
+    for title in range(10):
+        others = np.delete(np.arange(10), title)
+        expected = np.sort(cosine[title, others])[::-1][:4]
+        expected = expected[expected > 0]
+        listed = neighbours[title][neighbours[title] >= 0]
+        assert title not in listed
+        np.testing.assert_allclose(similarity[title, : len(listed)], expected, rtol=1e-6)
+        np.testing.assert_allclose(cosine[title, listed], expected, rtol=1e-6)
+        assert np.all(similarity[title, len(listed) :] == 0.0)
+
+
+def test_item_knn_feature_is_the_highest_similarity_to_a_liked_neighbour():
+    rng = np.random.default_rng(5)
+    users, positions = _liked(rng, users=25, items=16, rows=90)
+    catalog_size = 16
+    index = evaluation.EaseIndex(users, positions, catalog_size)
+    cosine = _cosine(users, positions, catalog_size)
+    np.fill_diagonal(cosine, 0.0)
+    history = np.array([[0, 3, 5, -1], [7, -1, -1, -1], [2, 4, 6, 8]], np.int32)
+    scores = np.zeros((3, catalog_size), np.float32)
+    for row, liked in enumerate(history):
+        scores[row, liked[liked >= 0]] = -np.inf
+    column = ranking.FEATURE_NAMES.index("item_knn_similarity")
+    factors = ranking.ease_factors(index.eigen, index.items, catalog_size, 3.0, rank=16)
+    for k in (15, 2):  # every other title a neighbour (exact), then only the 2 nearest
+        table = ranking.cosine_neighbours(index.gram, index.items, catalog_size, k=k)
+        module = _features_module(*factors, catalog_size, neighbours=table)
+        candidates, features, present = (t.numpy() for t in module(tf.constant(history), tf.constant(scores), 8, 0))
+        for row, liked in enumerate(history):
+            liked = liked[liked >= 0]
+            for title, value in zip(candidates[row][present[row]], features[row, present[row], column]):
+                near = table[0][title][table[0][title] >= 0]
+                expected = max([cosine[title, h] for h in liked if h in near], default=0.0)
+                assert value == pytest.approx(expected, rel=1e-5)
+                if k == 15:
+                    assert value == pytest.approx(cosine[title, liked].max(), rel=1e-5)
 
 
 def test_ranker_learns_which_feature_marks_the_liked_title():

@@ -53,7 +53,7 @@ def synthetic_training_data(users: int, anime: int, history: int, seen: int, see
 
 def synthetic_second_stage(data, seed: int = 0):
     """A second stage of the default size with random weights (EASE over 8,000 titles at
-    the default rank, the default ranker and candidate counts): for benchmarks only."""
+    the default rank, the default item-kNN table, the default ranker and candidate counts): for benchmarks only."""
     from animerec.config import TrainingConfig
     from animerec.evaluation import EASE_MAX_ITEMS
     from animerec.model import ranking, two_stage
@@ -69,10 +69,14 @@ def synthetic_second_stage(data, seed: int = 0):
     column = np.full(catalog_size, len(items), np.int32)
     column[items] = np.arange(len(items))
     genres = ranking.genre_matrix(data.catalog.tokens[f.GENRE_TOKENS] % 40, 40)
+    neighbours = np.full((catalog_size, config.item_knn_neighbours), -1, np.int32)
+    neighbours[items] = rng.choice(items, (len(items), config.item_knn_neighbours))
     features = ranking.RankingFeatures(
         item_in,
         item_out,
         column,
+        neighbours,
+        np.where(neighbours >= 0, rng.uniform(0, 1, neighbours.shape), 0.0).astype(np.float32),
         data.likes_by_catalog_position(),
         genres,
         data.catalog.mal_score,

@@ -2,9 +2,10 @@
 
 The candidates are the two-tower's top titles plus the item-item top titles (both
 unseen). The ranker scores each (user, candidate) pair with what the two-tower
-cannot express: an item-item collaborative score of the candidate given the user's liked history
+cannot express: two item-item collaborative scores of the candidate given the user's liked history
 (EASE's score, kept as a low-rank factorization so that the SavedModel stays
-small and a request costs one small product), the genre affinity of the candidate with the history,
+small and a request costs one small product; and the candidate's highest cosine
+similarity to a liked title, from a table of each title's nearest neighbours), the genre affinity of the candidate with the history,
 the title's popularity here and on MyAnimeList (members) and its MAL score, the
 history's length, and the retrieval score and rank.
 The same RankingFeatures module computes the features in the Trainer and in the
@@ -25,6 +26,7 @@ FEATURE_NAMES = (
     "item_item",
     "item_item_share_of_best",
     "log_item_item_rank",
+    "item_knn_similarity",
     "log_popularity",
     "mal_score",
     "log_mal_members",
@@ -64,6 +66,32 @@ def ease_factors(
     return item_in, item_out, column
 
 
+def cosine_neighbours(
+    gram: np.ndarray, items: np.ndarray, catalog_size: int, k: int, block: int = 1024
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each title's k nearest titles by the cosine of their like vectors (co-likes /
+    sqrt(likes_i likes_j)), from the Gram matrix X'X over the titles `items`:
+    ([catalog, k] catalog positions, -1 where there are fewer with a co-like, and
+    [catalog, k] their similarities, 0 there), nearest first. Titles outside `items`
+    have none. Rows are computed in blocks, so memory stays at block x len(items)."""
+    width = max(1, min(k, len(items) - 1))
+    neighbours = np.full((catalog_size, width), -1, np.int32)
+    similarity = np.zeros((catalog_size, width), np.float32)
+    norms = np.sqrt(np.maximum(np.diag(gram), 1e-12))
+    for start in range(0, len(items), block):
+        stop = min(start + block, len(items))
+        cosine = gram[start:stop] / norms[start:stop, None] / norms[None, :]
+        cosine[np.arange(stop - start), np.arange(start, stop)] = -np.inf  # not its own neighbour
+        top = np.argpartition(-cosine, width - 1, axis=1)[:, :width] if width < len(items) else np.argsort(-cosine, 1)
+        values = np.take_along_axis(cosine, top, axis=1)
+        order = np.argsort(-values, axis=1, kind="stable")
+        top, values = np.take_along_axis(top, order, axis=1), np.take_along_axis(values, order, axis=1)
+        near = values > 0
+        neighbours[items[start:stop]] = np.where(near, items[top], -1)
+        similarity[items[start:stop]] = np.where(near, values, 0.0)
+    return neighbours, similarity
+
+
 def genre_matrix(genre_tokens: np.ndarray, genre_vocab_size: int) -> np.ndarray:
     """Unit-norm multi-hot genre rows per catalog position, from the padded genre token ids."""
     matrix = np.zeros((len(genre_tokens), genre_vocab_size + 1), np.float32)
@@ -81,6 +109,8 @@ class RankingFeatures(tf.Module):
         item_in: np.ndarray,
         item_out: np.ndarray,
         item_column: np.ndarray,
+        neighbours: np.ndarray,
+        neighbour_similarity: np.ndarray,
         likes_by_position: np.ndarray,
         genres: np.ndarray,
         mal_score: np.ndarray,
@@ -94,6 +124,9 @@ class RankingFeatures(tf.Module):
         # Catalog position of each EASE column.
         ease_items = np.argsort(item_column, kind="stable")[: item_out.shape[1] - 1].astype(np.int32)
         self.ease_items = tf.Variable(ease_items, trainable=False, name="ease_items")
+        # cosine_neighbours' table: [catalog, k] positions (-1 padded) and similarities.
+        self.neighbours = tf.Variable(neighbours, trainable=False, name="knn_neighbours")
+        self.neighbour_similarity = tf.Variable(neighbour_similarity, trainable=False, name="knn_similarity")
         # The per-title features (TITLE_FEATURES, in FEATURE_NAMES' order) in one table: one gather a request.
         title_features = np.stack(
             [
@@ -185,12 +218,23 @@ class RankingFeatures(tf.Module):
         order = tf.math.top_k(ranked_item_item, k=shape[1]).indices
         rows = tf.broadcast_to(tf.range(shape[0])[:, None], shape)
         item_item_rank = tf.scatter_nd(tf.stack([rows, order], axis=-1), positions, shape)
+        # The highest similarity among the candidate's neighbours the user liked: exact
+        # whenever one of its k nearest titles is in the history (the nearest liked one
+        # is then among them), 0 otherwise. Liked titles are marked on a [batch, catalog] map.
+        history_rows = tf.broadcast_to(tf.range(shape[0])[:, None], tf.shape(history))
+        liked_map = tf.scatter_nd(
+            tf.stack([history_rows, liked], axis=-1), tf.cast(valid, tf.int32), [shape[0], self.catalog_size]
+        )
+        neighbours = tf.gather(self.neighbours, candidates)
+        liked_neighbour = (neighbours >= 0) & (tf.gather(liked_map, tf.maximum(neighbours, 0), batch_dims=1) > 0)
+        knn = tf.reduce_max(tf.where(liked_neighbour, tf.gather(self.neighbour_similarity, candidates), 0.0), axis=-1)
         before_titles = [
             tf.where(present, retrieval_scores, 0.0),
             tf.math.log1p(tf.cast(positions, tf.float32)),
             item_item,
             item_item / tf.maximum(best, 1e-6),
             tf.math.log1p(tf.cast(item_item_rank, tf.float32)),
+            knn,
         ]
         after_titles = [affinity, tf.broadcast_to(tf.math.log1p(count)[:, None], shape)]
         columns = tf.concat(

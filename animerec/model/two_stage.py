@@ -104,13 +104,15 @@ def candidate_features(
 
 
 def features_module(
-    data: TrainingData, index: evaluation.EaseIndex, liked_position: np.ndarray, l2: float, rank: int
+    data: TrainingData, index: evaluation.EaseIndex, liked_position: np.ndarray, l2: float, rank: int, neighbours: int
 ) -> ranking.RankingFeatures:
     """RankingFeatures over liked rows (`index`, EASE over them; `liked_position`, all of
-    them): EASE at l2 (rank `rank`), popularity, genres, metadata."""
+    them): EASE at l2 (rank `rank`), each title's `neighbours` nearest titles, popularity,
+    genres, metadata."""
     catalog_size = len(data.catalog.anime_id)
 
     factors = ranking.ease_factors(index.eigen, index.items, catalog_size, l2, rank)
+    factors += ranking.cosine_neighbours(index.gram, index.items, catalog_size, neighbours)
     likes = np.bincount(liked_position, minlength=catalog_size).astype(np.float64)
     genres = ranking.genre_matrix(data.catalog.tokens[f.GENRE_TOKENS], data.text_vocab_sizes[f.GENRE_TOKENS])
     return ranking.RankingFeatures(*factors, likes, genres, data.catalog.mal_score, data.catalog.members)
@@ -176,7 +178,9 @@ def fit_second_stage(model: retrieval.RetrievalModel, data: TrainingData, config
     )
 
     clock.lap("popularity_prior")
-    fit_module = features_module(data, ease_index, task.liked_position, l2, config.item_item_rank)
+    fit_module = features_module(
+        data, ease_index, task.liked_position, l2, config.item_item_rank, config.item_knn_neighbours
+    )
     splits, values = liked_positions(data)
     bias = retrieval.popularity_bias(data, prior, config.temperature)
     candidates, features, present = candidate_features(
@@ -248,7 +252,7 @@ def fit_second_stage(model: retrieval.RetrievalModel, data: TrainingData, config
     splits, values = liked_positions(full)
     users = np.repeat(np.arange(len(splits) - 1), np.diff(splits))
     serving_index = evaluation.EaseIndex(users, values, task.catalog_size)
-    serving_module = features_module(full, serving_index, values, l2, config.item_item_rank)
+    serving_module = features_module(full, serving_index, values, l2, config.item_item_rank, config.item_knn_neighbours)
     clock.lap("serving_tables")
     report["seconds"] = clock.seconds
     return SecondStage(serving_module, ranker, config.ranking_candidates, config.item_item_candidates, prior, report)
