@@ -197,6 +197,21 @@ def rank_popularity(data: EvalData, k: int) -> np.ndarray:
     return np.concatenate(ranked) if ranked else np.zeros((0, k), np.int64)
 
 
+def ease_inverse(eigen: tuple[np.ndarray, np.ndarray], l2: float) -> np.ndarray:
+    """P = (G + l2 I)^-1 from eigenpairs (w, Q) of G that cover its nonzero eigenvalues:
+    I / l2 + Q diag(1 / (w + l2) - 1 / l2) Q' (the directions outside Q have eigenvalue 0)."""
+    w, q = eigen
+    p = (q * (1.0 / (w + l2) - 1.0 / l2)) @ q.T
+    p[np.diag_indices(len(p))] += 1.0 / l2
+    return p
+
+
+def ease_inverse_diagonal(eigen: tuple[np.ndarray, np.ndarray], l2: float) -> np.ndarray:
+    """The diagonal of ease_inverse(eigen, l2), without forming the matrix."""
+    w, q = eigen
+    return 1.0 / l2 + np.einsum("ij,j,ij->i", q, 1.0 / (w + l2) - 1.0 / l2, q)
+
+
 class EaseIndex:
     """EASE over the most-liked titles (up to EASE_MAX_ITEMS) of liked (user, catalog position) rows.
 
@@ -214,8 +229,8 @@ class EaseIndex:
         keep = self.column[liked_position] >= 0
         self.liked_user = liked_user[keep]
         self.liked_column = self.column[liked_position[keep]]
-        _, user_rows = np.unique(self.liked_user, return_inverse=True)
-        self.gram = item_gram(user_rows, self.liked_column, len(self.items))
+        _, self.user_rows = np.unique(self.liked_user, return_inverse=True)
+        self.gram = item_gram(self.user_rows, self.liked_column, len(self.items))
 
     @classmethod
     def of(cls, data: EvalData) -> EaseIndex:
@@ -224,15 +239,29 @@ class EaseIndex:
 
     @functools.cached_property
     def eigen(self) -> tuple[np.ndarray, np.ndarray]:
-        """The Gram matrix's eigendecomposition (w, Q): EASE at any L2 is then one product."""
-        return np.linalg.eigh(self.gram)
+        """The Gram matrix's eigenpairs (w, Q) with nonzero eigenvalues, or all of them:
+        EASE at any L2 is then one product (ease_inverse). With fewer users than titles,
+        from the users' side: X X' = U diag(w) U' gives Q = X' U diag(w^-1/2), an
+        eigendecomposition of a users x users matrix instead of a titles x titles one
+        (seconds instead of a minute for 180 users and 3,800 titles)."""
+        users = int(self.user_rows.max()) + 1 if len(self.user_rows) else 0
+        if users >= len(self.items):
+            return np.linalg.eigh(self.gram)
+        from scipy import sparse
+
+        x = sparse.csr_matrix(
+            (np.ones(len(self.user_rows)), (self.user_rows, self.liked_column)), shape=(users, len(self.items))
+        )
+        x.data[:] = 1.0  # as item_gram: a pair listed twice is one interaction
+        w, u = np.linalg.eigh((x @ x.T).toarray())
+        nonzero = w > max(float(w.max(initial=0.0)), 1.0) * 1e-9
+        return w[nonzero], np.asarray(x.T @ (u[:, nonzero] / np.sqrt(w[nonzero])))
 
     def weights(self, l2: float) -> np.ndarray:
-        """EASE's B at l2, from the cached eigendecomposition: P = Q diag(1 / (w + l2)) Q'."""
-        w, q = self.eigen
-        p = (q / (w + l2)) @ q.T
+        """EASE's B at l2, from the cached eigenpairs (ease_inverse)."""
+        p = ease_inverse(self.eigen, l2)
         b = -p / np.diag(p)
-        b[np.diag_indices(len(w))] = 0.0
+        b[np.diag_indices(len(p))] = 0.0
         return b.astype(np.float32)
 
     def rank(self, data: EvalData, weights: np.ndarray, k: int) -> np.ndarray:

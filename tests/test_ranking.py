@@ -32,9 +32,10 @@ def _features_module(item_in, item_out, column, catalog_size, genres=None, membe
     )
 
 
-def test_ease_factors_give_ease_scores_on_unseen_titles():
+@pytest.mark.parametrize("users", [30, 5])  # more users than titles, then fewer
+def test_ease_factors_give_ease_scores_on_unseen_titles(users):
     rng = np.random.default_rng(0)
-    users, positions = _liked(rng)
+    users, positions = _liked(rng, users=users, rows=200 if users > 12 else 30)
     catalog_size = 15  # titles 12-14 nobody liked: outside EASE's items
     index = evaluation.EaseIndex(users, positions, catalog_size)
     l2 = 3.0

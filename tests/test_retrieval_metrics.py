@@ -142,13 +142,20 @@ def test_popularity_and_ease_rankings_are_the_same_scored_in_blocks(monkeypatch)
             assert not seen & set(ranked[row].tolist())
 
 
-def test_ease_index_scores_as_the_closed_form():
+@pytest.mark.parametrize("users, catalog_size", [(30, 12), (6, 40)])
+def test_ease_index_scores_as_the_closed_form(users, catalog_size):
+    """Both ways to the eigenpairs: from the titles' Gram matrix, and from the users' side
+    when there are fewer users than titles."""
     rng = np.random.default_rng(3)
-    data = _task(rng, users=30, catalog_size=12, rows=200)
+    data = _task(rng, users=users, catalog_size=catalog_size, rows=200)
     index = m.EaseIndex.of(data)
+    assert (len(index.eigen[0]) < len(index.items)) == (users < len(index.items))
     _, rows = np.unique(data.liked_user, return_inverse=True)
-    expected = m.ease_item_weights(rows, index.column[data.liked_position], len(index.items), 5.0)
-    np.testing.assert_allclose(index.weights(5.0), expected, atol=1e-5)
+    for l2 in (0.5, 5.0):
+        expected = m.ease_item_weights(rows, index.column[data.liked_position], len(index.items), l2)
+        np.testing.assert_allclose(index.weights(l2), expected, atol=1e-5)
+        p = np.linalg.inv(index.gram + l2 * np.eye(len(index.items)))
+        np.testing.assert_allclose(m.ease_inverse_diagonal(index.eigen, l2), np.diag(p), rtol=1e-6)
 
 
 def test_tune_ease_l2_picks_the_best_value_of_the_grid():

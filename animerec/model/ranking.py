@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
+from animerec import evaluation
 from animerec import features as f
 
 FEATURE_NAMES = (
@@ -41,7 +42,7 @@ def ease_factors(
     eigen: tuple[np.ndarray, np.ndarray], items: np.ndarray, catalog_size: int, l2: float, rank: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """EASE's scores as a rank-`rank` factorization: (item_in, item_out, column), from the
-    eigendecomposition (w, Q) of the Gram matrix X'X over the titles `items`.
+    eigenpairs (w, Q) of the Gram matrix X'X over the titles `items` (EaseIndex.eigen).
 
     With P = (G + l2 I)^-1 = Q diag(1 / (w + l2)) Q' (G = X'X = Q diag(w) Q'), EASE
     scores an unseen title j as -(x P)_j / P_jj. The identity part of P drops out for
@@ -54,7 +55,7 @@ def ease_factors(
     [catalog] index into item_out's columns.
     """
     w, q = eigen
-    p_diagonal = np.einsum("ij,j,ij->i", q, 1.0 / (w + l2), q)
+    p_diagonal = evaluation.ease_inverse_diagonal(eigen, l2)
     top = np.argsort(-w, kind="stable")[: min(rank, len(w))]
     shrink = 1.0 / l2 - 1.0 / (w[top] + l2)
     item_in = np.zeros((catalog_size, rank), np.float32)
