@@ -155,7 +155,9 @@ def _kubeflow_run_local(args) -> int:
             raise SystemExit(f"--param {item!r}: expected NAME=VALUE")
         parameters[name] = value
     # The tasks inherit this process's environment, TF_USE_LEGACY_KERAS included (animerec sets it).
-    outputs = local_launcher.run_compiled_pipeline(args.job, args.root, parameters)
+    outputs = local_launcher.run_compiled_pipeline(
+        args.job, args.root, parameters, enable_caching=False if args.no_cache else None
+    )
     print(
         f"Ran {len(outputs)} tasks; artifacts under {args.root}, ML Metadata in {args.root}/{local_launcher.METADATA_FILE}"
     )
@@ -409,6 +411,12 @@ def _add_kubeflow_commands(commands) -> None:
     run_local.add_argument("--root", required=True, help="a local folder for the tasks' artifacts and logs")
     run_local.add_argument(
         "--param", action="append", default=[], help="a runtime parameter NAME=VALUE (e.g. data_root=out/x), repeatable"
+    )
+    run_local.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="run every task, even one whose inputs, parameters and code match an earlier run's "
+        "(by default a task reuses such a run's outputs, as KFP's caching does)",
     )
     run_local.set_defaults(func=_kubeflow_run_local)
     submit = kubeflow_commands.add_parser(

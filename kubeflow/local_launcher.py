@@ -6,15 +6,26 @@ metadata, output artifact URIs, an output file), runs the executor container's
 command and arguments as a local process, and reads the ExecutorOutput it
 writes back, so the next tasks get the artifacts' metadata (split names, the
 blessing) as they would on a cluster. It checks that the entrypoints in the
-compiled spec work outside LocalDagRunner; it is not a KFP backend (no caching), but
-it keeps ML Metadata as one: each task's output artifacts go to an SQLite store under
+compiled spec work outside LocalDagRunner. It is not a KFP backend, but it keeps ML
+Metadata and caches as one: each task's output artifacts go to an SQLite store under
 the root, and resolver tasks (the latest blessed model) answer their queries from it
 (kubeflow/local_metadata.py), so a second run is evaluated against the first run's
 blessed model. Each run's artifacts live under <root>/<run id>/<task>/.
+
+Caching follows KFP v2's driver (backend/src/v2/driver, cacheutils.GenerateCacheKey): a
+task whose `cachingOptions.enableCache` is set and whose cache key (its input artifacts'
+names, its parameter values, its output artifacts' types, its image, command and
+arguments as compiled) matches a completed execution reuses that execution's output
+artifacts instead of running. A changed parameter or a re-run upstream task changes the
+key. As on KFP, the key does not see the files under a path parameter: data replaced
+in place under the same data_root is not noticed (KFP's open-source backend does not
+run TFX's preCacheCheck hook either); run with caching off, or give each data refresh
+its own folder.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -64,15 +75,42 @@ def _substitute(arg: str, executor_input: dict) -> str:
 METADATA_FILE = "metadata.sqlite"
 
 
+def cache_fingerprint(container: dict, executor_input: dict) -> str:
+    """The task's cache key as KFP's driver builds it (cacheutils.GenerateCacheKey): input
+    artifact names and parameter values, the output artifacts without their URIs (and,
+    as the driver provisions them, without names), the image, command and arguments
+    before placeholders are filled; hashed with SHA-256 over its JSON."""
+    key = {
+        "inputArtifactNames": {
+            name: {"artifactNames": [a["name"] for a in listed["artifacts"]]}
+            for name, listed in executor_input["inputs"]["artifacts"].items()
+        },
+        "inputParameterValues": executor_input["inputs"]["parameterValues"],
+        "outputArtifactsSpec": {
+            name: {"type": listed["artifacts"][0]["type"], "metadata": listed["artifacts"][0].get("metadata", {})}
+            for name, listed in executor_input["outputs"]["artifacts"].items()
+            if listed["artifacts"]
+        },
+        "outputParametersSpec": {},
+        "containerSpec": {
+            "image": container.get("image", ""),
+            "cmdArgs": list(container.get("command", [])) + list(container.get("args", [])),
+        },
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def run_compiled_pipeline(
     job_path: str,
     root: str,
     parameters: dict | None = None,
     env: dict | None = None,
     progress=print,
+    enable_caching: bool | None = None,
 ) -> dict:
     """Runs every task of the compiled job under `root` (ML Metadata in <root>/metadata.sqlite);
-    returns each task's output artifacts."""
+    returns each task's output artifacts. `enable_caching` overrides every task's compiled
+    caching option, as kfp.Client's run option does (None keeps them)."""
     from animerec.kubeflow.local_metadata import LocalMetadata
 
     with open(job_path) as fh:
@@ -134,8 +172,16 @@ def run_compiled_pipeline(
         for key, artifacts in inputs.items():
             if artifacts:  # an optional input a resolver left empty is simply absent
                 executor_input["inputs"]["artifacts"][key] = {"artifacts": artifacts}
-        os.makedirs(task_dir, exist_ok=True)
         container = executor["container"]
+        fingerprint = cache_fingerprint(container, executor_input)
+        caching = task.get("cachingOptions", {}).get("enableCache", False) if enable_caching is None else enable_caching
+        hit = metadata.cached(name, fingerprint) if caching else None
+        if hit is not None:
+            execution, outputs[name], artifact_ids = hit
+            metadata.record(run_id, name, outputs[name], fingerprint, cached_ids=artifact_ids)
+            progress(f"{name}: cached, the outputs of {execution}")
+            continue
+        os.makedirs(task_dir, exist_ok=True)
         command = [sys.executable if c == "python" else c for c in container["command"]]
         command += [_substitute(arg, executor_input) for arg in container.get("args", [])]
         args = container.get("args", [])
@@ -159,6 +205,6 @@ def run_compiled_pipeline(
                 declared = produced.get(key, [{}])
                 produced[key] = [{**declared[min(i, len(declared) - 1)], **a} for i, a in enumerate(value["artifacts"])]
         outputs[name] = produced
-        metadata.record(run_id, name, produced)
+        metadata.record(run_id, name, produced, fingerprint)
         progress(f"{name}: done in {time.time() - start:.1f}s")
     return outputs

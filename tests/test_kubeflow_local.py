@@ -35,7 +35,7 @@ def test_compiled_task_commands_run_the_pipeline(tmp_path):
     )
     training = json.dumps(TrainingConfig(epochs=1, batch_size=256).to_json_dict())
 
-    def run(lines: list) -> dict:
+    def run(lines: list, training: str = training) -> dict:
         outputs = local_launcher.run_compiled_pipeline(
             job_path,
             str(tmp_path / "kfp"),
@@ -65,12 +65,18 @@ def test_compiled_task_commands_run_the_pipeline(tmp_path):
     assert len(versions) == 1
     assert_never_recommends_seen(os.path.join(serving_dir, str(versions[0])), data_dir)
 
-    # A second run: ML Metadata under the root gives the resolver the first run's blessed
-    # model, and the Evaluator compares the new model against it, as on a cluster.
-    second = run([])
+    # A second run with another training seed: ML Metadata under the root gives the
+    # resolver the first run's blessed model, and the Evaluator compares the new model
+    # against it, as on a cluster. As KFP caches, the tasks whose inputs, parameters and
+    # code are unchanged reuse the first run's outputs; the Trainer and what follows run.
+    second_lines: list = []
+    second = run(second_lines, json.dumps(TrainingConfig(epochs=1, batch_size=256, seed=1).to_json_dict()))
+    for task in ("ImportExampleGen", "ImportSchemaGen", "StatisticsGen", "ExampleValidator", "Transform"):
+        assert second[task] == outputs[task], f"{task} was not reused from the first run"
+        assert any(line.startswith(f"{task}: cached") for line in second_lines)
     first_model = outputs["Trainer"]["model"][0]["uri"]
     assert second["latest_blessed_model_resolver-model-resolver"]["model"][0]["uri"] == first_model
-    assert second["Trainer"]["model"][0]["uri"] != first_model, "each run has its own artifacts"
+    assert second["Trainer"]["model"][0]["uri"] != first_model, "the changed parameter trains a new model"
     second_blessing = second["RetrievalEvaluator"]["blessing"][0]["metadata"]
     assert second_blessing["baseline_model"] == first_model
     with open(os.path.join(second["RetrievalEvaluator"]["evaluation"][0]["uri"], "metrics.json")) as fh:
