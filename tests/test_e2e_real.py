@@ -28,9 +28,11 @@ def test_pipeline_on_real_sample_beats_popularity(tmp_path, real_data_dir):
     assert not any(out["is_fallback"][:-1]), "every real user with history gets model recommendations"
     assert len({tuple(ids[:10]) for ids in out["anime_ids"][:-1]}) > 30, "recommendations are personal, not one list"
     assert np.isfinite(metrics["ease"]["recall@50"])
-    # The second stage earns its place: well above retrieval alone (0.35 against 0.26 in
-    # recall@50 here) and not behind the tuned EASE the Evaluator computes (1.02x to 1.04x
-    # over three seeds; the margin leaves room for numeric differences between machines).
+    # The second stage earns its place: well above retrieval alone (0.36 against 0.26 in
+    # recall@50 here) and above the tuned EASE the Evaluator computes by the 3%
+    # (1.073x to 1.084x recall@50 and 1.11x NDCG@50 over three seeds; the margin leaves
+    # room for numeric differences between machines).
     assert metrics["model"]["recall@50"] > 1.15 * metrics["retrieval only"]["recall@50"]
-    assert metrics["model"]["recall@50"] >= 0.97 * metrics["ease"]["recall@50"]
+    assert metrics["model"]["recall@50"] >= 1.03 * metrics["ease"]["recall@50"]
+    assert metrics["model"]["ndcg@50"] >= metrics["ease"]["ndcg@50"]
     assert metrics["model"]["slices"]["history 21-100"]["users"] > 0
