@@ -124,6 +124,7 @@ def _kubeflow_submit(args) -> int:
             version_name=args.version_name,
             pipeline_root=args.pipeline_root,
             namespace=args.namespace,
+            cache=not args.no_cache,
         )
     except submit.SubmitError as error:
         print(f"animerec: error: {error}", file=sys.stderr)
@@ -446,6 +447,12 @@ def _add_kubeflow_commands(commands) -> None:
     submit.add_argument("--pipeline-root", default=None, help="this run's pipeline root (default: the one compiled in)")
     submit.add_argument(
         "--namespace", default=None, help="Kubernetes namespace of the pipeline and experiment (multi-user KFP)"
+    )
+    submit.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="upload the version with every task's caching off, so every step runs (KFP's cache does not see "
+        "new files under the same data_root)",
     )
     submit.set_defaults(func=_kubeflow_submit)
 

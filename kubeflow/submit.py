@@ -19,6 +19,7 @@ import json
 import math
 import os
 import re
+import tempfile
 
 from animerec.config import TrainingConfig
 from animerec.evaluation import GateConfig
@@ -208,6 +209,23 @@ def _request_timeout(timeout_s: float):
         rest.RESTClientObject.request = original
 
 
+def without_caching(package: str, folder: str) -> str:
+    """A copy of `package` in `folder` (same file name) whose tasks have caching off, as
+    kfp.Client sets them for `enable_caching=False` on a package it sends with a run
+    (client._override_caching_options). kfp 2.5 applies that option only to such a
+    package, not to a run of an uploaded version, which is how `submit` starts runs."""
+    import yaml
+
+    with open(package) as fh:
+        documents = [doc for doc in yaml.safe_load_all(fh) if doc is not None]
+    for task in documents[0].get("root", {}).get("dag", {}).get("tasks", {}).values():
+        task["cachingOptions"] = {"enableCache": False}
+    copy = os.path.join(folder, os.path.basename(package))
+    with open(copy, "w") as fh:
+        yaml.safe_dump_all(documents, fh, sort_keys=False)
+    return copy
+
+
 def _find_pipeline(client, name: str, namespace: str | None) -> str | None:
     flt = json.dumps({"predicates": [{"operation": "EQUALS", "key": "display_name", "stringValue": name}]})
     pipelines = client.list_pipelines(filter=flt, namespace=namespace, page_size=2).pipelines or []
@@ -246,8 +264,38 @@ def submit(
     pipeline_root: str | None = None,
     namespace: str | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
+    cache: bool = True,
 ) -> Submission:
-    """Uploads package (or a new version of it) to the KFP API at host and runs it in experiment."""
+    """Uploads package (or a new version of it) to the KFP API at host and runs it in
+    experiment. cache=False uploads it with every task's caching off, so that every step
+    runs (new data under the same data_root, say)."""
+    with tempfile.TemporaryDirectory() as folder:
+        return _submit(
+            host,
+            package if cache else without_caching(package, folder),
+            params,
+            experiment,
+            run_name,
+            pipeline_name,
+            version_name,
+            pipeline_root,
+            namespace,
+            timeout_s,
+        )
+
+
+def _submit(
+    host: str,
+    package: str,
+    params: list[str] | None,
+    experiment: str,
+    run_name: str | None,
+    pipeline_name: str | None,
+    version_name: str | None,
+    pipeline_root: str | None,
+    namespace: str | None,
+    timeout_s: float,
+) -> Submission:
     import kfp_server_api
     import urllib3
 

@@ -473,6 +473,28 @@ def test_submit_uploads_the_spec_and_runs_it_with_the_parameters(kfp_api, packag
     assert "details:" not in out, "kfp's own link lines are not printed"
 
 
+def test_no_cache_uploads_the_spec_with_every_tasks_caching_off(kfp_api, packages, capsys):
+    with open(packages["yaml"], "rb") as fh:
+        compiled = _spec_proto(fh.read())
+    # As compiled, the component tasks cache (the resolver tasks have no option).
+    cached = {name for name, task in compiled.root.dag.tasks.items() if task.caching_options.enable_cache}
+    assert {"ImportExampleGen", "Transform", "Trainer"} <= cached
+    code, _, err = animerec_submit(capsys, "--host", kfp_api.url, "--package", packages["yaml"], "--no-cache")
+    assert code == 0, err
+    (upload,) = kfp_api.calls("POST", "/pipelines/upload")
+    filename, content = upload.files["uploadfile"]
+    uploaded = _spec_proto(content)
+    assert filename == os.path.basename(packages["yaml"])
+    assert not any(task.caching_options.enable_cache for task in uploaded.root.dag.tasks.values())
+    # Nothing else changes: with the compiled caching options put back, it is the package.
+    for name, task in uploaded.root.dag.tasks.items():
+        if compiled.root.dag.tasks[name].HasField("caching_options"):
+            task.caching_options.CopyFrom(compiled.root.dag.tasks[name].caching_options)
+        else:  # kfp's override sets the option on every task, the resolvers included
+            task.ClearField("caching_options")
+    assert uploaded == compiled
+
+
 def test_a_second_submit_adds_a_version_and_reuses_the_experiment(kfp_api, packages, capsys):
     for _ in range(2):
         code, _, err = animerec_submit(
