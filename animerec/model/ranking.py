@@ -102,6 +102,15 @@ def genre_matrix(genre_tokens: np.ndarray, genre_vocab_size: int) -> np.ndarray:
     return matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-6)
 
 
+def _catalog_map(positions: tf.Tensor, marked: tf.Tensor, catalog_size: int) -> tf.Tensor:
+    """[batch, catalog] int32, above 0 at each row's `positions` ([batch, n] catalog
+    positions) where `marked`: membership tests cost a gather, not n x m comparisons."""
+    rows = tf.broadcast_to(tf.range(tf.shape(positions)[0])[:, None], tf.shape(positions))
+    return tf.scatter_nd(
+        tf.stack([rows, positions], axis=-1), tf.cast(marked, tf.int32), [tf.shape(positions)[0], catalog_size]
+    )
+
+
 class RankingFeatures(tf.Module):
     """Per (user, candidate) features, from the user's liked history and the candidates."""
 
@@ -177,11 +186,8 @@ class RankingFeatures(tf.Module):
         )
         # A title both retrievers propose counts once; a seen one (fewer unseen than asked) not at all.
         # Marked on a [batch, catalog] map: N + M writes and M reads, not N x M comparisons.
-        rows = tf.broadcast_to(tf.range(tf.shape(by_retrieval.indices)[0])[:, None], tf.shape(by_retrieval.indices))
-        retrieved_map = tf.scatter_nd(
-            tf.stack([rows, by_retrieval.indices], axis=-1),
-            tf.ones_like(by_retrieval.indices, tf.int8),
-            tf.shape(retrieval_scores, out_type=tf.int32),
+        retrieved_map = _catalog_map(
+            by_retrieval.indices, tf.ones_like(by_retrieval.indices, tf.bool), self.catalog_size
         )
         twice = tf.gather(retrieved_map, by_item_item, batch_dims=1) > 0
         item_item_scores = tf.gather(retrieval_scores, by_item_item, batch_dims=1)
@@ -222,10 +228,7 @@ class RankingFeatures(tf.Module):
         # The highest similarity among the candidate's neighbours the user liked: exact
         # whenever one of its k nearest titles is in the history (the nearest liked one
         # is then among them), 0 otherwise. Liked titles are marked on a [batch, catalog] map.
-        history_rows = tf.broadcast_to(tf.range(shape[0])[:, None], tf.shape(history))
-        liked_map = tf.scatter_nd(
-            tf.stack([history_rows, liked], axis=-1), tf.cast(valid, tf.int32), [shape[0], self.catalog_size]
-        )
+        liked_map = _catalog_map(liked, valid, self.catalog_size)
         neighbours = tf.gather(self.neighbours, candidates)
         liked_neighbour = (neighbours >= 0) & (tf.gather(liked_map, tf.maximum(neighbours, 0), batch_dims=1) > 0)
         knn = tf.reduce_max(tf.where(liked_neighbour, tf.gather(self.neighbour_similarity, candidates), 0.0), axis=-1)
