@@ -16,7 +16,9 @@ def _liked(rng, users=30, items=12, rows=200):
     return rng.integers(0, users, rows), rng.integers(0, items, rows)
 
 
-def _features_module(item_in, item_out, column, catalog_size, genres=None, members=None, neighbours=None):
+def _features_module(
+    item_in, item_out, column, catalog_size, genres=None, members=None, neighbours=None, candidate_rank=None
+):
     rng = np.random.default_rng(9)
     if neighbours is None:  # no title has a neighbour
         neighbours = np.full((catalog_size, 3), -1, np.int32), np.zeros((catalog_size, 3), np.float32)
@@ -29,6 +31,7 @@ def _features_module(item_in, item_out, column, catalog_size, genres=None, membe
         genres if genres is not None else ranking.genre_matrix(rng.integers(0, 4, (catalog_size, 3)), 4),
         rng.uniform(5, 9, catalog_size).astype(np.float32),
         members if members is not None else rng.integers(0, 10_000, catalog_size),
+        candidate_rank,
     )
 
 
@@ -53,12 +56,14 @@ def test_ease_factors_give_ease_scores_on_unseen_titles(users):
         assert np.all(got[row, 12:] == 0.0)
 
 
-def test_candidates_are_both_retrievers_top_titles_unseen_and_ordered_by_retrieval():
+@pytest.mark.parametrize("candidate_rank", [None, 3])  # candidates by every EASE component, then by the 3 leading
+def test_candidates_are_both_retrievers_top_titles_unseen_and_ordered_by_retrieval(candidate_rank):
     rng = np.random.default_rng(1)
     users, positions = _liked(rng, items=40, rows=600)
     index = evaluation.EaseIndex(users, positions, 40)
     members = rng.integers(0, 10_000, 40)
-    module = _features_module(*ranking.ease_factors(index.eigen, index.items, 40, 5.0, rank=32), 40, members=members)
+    factors = ranking.ease_factors(index.eigen, index.items, 40, 5.0, rank=32)
+    module = _features_module(*factors, 40, members=members, candidate_rank=candidate_rank)
     history = np.array([[1, 2, 3, -1], [5, 6, -1, -1]], np.int32)
     retrieval_scores = rng.normal(size=(2, 40)).astype(np.float32)
     retrieval_scores[0, [1, 2, 3, 10]] = -np.inf  # seen
@@ -66,12 +71,21 @@ def test_candidates_are_both_retrievers_top_titles_unseen_and_ordered_by_retriev
     candidates, features, present = module(tf.constant(history), tf.constant(retrieval_scores), 5, 4)
     candidates, features, present = candidates.numpy(), features.numpy(), present.numpy()
     item_item = module.item_item_scores(tf.constant(history)).numpy()
+    # What chooses item-item's candidates: EASE's scores from the leading components alone.
+    item_in, item_out, column = factors
+    head = slice(None) if candidate_rank is None else slice(0, candidate_rank)
+    leading = np.stack([item_in[liked[liked >= 0]][:, head].sum(axis=0) for liked in history]) @ item_out[head]
+    leading = leading[:, column]
+    if candidate_rank is not None:
+        assert not np.allclose(leading, item_item, atol=1e-3), "3 components should score differently from 32"
     assert candidates.shape == present.shape == (2, 9) and features.shape == (2, 9, len(ranking.FEATURE_NAMES))
     for row in range(2):
         unseen = np.isfinite(retrieval_scores[row])
         chosen = set(candidates[row][present[row]].tolist())
         by_retrieval = np.argsort(-retrieval_scores[row], kind="stable")[:5]
-        by_item_item = np.argsort(-np.where(unseen, item_item[row], -np.inf), kind="stable")[:4]
+        by_item_item = np.argsort(
+            -np.where(unseen & (column < len(index.items)), leading[row], -np.inf), kind="stable"
+        )[:4]
         assert chosen == set(by_retrieval.tolist()) | set(by_item_item.tolist())
         assert all(unseen[c] for c in chosen), "a seen title became a candidate"
         kept = retrieval_scores[row, candidates[row][present[row]]]

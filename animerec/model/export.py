@@ -246,7 +246,8 @@ class RecommenderModule(tf.Module):
             history, scores, max(width, self.candidates), self.item_item_candidates
         )
         ranked = self.ranker(features)
-        ranked = tf.where(use_model[:, None], ranked, tf.gather(scores, candidates, batch_dims=1))
+        # Fallback rows: the candidates' retrieval (popularity) scores, the first feature.
+        ranked = tf.where(use_model[:, None], ranked, features[..., ranking.FEATURE_NAMES.index("retrieval_score")])
         ranked = tf.where(present, ranked, float("-inf"))
         order = tf.math.top_k(ranked, k=width)
         return tf.gather(candidates, order.indices, batch_dims=1), order.values

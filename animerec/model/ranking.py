@@ -4,7 +4,8 @@ The candidates are the two-tower's top titles plus the item-item top titles (bot
 unseen). The ranker scores each (user, candidate) pair with what the two-tower
 cannot express: two item-item collaborative scores of the candidate given the user's liked history
 (EASE's score, kept as a low-rank factorization so that the SavedModel stays
-small and a request costs one small product; and the candidate's highest cosine
+small: a request chooses item-item's candidates with one product over the leading
+components and scores only its candidates with all of them; and the candidate's highest cosine
 similarity to a liked title, from a table of each title's nearest neighbours), the genre affinity of the candidate with the history,
 the title's popularity here and on MyAnimeList (members) and its MAL score, the
 history's length, and the retrieval score and rank.
@@ -102,13 +103,18 @@ def genre_matrix(genre_tokens: np.ndarray, genre_vocab_size: int) -> np.ndarray:
     return matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-6)
 
 
-def _catalog_map(positions: tf.Tensor, marked: tf.Tensor, catalog_size: int) -> tf.Tensor:
-    """[batch, catalog] int32, above 0 at each row's `positions` ([batch, n] catalog
-    positions) where `marked`: membership tests cost a gather, not n x m comparisons."""
-    rows = tf.broadcast_to(tf.range(tf.shape(positions)[0])[:, None], tf.shape(positions))
-    return tf.scatter_nd(
-        tf.stack([rows, positions], axis=-1), tf.cast(marked, tf.int32), [tf.shape(positions)[0], catalog_size]
+def _marked_in(positions: tf.Tensor, marked: tf.Tensor, queries: tf.Tensor, catalog_size: int) -> tf.Tensor:
+    """Whether each of `queries` ([batch, ...] catalog positions) is among its row's
+    `positions` ([batch, n]) where `marked`. The marks go on a flat [batch x catalog] map:
+    n writes and one read a query, not n comparisons; flat, because a gather with
+    batch_dims costs several times a plain one."""
+    batch = tf.shape(positions)[0]
+    offsets = tf.range(batch)[:, None] * catalog_size
+    flat = tf.scatter_nd(
+        tf.reshape(positions + offsets, [-1, 1]), tf.reshape(tf.cast(marked, tf.int32), [-1]), [batch * catalog_size]
     )
+    flat_queries = tf.reshape(queries, [batch, -1]) + offsets
+    return tf.reshape(tf.gather(flat, flat_queries), tf.shape(queries)) > 0
 
 
 class RankingFeatures(tf.Module):
@@ -125,11 +131,21 @@ class RankingFeatures(tf.Module):
         genres: np.ndarray,
         mal_score: np.ndarray,
         members: np.ndarray,
+        candidate_rank: int | None = None,
     ):
+        """candidate_rank: the rank of the EASE scores that choose item-item's candidates
+        (the leading components of ease_factors'; None: all). The candidates' own scores,
+        a feature, always use every component."""
         super().__init__()
         self.catalog_size = len(likes_by_position)
         self.item_in = tf.Variable(item_in, trainable=False, name="ease_item_in")
-        self.item_out = tf.Variable(item_out, trainable=False, name="ease_item_out")
+        # By rows: a request gathers its candidates' rows, never the whole matrix.
+        self.item_out_rows = tf.Variable(np.ascontiguousarray(item_out.T), trainable=False, name="ease_item_out")
+        # The leading components alone, by columns: one product scores every EASE title.
+        self.candidate_rank = item_out.shape[0] if candidate_rank is None else min(candidate_rank, item_out.shape[0])
+        self.candidate_out = tf.Variable(
+            np.ascontiguousarray(item_out[: self.candidate_rank, :-1]), trainable=False, name="ease_candidate_out"
+        )
         self.item_column = tf.Variable(item_column, trainable=False, name="ease_item_column")
         # Catalog position of each EASE column.
         ease_items = np.argsort(item_column, kind="stable")[: item_out.shape[1] - 1].astype(np.int32)
@@ -149,16 +165,22 @@ class RankingFeatures(tf.Module):
         self.title_features = tf.Variable(title_features.astype(np.float32), trainable=False, name="title_features")
         self.genres = tf.Variable(genres, trainable=False, name="catalog_genre_matrix")
 
-    def item_item_columns(self, history: tf.Tensor) -> tf.Tensor:
-        """[batch, EASE titles + 1]: EASE's scores from the user's liked titles
-        (ease_factors), by EASE column; the last column, zeros, stands for other titles."""
+    def item_item_user(self, history: tf.Tensor) -> tf.Tensor:
+        """[batch, rank]: the user's side of EASE's factorization (ease_factors), from the
+        liked titles ([batch, H] catalog positions, -1 padded)."""
         valid = tf.cast(history >= 0, tf.float32)[..., None]
-        user = tf.reduce_sum(tf.gather(self.item_in, tf.maximum(history, 0)) * valid, axis=1)
-        return tf.matmul(user, self.item_out)
+        return tf.reduce_sum(tf.gather(self.item_in, tf.maximum(history, 0)) * valid, axis=1)
+
+    def item_item_of(self, user: tf.Tensor, candidates: tf.Tensor) -> tf.Tensor:
+        """[batch, N]: EASE's scores of the candidates ([batch, N] catalog positions) for
+        item_item_user's `user`; 0 for titles outside EASE."""
+        rows = tf.gather(self.item_out_rows, tf.gather(self.item_column, candidates))
+        return tf.reduce_sum(rows * user[:, None, :], axis=-1)
 
     def item_item_scores(self, history: tf.Tensor) -> tf.Tensor:
         """[batch, catalog]: EASE's scores from the user's liked titles."""
-        return tf.gather(self.item_item_columns(history), self.item_column, axis=1)
+        columns = tf.matmul(self.item_item_user(history), self.item_out_rows, transpose_b=True)
+        return tf.gather(columns, self.item_column, axis=1)
 
     def __call__(
         self, history: tf.Tensor, retrieval_scores: tf.Tensor, retrieved: tf.Tensor, item_item_candidates: int
@@ -173,28 +195,27 @@ class RankingFeatures(tf.Module):
         features) on padding when the union is smaller. Only the candidates' lists
         are sorted, never the catalog again.
         """
-        item_item = self.item_item_columns(history)
+        user = self.item_item_user(history)
         by_retrieval = tf.math.top_k(retrieval_scores, k=retrieved)
         # Item-item's top unseen titles, found among EASE's columns.
         unseen = tf.math.is_finite(tf.gather(retrieval_scores, self.ease_items, axis=1))
         by_item_item = tf.gather(
             self.ease_items,
             tf.math.top_k(
-                tf.where(unseen, item_item[:, :-1], float("-inf")),
+                tf.where(unseen, tf.matmul(user[:, : self.candidate_rank], self.candidate_out), float("-inf")),
                 k=min(item_item_candidates, self.ease_items.shape[0]),
             ).indices,
         )
-        # A title both retrievers propose counts once; a seen one (fewer unseen than asked) not at all.
-        # Marked on a [batch, catalog] map: N + M writes and M reads, not N x M comparisons.
-        retrieved_map = _catalog_map(
-            by_retrieval.indices, tf.ones_like(by_retrieval.indices, tf.bool), self.catalog_size
-        )
-        twice = tf.gather(retrieved_map, by_item_item, batch_dims=1) > 0
+        # A title both retrievers propose counts once: retrieval proposed every title scoring
+        # above its last one's score (and, of those tied with it, some: the rest are dropped
+        # too). A seen one (fewer unseen than asked) counts not at all.
         item_item_scores = tf.gather(retrieval_scores, by_item_item, batch_dims=1)
+        twice = item_item_scores >= by_retrieval.values[:, -1:]
         union = tf.concat([by_retrieval.indices, by_item_item], axis=1)
         union_scores = tf.concat([by_retrieval.values, tf.where(twice, float("-inf"), item_item_scores)], axis=1)
         top = tf.math.top_k(union_scores, k=tf.shape(union)[1])
         candidates, present = tf.gather(union, top.indices, batch_dims=1), tf.math.is_finite(top.values)
+        item_item = self.item_item_of(user, candidates)
         return candidates, self.features(history, candidates, top.values, item_item, present), present
 
     def features(
@@ -206,10 +227,9 @@ class RankingFeatures(tf.Module):
         present: tf.Tensor,
     ) -> tf.Tensor:
         """[batch, N, len(FEATURE_NAMES)] features of the candidates ([batch, N] positions
-        with their retrieval scores); item_item is item_item_columns' output."""
+        with their retrieval scores and EASE's scores, item_item_of's)."""
         valid = history >= 0
         liked = tf.maximum(history, 0)
-        item_item = tf.gather(item_item, tf.gather(self.item_column, candidates), batch_dims=1)
         count = tf.reduce_sum(tf.cast(valid, tf.float32), axis=1)
         profile = tf.reduce_sum(tf.gather(self.genres, liked) * tf.cast(valid, tf.float32)[..., None], axis=1)
         profile = tf.math.l2_normalize(profile, axis=1)
@@ -228,12 +248,11 @@ class RankingFeatures(tf.Module):
         # The highest similarity among the candidate's neighbours the user liked: exact
         # whenever one of its k nearest titles is in the history (the nearest liked one
         # is then among them), 0 otherwise. Liked titles are marked on a [batch, catalog] map.
-        liked_map = _catalog_map(liked, valid, self.catalog_size)
         neighbours = tf.gather(self.neighbours, candidates)
-        liked_neighbour = (neighbours >= 0) & (tf.gather(liked_map, tf.maximum(neighbours, 0), batch_dims=1) > 0)
+        liked_neighbour = (neighbours >= 0) & _marked_in(liked, valid, tf.maximum(neighbours, 0), self.catalog_size)
         knn = tf.reduce_max(tf.where(liked_neighbour, tf.gather(self.neighbour_similarity, candidates), 0.0), axis=-1)
         before_titles = [
-            tf.where(present, retrieval_scores, 0.0),
+            retrieval_scores,  # -inf on padding, zeroed below with every column
             tf.math.log1p(tf.cast(positions, tf.float32)),
             item_item,
             item_item / tf.maximum(best, 1e-6),
@@ -342,12 +361,13 @@ class ServingRanker(tf.Module):
 
     def __call__(self, features: tf.Tensor) -> tf.Tensor:
         """[batch, N, features] -> [batch, N] scores."""
-        units = features
+        # As one [batch x N, features] matrix: 2-D products are cheaper than batched ones.
+        units = tf.reshape(features, [-1, features.shape[-1]])
         for i, (kernel, bias) in enumerate(zip(self.kernels, self.biases)):
             units = tf.matmul(units, kernel) + bias
             if i < len(self.kernels) - 1:
                 units = tf.nn.relu(units)
-        return tf.squeeze(units, axis=-1)
+        return tf.reshape(units, tf.shape(features)[:-1])
 
 
 def fit_ranker(

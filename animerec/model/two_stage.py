@@ -104,18 +104,22 @@ def candidate_features(
 
 
 def features_module(
-    data: TrainingData, index: evaluation.EaseIndex, liked_position: np.ndarray, l2: float, rank: int, neighbours: int
+    data: TrainingData, index: evaluation.EaseIndex, liked_position: np.ndarray, l2: float, config
 ) -> ranking.RankingFeatures:
     """RankingFeatures over liked rows (`index`, EASE over them; `liked_position`, all of
-    them): EASE at l2 (rank `rank`), each title's `neighbours` nearest titles, popularity,
-    genres, metadata."""
+    them): EASE at l2 (config.item_item_rank, candidates chosen at
+    config.item_item_candidate_rank), each title's config.item_knn_neighbours nearest
+    titles, popularity, genres, metadata."""
+    rank, neighbours = config.item_item_rank, config.item_knn_neighbours
     catalog_size = len(data.catalog.anime_id)
 
     factors = ranking.ease_factors(index.eigen, index.items, catalog_size, l2, rank)
     factors += ranking.cosine_neighbours(index.gram, index.items, catalog_size, neighbours)
     likes = np.bincount(liked_position, minlength=catalog_size).astype(np.float64)
     genres = ranking.genre_matrix(data.catalog.tokens[f.GENRE_TOKENS], data.text_vocab_sizes[f.GENRE_TOKENS])
-    return ranking.RankingFeatures(*factors, likes, genres, data.catalog.mal_score, data.catalog.members)
+    return ranking.RankingFeatures(
+        *factors, likes, genres, data.catalog.mal_score, data.catalog.members, config.item_item_candidate_rank
+    )
 
 
 class _Clock:
@@ -178,9 +182,7 @@ def fit_second_stage(model: retrieval.RetrievalModel, data: TrainingData, config
     )
 
     clock.lap("popularity_prior")
-    fit_module = features_module(
-        data, ease_index, task.liked_position, l2, config.item_item_rank, config.item_knn_neighbours
-    )
+    fit_module = features_module(data, ease_index, task.liked_position, l2, config)
     splits, values = liked_positions(data)
     bias = retrieval.popularity_bias(data, prior, config.temperature)
     candidates, features, present = candidate_features(
@@ -252,7 +254,7 @@ def fit_second_stage(model: retrieval.RetrievalModel, data: TrainingData, config
     splits, values = liked_positions(full)
     users = np.repeat(np.arange(len(splits) - 1), np.diff(splits))
     serving_index = evaluation.EaseIndex(users, values, task.catalog_size)
-    serving_module = features_module(full, serving_index, values, l2, config.item_item_rank, config.item_knn_neighbours)
+    serving_module = features_module(full, serving_index, values, l2, config)
     clock.lap("serving_tables")
     report["seconds"] = clock.seconds
     return SecondStage(serving_module, ranker, config.ranking_candidates, config.item_item_candidates, prior, report)
