@@ -270,19 +270,47 @@ class EaseIndex:
         b[np.diag_indices(len(p))] = 0.0
         return b.astype(np.float32)
 
-    def rank(self, data: EvalData, weights: np.ndarray, k: int) -> np.ndarray:
-        """Top k unseen catalog positions for data.users, scored by their liked rows in this index."""
-        ranked = []
+    def _liked_blocks(self, data: EvalData):
+        """(start, stop, x) per block of data.users: x their liked rows in this index, 0/1."""
         rows = positions_in(data.users, self.liked_user)
         for start in range(0, len(data.users), SCORE_BATCH):
             stop = min(start + SCORE_BATCH, len(data.users))
             in_block = (rows >= start) & (rows < stop)
             x = np.zeros((stop - start, len(self.items)), np.float32)
             x[rows[in_block] - start, self.liked_column[in_block]] = 1.0
-            scores = np.full((stop - start, data.catalog_size), -1e9, np.float32)
-            scores[:, self.items] = x @ weights
-            ranked.append(top_k(mask_seen(scores, *data.seen_in(start, stop)), k))
+            yield start, stop, x
+
+    def _top_unseen(self, data: EvalData, start: int, stop: int, item_scores: np.ndarray, k: int) -> np.ndarray:
+        scores = np.full((stop - start, data.catalog_size), -1e9, np.float32)
+        scores[:, self.items] = item_scores
+        return top_k(mask_seen(scores, *data.seen_in(start, stop)), k)
+
+    def rank(self, data: EvalData, weights: np.ndarray, k: int) -> np.ndarray:
+        """Top k unseen catalog positions for data.users, scored by their liked rows in this index."""
+        ranked = [self._top_unseen(data, start, stop, x @ weights, k) for start, stop, x in self._liked_blocks(data)]
         return np.concatenate(ranked) if ranked else np.zeros((0, k), np.int64)
+
+    @staticmethod
+    def _scores(x: np.ndarray, xq: np.ndarray, eigen: tuple[np.ndarray, np.ndarray], q: np.ndarray, l2: float):
+        """x @ weights(l2) without forming B: with P = I / l2 + Q diag(d) Q' (ease_inverse),
+        (x B)_j = -(x P)_j / P_jj + x_j, and x P = x / l2 + (x Q) diag(d) Q'. `xq` is x Q
+        and `q` is Q in float32."""
+        w = eigen[0]
+        shrink = (1.0 / (w + l2) - 1.0 / l2).astype(np.float32)
+        xp = x / np.float32(l2) + (xq * shrink) @ q.T
+        return -xp / ease_inverse_diagonal(eigen, l2).astype(np.float32) + x
+
+    def rank_each(self, data: EvalData, l2s, k: int) -> dict[float, np.ndarray]:
+        """rank(data, weights(l2), k) for each of `l2s`, from the eigenpairs directly: each
+        block's x Q is computed once for every L2, and no titles x titles matrix is formed
+        (B alone costs a titles^3 product an L2)."""
+        q = self.eigen[1].astype(np.float32)
+        ranked: dict[float, list] = {float(l2): [] for l2 in l2s}
+        for start, stop, x in self._liked_blocks(data):
+            xq = x @ q
+            for l2 in ranked:
+                ranked[l2].append(self._top_unseen(data, start, stop, self._scores(x, xq, self.eigen, q, l2), k))
+        return {l2: np.concatenate(r) if r else np.zeros((0, k), np.int64) for l2, r in ranked.items()}
 
 
 def validation_task(
@@ -320,7 +348,7 @@ def tune_ease_l2(
     rows, `index` if given), and every value's score."""
     index = index or EaseIndex.of(validation)
     k = min(max(KS), validation.catalog_size)
-    scores = {float(l2): validation.metrics(index.rank(validation, index.weights(l2), k))[metric] for l2 in grid}
+    scores = {l2: validation.metrics(ranked)[metric] for l2, ranked in index.rank_each(validation, grid, k).items()}
     best = max(scores, key=lambda l2: (scores[l2], -l2))
     return best, scores
 

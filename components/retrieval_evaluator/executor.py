@@ -88,8 +88,7 @@ def evaluate(examples: types.Artifact, model_dir: str, baseline_model_dir: str |
     ease_seconds = time.time() - start
 
     def rank_ease():
-        index = m.EaseIndex.of(data)
-        return index.rank(data, index.weights(l2), k)
+        return m.EaseIndex.of(data).rank_each(data, [l2], k)[l2]
 
     rankers = {
         "model": lambda: rank_model(model_dir, data, catalog_ids, k),
