@@ -103,18 +103,18 @@ def genre_matrix(genre_tokens: np.ndarray, genre_vocab_size: int) -> np.ndarray:
     return matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-6)
 
 
-def _marked_in(positions: tf.Tensor, marked: tf.Tensor, queries: tf.Tensor, catalog_size: int) -> tf.Tensor:
-    """Whether each of `queries` ([batch, ...] catalog positions) is among its row's
-    `positions` ([batch, n]) where `marked`. The marks go on a flat [batch x catalog] map:
-    n writes and one read a query, not n comparisons; flat, because a gather with
-    batch_dims costs several times a plain one."""
+def _read_marks(positions: tf.Tensor, marked: tf.Tensor, queries: tf.Tensor, width: int) -> tf.Tensor:
+    """1.0 where each of `queries` ([batch, ...] positions below `width`) is among its row's
+    `positions` ([batch, n]) where `marked`, 0.0 elsewhere. The marks go on a flat
+    [batch x width] map: n writes and one read a query, not n comparisons; flat, because
+    a gather with batch_dims costs several times a plain one."""
     batch = tf.shape(positions)[0]
-    offsets = tf.range(batch)[:, None] * catalog_size
+    offsets = tf.range(batch)[:, None] * width
     flat = tf.scatter_nd(
-        tf.reshape(positions + offsets, [-1, 1]), tf.reshape(tf.cast(marked, tf.int32), [-1]), [batch * catalog_size]
+        tf.reshape(positions + offsets, [-1, 1]), tf.reshape(tf.cast(marked, tf.float32), [-1]), [batch * width]
     )
-    flat_queries = tf.reshape(queries, [batch, -1]) + offsets
-    return tf.reshape(tf.gather(flat, flat_queries), tf.shape(queries)) > 0
+    flat = tf.minimum(flat, 1.0)  # a position given twice is marked once
+    return tf.reshape(tf.gather(flat, tf.reshape(queries, [batch, -1]) + offsets), tf.shape(queries))
 
 
 class RankingFeatures(tf.Module):
@@ -151,7 +151,12 @@ class RankingFeatures(tf.Module):
         ease_items = np.argsort(item_column, kind="stable")[: item_out.shape[1] - 1].astype(np.int32)
         self.ease_items = tf.Variable(ease_items, trainable=False, name="ease_items")
         # cosine_neighbours' table: [catalog, k] positions (-1 padded) and similarities.
-        self.neighbours = tf.Variable(neighbours, trainable=False, name="knn_neighbours")
+        # Padding points one past the catalog, a position no history marks: no test for -1 a request.
+        self.neighbours = tf.Variable(
+            np.where(neighbours >= 0, neighbours, self.catalog_size).astype(np.int32),
+            trainable=False,
+            name="knn_neighbours",
+        )
         self.neighbour_similarity = tf.Variable(neighbour_similarity, trainable=False, name="knn_similarity")
         # The per-title features (TITLE_FEATURES, in FEATURE_NAMES' order) in one table: one gather a request.
         title_features = np.stack(
@@ -248,9 +253,8 @@ class RankingFeatures(tf.Module):
         # The highest similarity among the candidate's neighbours the user liked: exact
         # whenever one of its k nearest titles is in the history (the nearest liked one
         # is then among them), 0 otherwise. Liked titles are marked on a [batch, catalog] map.
-        neighbours = tf.gather(self.neighbours, candidates)
-        liked_neighbour = (neighbours >= 0) & _marked_in(liked, valid, tf.maximum(neighbours, 0), self.catalog_size)
-        knn = tf.reduce_max(tf.where(liked_neighbour, tf.gather(self.neighbour_similarity, candidates), 0.0), axis=-1)
+        liked_neighbour = _read_marks(liked, valid, tf.gather(self.neighbours, candidates), self.catalog_size + 1)
+        knn = tf.reduce_max(liked_neighbour * tf.gather(self.neighbour_similarity, candidates), axis=-1)
         before_titles = [
             retrieval_scores,  # -inf on padding, zeroed below with every column
             tf.math.log1p(tf.cast(positions, tf.float32)),
