@@ -290,26 +290,26 @@ class EaseIndex:
         ranked = [self._top_unseen(data, start, stop, x @ weights, k) for start, stop, x in self._liked_blocks(data)]
         return np.concatenate(ranked) if ranked else np.zeros((0, k), np.int64)
 
-    @staticmethod
-    def _scores(x: np.ndarray, xq: np.ndarray, eigen: tuple[np.ndarray, np.ndarray], q: np.ndarray, l2: float):
-        """x @ weights(l2) without forming B: with P = I / l2 + Q diag(d) Q' (ease_inverse),
-        (x B)_j = -(x P)_j / P_jj + x_j, and x P = x / l2 + (x Q) diag(d) Q'. `xq` is x Q
-        and `q` is Q in float32."""
-        w = eigen[0]
-        shrink = (1.0 / (w + l2) - 1.0 / l2).astype(np.float32)
-        xp = x / np.float32(l2) + (xq * shrink) @ q.T
-        return -xp / ease_inverse_diagonal(eigen, l2).astype(np.float32) + x
-
     def rank_each(self, data: EvalData, l2s, k: int) -> dict[float, np.ndarray]:
-        """rank(data, weights(l2), k) for each of `l2s`, from the eigenpairs directly: each
-        block's x Q is computed once for every L2, and no titles x titles matrix is formed
-        (B alone costs a titles^3 product an L2)."""
-        q = self.eigen[1].astype(np.float32)
-        ranked: dict[float, list] = {float(l2): [] for l2 in l2s}
+        """rank(data, weights(l2), k) for each of `l2s`, from the eigenpairs directly, without
+        forming B (a titles^3 product an L2): with P = I / l2 + Q diag(d) Q' (ease_inverse),
+        (x B)_j = -(x P)_j / P_jj + x_j, and x P = x / l2 + (x Q) diag(d) Q', where each
+        block's x Q serves every L2."""
+        w, q = self.eigen[0], self.eigen[1].astype(np.float32)
+        # Per L2: d, and P's diagonal.
+        terms = {
+            float(l2): (
+                (1.0 / (w + l2) - 1.0 / l2).astype(np.float32),
+                ease_inverse_diagonal(self.eigen, l2).astype(np.float32),
+            )
+            for l2 in l2s
+        }
+        ranked: dict[float, list] = {l2: [] for l2 in terms}
         for start, stop, x in self._liked_blocks(data):
             xq = x @ q
-            for l2 in ranked:
-                ranked[l2].append(self._top_unseen(data, start, stop, self._scores(x, xq, self.eigen, q, l2), k))
+            for l2, (shrink, diagonal) in terms.items():
+                scores = -(x / np.float32(l2) + (xq * shrink) @ q.T) / diagonal + x
+                ranked[l2].append(self._top_unseen(data, start, stop, scores, k))
         return {l2: np.concatenate(r) if r else np.zeros((0, k), np.int64) for l2, r in ranked.items()}
 
 
