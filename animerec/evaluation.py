@@ -221,8 +221,9 @@ def ease_inverse_diagonal(eigen: tuple[np.ndarray, np.ndarray], l2: float) -> np
 class EaseIndex:
     """EASE over the most-liked titles (up to EASE_MAX_ITEMS) of liked (user, catalog position) rows.
 
-    `items` are the catalog positions of B's rows and columns; the Gram matrix is
-    kept, so weights for several L2 values cost one inversion each.
+    `items` are the catalog positions of B's rows and columns. The Gram matrix and its
+    eigenpairs are kept: every L2 is then scored from one eigendecomposition (rank_each;
+    weights and rank, through B, are the reference it is tested against).
     """
 
     def __init__(
