@@ -38,12 +38,16 @@ def _data_summary(args) -> int:
 
 def _data_convert(args) -> int:
     from animerec.data import convert
-    from animerec.pipeline.local_runner import direct_runner_args
+    from animerec.pipeline.local_runner import default_beam_args
 
     liked_filter, split = cli_args.filter_and_split(args)
     with shutdown.stops_cleanly():
         convert.convert_kaggle(
-            args.data_dir, args.out, liked_filter, split, beam_pipeline_args=direct_runner_args(args.workers)
+            args.data_dir,
+            args.out,
+            liked_filter,
+            split,
+            beam_pipeline_args=default_beam_args(args.data_dir, args.workers),
         )
     return 0
 
@@ -79,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert = data_commands.add_parser("convert", help="convert the Kaggle files into ExampleGen input (TFRecords)")
     convert.add_argument("--data-dir", required=True, help="folder with the Kaggle CSV files")
     convert.add_argument("--out", required=True, help="output folder (train/, eval/, catalog/)")
-    convert.add_argument("--workers", type=int, help="DirectRunner worker processes (default: one per core)")
+    cli_args.add_workers_arg(convert)
     cli_args.add_filter_args(convert)
     convert.set_defaults(func=_data_convert)
 

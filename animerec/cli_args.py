@@ -1,4 +1,4 @@
-"""Command-line options shared by several commands: the liked filter and the eval split."""
+"""Command-line options shared by several commands: the liked filter, the eval split and Beam's workers."""
 
 from __future__ import annotations
 
@@ -27,6 +27,17 @@ def add_filter_args(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=split.min_history,
         help="liked rows a user needs to get eval rows (default %(default)s)",
+    )
+
+
+def add_workers_arg(parser: argparse.ArgumentParser) -> None:
+    """--workers for commands that read the Kaggle files on this machine's Beam (local_runner.default_beam_args)."""
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="Beam worker processes; 1 runs Beam in this process (default: in this process for an "
+        "animelist.csv of at most 16 MB, else one worker per core)",
     )
 
 

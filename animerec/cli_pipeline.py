@@ -27,7 +27,7 @@ def _run(args) -> int:
     )
     gate = _gate(args)
     liked_filter, split = cli_args.filter_and_split(args)
-    beam_args = local_runner.direct_runner_args(args.workers)
+    beam_args = local_runner.default_beam_args(args.data_dir, args.workers)
     result = local_runner.run_local(
         args.data_dir,
         args.output_dir,
@@ -171,10 +171,10 @@ def _batch_recommend(args) -> int:
 
     from animerec.batch import batch_recommend
     from animerec.pipeline.artifacts import newest_version_dir
-    from animerec.pipeline.local_runner import direct_runner_args
+    from animerec.pipeline.local_runner import local_beam_args
 
     model_dir = newest_version_dir(args.model_dir) or args.model_dir
-    beam_args = args.beam_arg or direct_runner_args(args.workers)
+    beam_args = args.beam_arg or local_beam_args(args.workers)
     n = batch_recommend(model_dir, args.output, k=args.k, beam_args=beam_args)
     files = sorted(glob.glob(args.output + "*.parquet"))
     print(
@@ -342,7 +342,7 @@ def _add_run_commands(commands) -> None:
     run.add_argument("--learning-rate", type=float, default=defaults.learning_rate, help="default %(default)s")
     run.add_argument("--seed", type=int, default=defaults.seed, help="training seed (default %(default)s)")
     _add_gate_args(run, GateConfig())
-    run.add_argument("--workers", type=int, default=None, help="DirectRunner workers (default: one per core)")
+    cli_args.add_workers_arg(run)
     run.add_argument(
         "--infer-schema",
         action="store_true",
@@ -464,12 +464,12 @@ def _add_batch_command(commands) -> None:
     )
     batch.add_argument("--output", required=True, help="output prefix; files are PREFIX-SSSSS-of-NNNNN.parquet")
     batch.add_argument("-k", type=int, default=50, help="titles per user (default %(default)s)")
-    batch.add_argument("--workers", type=int, default=None, help="DirectRunner workers (default: one per core)")
+    batch.add_argument("--workers", type=int, default=None, help="Beam worker processes (default: one per core)")
     batch.add_argument(
         "--beam-arg",
         action="append",
         default=[],
-        help="Beam pipeline argument, repeatable (overrides the DirectRunner defaults)",
+        help="Beam pipeline argument, repeatable (overrides the local runner's defaults)",
     )
     batch.set_defaults(func=_batch_recommend)
 

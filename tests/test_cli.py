@@ -89,8 +89,9 @@ def _bad_animelists(real_data_dir, tmp_path) -> tuple[str, str]:
 
 def test_data_errors_inside_beam_workers_are_one_paragraph(real_data_dir, tmp_path):
     no_status, header_only = _bad_animelists(real_data_dir, tmp_path)
-    # The converter's Beam stage on worker processes (the default), where the error is raised.
-    out = animerec("data", "convert", "--data-dir", no_status, "--out", str(tmp_path / "out"), check=False)
+    # The converter's Beam stage on worker processes, where the error is raised.
+    convert = ("data", "convert", "--workers", "2", "--data-dir", no_status, "--out", str(tmp_path / "out"))
+    out = animerec(*convert, check=False)
     assert out.returncode == 2, out.stderr
     assert out.stderr.strip().splitlines() == [out.stderr.strip()], "one line on stderr"
     assert re.match(r"animerec: error: .*animelist\.csv: header lacks column\(s\) \['watching_status'\]", out.stderr)

@@ -1,5 +1,5 @@
 """The real pipeline on the real MAL sample in ../shared/data/mal, end to end with the
-default configuration and Beam's multi-process DirectRunner (minutes: marked e2e).
+default configuration, Beam on two worker processes (minutes: marked e2e).
 
 A file of its own, so that a parallel test run (`make test`) starts it on one worker
 while the other runs the rest.
@@ -17,7 +17,9 @@ pytestmark = pytest.mark.e2e
 
 
 def test_pipeline_on_real_sample_beats_popularity(tmp_path, real_data_dir):
-    result = local_runner.run_local(real_data_dir, str(tmp_path / "out"), progress=print)
+    # Worker processes, as for a large file: this small sample would otherwise run Beam in the process.
+    beam_args = local_runner.local_beam_args(workers=2)
+    result = local_runner.run_local(real_data_dir, str(tmp_path / "out"), beam_pipeline_args=beam_args, progress=print)
     metrics = result["evaluation"]["metrics"]
     print(json.dumps({k: {m: round(v, 4) for m, v in d.items() if isinstance(v, float)} for k, d in metrics.items()}))
     # The default gate: recall@50 above popularity by 10% at least.

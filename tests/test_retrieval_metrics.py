@@ -148,7 +148,7 @@ def test_ease_index_scores_as_the_closed_form(users, catalog_size):
     when there are fewer users than titles."""
     rng = np.random.default_rng(3)
     data = _task(rng, users=users, catalog_size=catalog_size, rows=200)
-    index = m.EaseIndex.of(data)
+    index = m.EaseIndex.of(data, titles_eigen_dtype=np.float64)
     assert (len(index.eigen[0]) < len(index.items)) == (users < len(index.items))
     _, rows = np.unique(data.liked_user, return_inverse=True)
     for l2 in (0.5, 5.0):
@@ -167,6 +167,28 @@ def test_ease_index_scores_as_the_closed_form(users, catalog_size):
         scores = m.mask_seen(scores, *data.seen_in(0, len(data.users)))
         best = -np.sort(-scores, axis=1)[:, :10]
         np.testing.assert_allclose(np.take_along_axis(scores, ranked[l2], axis=1), best, atol=1e-4)
+
+
+def test_single_precision_eigenpairs_score_as_double_precision():
+    """The titles-side eigendecomposition runs in float32 by default: P's diagonal and the
+    top titles' scores match float64's closely (compared by score: near-ties may swap)."""
+    data = _task(np.random.default_rng(5), users=400, catalog_size=150, rows=12000)
+    single, double = m.EaseIndex.of(data), m.EaseIndex.of(data, titles_eigen_dtype=np.float64)
+    assert single.likes is None, "more users than titles: the titles' side"
+    assert single.eigen[1].dtype == np.float32 and double.eigen[1].dtype == np.float64
+    for l2 in (50.0, 400.0):
+        np.testing.assert_allclose(
+            m.ease_inverse_diagonal(single.eigen, l2), m.ease_inverse_diagonal(double.eigen, l2), rtol=1e-4
+        )
+    x = np.zeros((len(data.users), len(double.items)))
+    x[np.searchsorted(data.users, data.liked_user), double.column[data.liked_position]] = 1.0
+    ranked_single, ranked_double = single.rank_each(data, (50.0, 400.0), 20), double.rank_each(data, (50.0, 400.0), 20)
+    for l2 in (50.0, 400.0):
+        scores = np.full((len(data.users), data.catalog_size), -1e9)
+        scores[:, double.items] = x @ double.weights(l2)
+        chosen, best = (np.take_along_axis(scores, r[l2], axis=1) for r in (ranked_single, ranked_double))
+        np.testing.assert_allclose(chosen, best, atol=1e-4 * np.abs(best).max())
+        assert np.mean(np.all(ranked_single[l2] == ranked_double[l2], axis=1)) > 0.9
 
 
 def test_tune_ease_l2_picks_the_best_value_of_the_grid():

@@ -77,7 +77,9 @@ def test_sigterm_during_a_beam_stage_stops_the_workers_and_leaves_metadata_consi
     data_dir, out = str(tmp_path / "data"), str(tmp_path / "out")
     synth.synthesize(data_dir, synth.SynthConfig(users=300, anime=200, seed=3), progress=lambda _: None)
     run = subprocess.Popen(
-        [sys.executable, "-m", "animerec.cli", "run", "--data-dir", data_dir, "--output-dir", out, "--epochs", "1"],
+        # Two worker processes: this small dataset would otherwise run Beam in the process.
+        [sys.executable, "-m", "animerec.cli", "run", "--data-dir", data_dir, "--output-dir", out, "--epochs", "1"]
+        + ["--workers", "2"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

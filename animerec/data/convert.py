@@ -46,7 +46,8 @@ SHUFFLE_SEED = 0
 RANGE_BYTES = 32 << 20
 INTERACTION_SPLITS = (features.TRAIN_SPLIT, features.EVAL_SPLIT)
 # Without beam_pipeline_args the converter runs in-process (small inputs, tests).
-IN_PROCESS_BEAM_ARGS = ["--runner=DirectRunner", "--direct_running_mode=in_memory", "--direct_num_workers=1"]
+# (Beam's FnApiRunner in memory: see animerec.pipeline.local_runner.local_beam_args.)
+IN_PROCESS_BEAM_ARGS = ["--runner=FnApiRunner", "--direct_running_mode=in_memory", "--direct_num_workers=1"]
 
 
 def _tf():

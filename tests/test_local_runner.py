@@ -1,0 +1,31 @@
+"""Which Beam a local run uses: in this process for a small animelist.csv, worker processes otherwise."""
+
+import os
+
+from animerec.data import kaggle
+from animerec.pipeline import local_runner
+
+
+def _animelist(folder, size: int) -> str:
+    os.makedirs(folder)
+    with open(os.path.join(folder, kaggle.ANIMELIST_CSV), "wb") as f:
+        f.truncate(size)  # sparse: only the size is read
+    return str(folder)
+
+
+def test_small_input_runs_beam_in_process_and_large_input_on_workers(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    small = _animelist(tmp_path / "small", local_runner.IN_PROCESS_MAX_BYTES)
+    large = _animelist(tmp_path / "large", local_runner.IN_PROCESS_MAX_BYTES + 1)
+    in_process = ["--runner=FnApiRunner", "--direct_running_mode=in_memory", "--direct_num_workers=1"]
+    on_workers = ["--runner=FnApiRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=4"]
+    assert local_runner.default_beam_args(small) == in_process
+    assert local_runner.default_beam_args(large) == on_workers
+    # Asked for, the workers win either way; one worker is this process.
+    assert local_runner.default_beam_args(small, workers=3)[1:] == [
+        "--direct_running_mode=multi_processing",
+        "--direct_num_workers=3",
+    ]
+    assert local_runner.default_beam_args(large, workers=1) == in_process
+    assert local_runner.is_local(in_process) and local_runner.is_local(["--runner=DirectRunner"])
+    assert not local_runner.is_local(["--runner=DataflowRunner", "--project=p"])
