@@ -11,6 +11,7 @@ signal caught outside an executor left RUNNING is marked CANCELED afterwards.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import threading
@@ -84,9 +85,20 @@ def stops_cleanly(metadata_path: str | None = None):
         for s in (signal.SIGTERM, signal.SIGINT):
             signal.signal(s, signal.SIG_DFL if s == signal.SIGTERM else signal.default_int_handler)
         received.append(signum)
+        # From here on the console gets the command's one line: threads that lose their
+        # worker, and the launcher's note of the failed step, go to the log alone.
+        quiet.extend((h, h.level) for h in _console_handlers())
+        for handler, _ in quiet:
+            handler.setLevel(logging.CRITICAL)
+        threading.excepthook = _log_thread_error
+        # The workers first: code the exception unwinds through (Beam's runner closing its
+        # worker connections) would otherwise wait on workers that are still busy.
+        stop_descendants()
         raise RunInterruptedError(signum)
 
+    quiet: list = []
     previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous_excepthook = threading.excepthook
     try:
         for s in previous:
             signal.signal(s, interrupt)
@@ -104,3 +116,26 @@ def stops_cleanly(metadata_path: str | None = None):
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        threading.excepthook = previous_excepthook
+        for handler, level in quiet:
+            handler.setLevel(level)
+
+
+def _console_handlers() -> list:
+    """The logging handlers that write to the console (not to a file)."""
+    loggers = [logging.getLogger()] + [
+        lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)
+    ]
+    return [
+        h
+        for lg in loggers
+        for h in lg.handlers
+        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+    ]
+
+
+def _log_thread_error(args) -> None:
+    """threading.excepthook once a run is stopping: a thread's error goes to the log."""
+    logging.getLogger(__name__).info(
+        "thread %s stopped with the run: %s", args.thread.name if args.thread else "?", args.exc_value
+    )

@@ -14,15 +14,12 @@ import pandas as pd
 import pytest
 
 from animerec.config import TrainingConfig
-from animerec.data import convert, kaggle, synth
+from animerec.data import kaggle, synth
 from animerec.evaluation import GateConfig
 from animerec.pipeline import local_runner
 
 pytestmark = pytest.mark.e2e
 
-# Tiny data in one process: Beam's multi-process mode (each worker a TensorFlow start-up)
-# is what the real-sample run below and tests/test_shutdown.py exercise.
-IN_PROCESS = convert.IN_PROCESS_BEAM_ARGS
 PERMISSIVE_GATE = GateConfig(min_value=0.0, min_lift_over_popularity=-1.0, max_regression=1.0)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The environment `make demo` runs the pipeline in (the Makefile's exports).
@@ -81,6 +78,9 @@ def test_pipeline_on_synthetic_data_caches_and_gates(tmp_path):
     out_dir = str(tmp_path / "out")
     training = TrainingConfig(epochs=1, batch_size=256)
 
+    beam_args = local_runner.default_beam_args(data_dir)
+    assert "--direct_running_mode=in_memory" in beam_args
+
     def run(gate: GateConfig = PERMISSIVE_GATE, train_steps: int = 20) -> dict:
         return local_runner.run_local(
             data_dir,
@@ -89,7 +89,10 @@ def test_pipeline_on_synthetic_data_caches_and_gates(tmp_path):
             gate=gate,
             train_steps=train_steps,
             progress=print,
-            beam_pipeline_args=IN_PROCESS,
+            # What the command line chose for the first run (the cache keys on it): Beam in
+            # the process for this tiny file. Worker processes are what the real-sample run
+            # and tests/test_shutdown.py exercise.
+            beam_pipeline_args=beam_args,
         )
 
     # The first run as `make demo` runs it, through the command line (Beam in the process
