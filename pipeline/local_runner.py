@@ -104,13 +104,7 @@ def _logs_to_file(path: str):
     file_handler = std_logging.FileHandler(path)
     file_handler.setLevel(std_logging.INFO)
     file_handler.setFormatter(std_logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    # The root's handlers, and the console handlers libraries gave their own loggers
-    # (TensorFlow gives its logger one when it is first used before logging is set up).
-    loggers = [root] + [
-        lg for lg in std_logging.Logger.manager.loggerDict.values() if isinstance(lg, std_logging.Logger)
-    ]
-    console = [h for lg in loggers for h in lg.handlers if lg is root or not isinstance(h, std_logging.FileHandler)]
-    console_levels = [(h, h.level) for h in console]
+    console_levels = [(h, h.level) for h in shutdown.console_handlers()]
     for h, _ in console_levels:
         h.setLevel(std_logging.ERROR)
     previous_level = root.level

@@ -87,7 +87,7 @@ def stops_cleanly(metadata_path: str | None = None):
         received.append(signum)
         # From here on the console gets the command's one line: threads that lose their
         # worker, and the launcher's note of the failed step, go to the log alone.
-        quiet.extend((h, h.level) for h in _console_handlers())
+        quiet.extend((h, h.level) for h in console_handlers())
         for handler, _ in quiet:
             handler.setLevel(logging.CRITICAL)
         threading.excepthook = _log_thread_error
@@ -121,17 +121,15 @@ def stops_cleanly(metadata_path: str | None = None):
             handler.setLevel(level)
 
 
-def _console_handlers() -> list:
-    """The logging handlers that write to the console (not to a file)."""
+def console_handlers() -> list:
+    """The logging handlers that write to the console (not to a file): the root's, and
+    those libraries gave their own loggers (TensorFlow gives its logger one when it is
+    first used before logging is set up)."""
     loggers = [logging.getLogger()] + [
         lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)
     ]
-    return [
-        h
-        for lg in loggers
-        for h in lg.handlers
-        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
-    ]
+    # Every handler but files and the null ones: absl's handler writes to stderr too.
+    return [h for lg in loggers for h in lg.handlers if not isinstance(h, logging.FileHandler | logging.NullHandler)]
 
 
 def _log_thread_error(args) -> None:
