@@ -85,15 +85,16 @@ def popularity_scores(liked_positions: np.ndarray, catalog_size: int) -> np.ndar
     return np.bincount(liked_positions, minlength=catalog_size).astype(np.float32)
 
 
-def likes_matrix(user_rows: np.ndarray, item_cols: np.ndarray, n_items: int):
-    """The binary users x items matrix X, sparse (scipy CSR, float64): a dense one would
-    be 11 GB for MAL's 350k users."""
+def likes_matrix(
+    user_rows: np.ndarray, item_cols: np.ndarray, n_items: int, n_users: int | None = None, dtype=np.float64
+):
+    """The binary users x items matrix X, sparse (scipy CSR): a dense one would be 11 GB
+    for MAL's 350k users. n_users: its rows (default: up to the largest user row)."""
     from scipy import sparse
 
-    x = sparse.csr_matrix(
-        (np.ones(len(user_rows), np.float64), (user_rows, item_cols)),
-        shape=(int(user_rows.max()) + 1 if len(user_rows) else 1, n_items),
-    )
+    if n_users is None:
+        n_users = int(user_rows.max()) + 1 if len(user_rows) else 1
+    x = sparse.csr_matrix((np.ones(len(user_rows), dtype), (user_rows, item_cols)), shape=(n_users, n_items))
     x.data[:] = 1.0  # a (user, item) pair listed twice is still one interaction
     return x
 
@@ -284,20 +285,15 @@ class EaseIndex:
 
     def _liked_blocks(self, data: EvalData):
         """(start, stop, x) per block of data.users: x their liked rows in this index, 0/1,
-        as a sparse matrix (scipy CSR): a product with it reads only the liked titles' rows
+        as a sparse matrix (likes_matrix): a product with it reads only the liked titles' rows
         (7x faster than the dense product for 512 users liking 37 of 2,500 titles each)."""
-        from scipy import sparse
-
         rows = positions_in(data.users, self.liked_user)
         for start in range(0, len(data.users), SCORE_BATCH):
             stop = min(start + SCORE_BATCH, len(data.users))
             in_block = (rows >= start) & (rows < stop)
-            x = sparse.csr_matrix(
-                (np.ones(int(in_block.sum()), np.float32), (rows[in_block] - start, self.liked_column[in_block])),
-                shape=(stop - start, len(self.items)),
+            x = likes_matrix(
+                rows[in_block] - start, self.liked_column[in_block], len(self.items), stop - start, np.float32
             )
-            x.sum_duplicates()
-            x.data[:] = 1.0  # a title liked twice is liked
             yield start, stop, x
 
     def _top_unseen(self, data: EvalData, start: int, stop: int, item_scores: np.ndarray, k: int) -> np.ndarray:
