@@ -80,7 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     cli_args.add_filter_args(summary)
     summary.set_defaults(func=_data_summary)
 
-    convert = data_commands.add_parser("convert", help="convert the Kaggle files into ExampleGen input (TFRecords)")
+    convert = data_commands.add_parser(
+        "convert", help="convert the Kaggle files into TFRecords, as the pipeline's ExampleGen does"
+    )
     convert.add_argument("--data-dir", required=True, help="folder with the Kaggle CSV files")
     convert.add_argument("--out", required=True, help="output folder (train/, eval/, catalog/)")
     cli_args.add_workers_arg(convert)

@@ -331,7 +331,7 @@ def _add_run_commands(commands) -> None:
     from animerec.evaluation import GateConfig
 
     defaults = TrainingConfig()
-    run = commands.add_parser("run", help="convert the Kaggle files and run the TFX pipeline locally on Beam")
+    run = commands.add_parser("run", help="run the TFX pipeline locally on Beam, from the Kaggle CSV files")
     run.add_argument("--data-dir", required=True, help="folder with the Kaggle CSV files")
     run.add_argument("--output-dir", required=True, help="folder for artifacts, metadata and pushed models")
     _add_training_args(run, "training")
@@ -381,8 +381,8 @@ def _add_kubeflow_commands(commands) -> None:
     )
     compile_.add_argument(
         "--data-root",
-        default="gs://YOUR_BUCKET/animerec/examples_input",
-        help="default of the data_root runtime parameter: the converted splits",
+        default="gs://YOUR_BUCKET/animerec/kaggle",
+        help="default of the data_root runtime parameter: the folder of Kaggle CSV files",
     )
     compile_.add_argument(
         "--serving-dir", default="gs://YOUR_BUCKET/animerec/serving", help="where Pusher writes versions for TF Serving"

@@ -1,91 +1,133 @@
-"""ImportExampleGen that copies its input files as they are, without TFX's reshuffle.
+"""ExampleGen for the Kaggle CSV files: the pipeline starts at the raw data.
 
-TFX's ExampleGen always sends every record through `beam.Reshuffle` before
-writing (`write_split.py`, "TODO: make shuffle optional"). On the DirectRunner
-that GroupByKey holds the whole dataset in memory (about 0.9 GB per million rows
-here), which rules out the full 109M rows on one machine. Our converter already
-writes the records in one global random order (animerec.data.convert), so this
-executor copies each split's files into the artifact byte for byte, gzip-compressed
-as ExampleGen's output is (a GZIP TFRecord file is the gzip of the plain one): no
-record is parsed or re-encoded, and memory stays at a copy buffer. Through
-tf.io.gfile, so `gs://` paths work. The component is TFX's own ImportExampleGen
-otherwise: same spec, driver (spans, fingerprints, caching) and output artifact.
+TFX's FileBasedExampleGen (its spec, its FileBasedDriver and its Examples artifact)
+with an executor of our own, in TFX's custom-ExampleGen pattern:
+- `input_base` is the folder of Kaggle CSV files, on any filesystem TensorFlow reads
+  (local, `gs://`). Every split's input pattern is INPUT_PATTERN, so the driver's
+  fingerprint (sizes and modification times of the CSV files) keys TFX's cache: a
+  changed file reruns ExampleGen and everything after it.
+- The executor runs animerec.data.convert.write_examples on the component's Beam
+  pipeline: it validates the files with the Kaggle readers (a DataError names the
+  file, line and field), labels the interactions and writes the train, eval and catalog
+  splits into the artifact as GZIP TFRecords, in one global random order with memory
+  bounded by the spill buckets (kept under the execution's temporary folder, which
+  every Beam worker sees). TFX's own executors send every record through
+  `beam.Reshuffle` instead, which on the local runner holds the whole dataset in memory.
+- The liked filter and the split travel in `custom_config` (a JSON Struct, as TFX's
+  custom ExampleGens carry their settings); `conversion_report.json` (rows read, set
+  aside by reason, written per split) lands in the artifact beside the splits.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import gzip
+import dataclasses
+import json
 import os
-import shutil
 
-import tensorflow as tf
+from google.protobuf import json_format, struct_pb2
 from tfx import v1 as tfx
-from tfx.components.example_gen import utils
-from tfx.components.example_gen.import_example_gen import executor as import_executor
+from tfx.components.example_gen import component, write_split
 from tfx.components.util import examples_utils
-from tfx.dsl.components.base import executor_spec
+from tfx.dsl.components.base import base_beam_executor, executor_spec
 from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils
 from tfx.types import standard_component_specs as keys
 from tfx.utils import proto_utils
 
-# The file name TFX's ExampleGen writes (write_split.DEFAULT_FILE_NAME, deprecated there).
-FILE_NAME = "data_tfrecord"
-# Fast compression: the files are read a few times and then kept; zlib's level 6 takes
-# several times as long for a few percent less.
-GZIP_LEVEL = 1
+from animerec import features
+from animerec.data import convert, files, interactions
+
+# Every split reads (and the driver fingerprints) the folder's CSV files.
+INPUT_PATTERN = "*.csv"
+REPORT_FILE = convert.REPORT_FILE
 
 
-class InOrderExecutor(import_executor.Executor):
-    """ImportExampleGen's executor copying each split's files in order (see the module doc)."""
+def custom_config(
+    liked_filter: interactions.LikedFilter, split: interactions.SplitConfig
+) -> example_gen_pb2.CustomConfig:
+    """The converter's settings as ExampleGen's custom_config."""
+    settings = struct_pb2.Struct()
+    settings.update({"liked_filter": dataclasses.asdict(liked_filter), "split": dataclasses.asdict(split)})
+    config = example_gen_pb2.CustomConfig()
+    config.custom_config.Pack(settings)
+    return config
+
+
+def settings(custom_config_json: str | None) -> tuple[interactions.LikedFilter, interactions.SplitConfig]:
+    """The liked filter and split from custom_config's JSON (the defaults where it has none)."""
+    if not custom_config_json:
+        return interactions.LikedFilter(), interactions.SplitConfig()
+    config = proto_utils.json_to_proto(custom_config_json, example_gen_pb2.CustomConfig())
+    values = struct_pb2.Struct()
+    if not config.custom_config.Unpack(values):
+        raise ValueError(f"KaggleExampleGen: custom_config holds a {config.custom_config.TypeName()}, not a Struct")
+    values = json_format.MessageToDict(values)
+    # Struct numbers are floats; the dataclasses' fields say which are integers.
+    return (
+        _from_dict(interactions.LikedFilter, values.get("liked_filter", {})),
+        _from_dict(interactions.SplitConfig, values.get("split", {})),
+    )
+
+
+def _from_dict(cls, values: dict):
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(f"KaggleExampleGen: custom_config has unknown {cls.__name__} field(s) {unknown}")
+    defaults, typed = cls(), {}
+    for name, value in values.items():
+        kind = type(getattr(defaults, name))
+        if kind(value) != value:
+            raise ValueError(
+                f"KaggleExampleGen: custom_config's {cls.__name__}.{name} is {value!r}, not a {kind.__name__}"
+            )
+        typed[name] = kind(value)
+    return cls(**typed)
+
+
+class Executor(base_beam_executor.BaseBeamExecutor):
+    """Converts the Kaggle CSV files under input_base into the Examples artifact (module doc)."""
 
     def Do(self, input_dict, output_dict, exec_properties) -> None:  # noqa: N802 - TFX API
-        payload_format = exec_properties.get(keys.OUTPUT_DATA_FORMAT_KEY)
-        if payload_format not in (None, example_gen_pb2.FORMAT_TF_EXAMPLE):
-            raise ValueError(
-                f"ImportExampleGen ({__name__}) writes tf.Example TFRecords only; "
-                f"got payload format {example_gen_pb2.PayloadFormat.Name(payload_format)}"
-            )
         input_config = proto_utils.json_to_proto(exec_properties[keys.INPUT_CONFIG_KEY], example_gen_pb2.Input())
-        output_config = proto_utils.json_to_proto(exec_properties[keys.OUTPUT_CONFIG_KEY], example_gen_pb2.Output())
-        examples = artifact_utils.get_single_instance(output_dict[keys.EXAMPLES_KEY])
-        split_names = utils.generate_output_split_names(input_config, output_config)
-        if len(split_names) != len(input_config.splits):
+        split_names = [split.name for split in input_config.splits]
+        if sorted(split_names) != sorted(features.SPLITS):
             raise ValueError(
-                f"ImportExampleGen ({__name__}) copies input splits as they are; "
-                f"the output config asks for splits {split_names} from {len(input_config.splits)} input split(s)"
+                f"KaggleExampleGen writes the splits {list(features.SPLITS)}; the input config names {split_names}"
             )
-        examples.split_names = artifact_utils.encode_split_names(split_names)
-        copies = []
-        for split in input_config.splits:
-            pattern = os.path.join(exec_properties[keys.INPUT_BASE_KEY], split.pattern)
-            sources = sorted(tf.io.gfile.glob(pattern))
-            if not sources:
-                raise ValueError(f"ImportExampleGen: no file matches {pattern} (split {split.name})")
-            target = artifact_utils.get_split_uri([examples], split.name)
-            tf.io.gfile.makedirs(target)
-            copies += [
-                (source, os.path.join(target, f"{FILE_NAME}-{i:05d}-of-{len(sources):05d}.gz"))
-                for i, source in enumerate(sources)
-            ]
-        # zlib releases the GIL: files are compressed side by side.
-        with concurrent.futures.ThreadPoolExecutor(max(1, min(len(copies), os.cpu_count() or 1))) as pool:
-            list(pool.map(lambda pair: copy_as_gzip(*pair), copies))
+        examples = artifact_utils.get_single_instance(output_dict[keys.EXAMPLES_KEY])
+        examples.split_names = artifact_utils.encode_split_names(list(features.SPLITS))
+        liked_filter, split = settings(exec_properties.get(keys.CUSTOM_CONFIG_KEY))
+        report = convert.write_examples(
+            exec_properties[keys.INPUT_BASE_KEY],
+            {name: artifact_utils.get_split_uri([examples], name) for name in features.SPLITS},
+            self._get_tmp_dir(),
+            liked_filter,
+            split,
+            make_pipeline=self._make_beam_pipeline,
+            compressed=True,
+        )
+        with files.open_write(os.path.join(examples.uri, REPORT_FILE)) as f:
+            f.write(json.dumps(report, indent=2).encode())
         examples_utils.set_payload_format(examples, example_gen_pb2.FORMAT_TF_EXAMPLE)
+        examples_utils.set_file_format(examples, write_split.to_file_format_str(example_gen_pb2.FORMAT_TFRECORDS_GZIP))
 
 
-def copy_as_gzip(source: str, target: str, chunk_bytes: int = 8 << 20) -> None:
-    """Copies a TFRecord file to a GZIP TFRecord file (a .gz source is copied as it is)."""
-    if source.endswith(".gz"):
-        tf.io.gfile.copy(source, target, overwrite=True)
-        return
-    with tf.io.gfile.GFile(source, "rb") as reader, tf.io.gfile.GFile(target, "wb") as out:
-        with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=GZIP_LEVEL, mtime=0) as writer:
-            shutil.copyfileobj(reader, writer, chunk_bytes)
+class KaggleExampleGen(component.FileBasedExampleGen):
+    """FileBasedExampleGen over a folder of Kaggle CSV files, run by this module's Executor."""
 
+    EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
 
-class ImportExampleGen(tfx.components.ImportExampleGen):
-    """tfx.components.ImportExampleGen run by InOrderExecutor (same node id and outputs)."""
-
-    EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(InOrderExecutor)
+    def __init__(
+        self,
+        input_base: str,
+        liked_filter: interactions.LikedFilter = interactions.LikedFilter(),
+        split: interactions.SplitConfig = interactions.SplitConfig(),
+    ):
+        super().__init__(
+            input_base=input_base,
+            input_config=tfx.proto.Input(
+                splits=[tfx.proto.Input.Split(name=name, pattern=INPUT_PATTERN) for name in features.SPLITS]
+            ),
+            custom_config=custom_config(liked_filter, split),
+        )

@@ -1,7 +1,7 @@
 """Runs create_pipeline with LocalDagRunner on this machine's Beam (FnApiRunner).
 
-Everything lives under one output folder:
-    <out>/examples_input/   the converted Kaggle files (ExampleGen's input)
+Everything lives under one output folder (the Kaggle CSV files stay where they are:
+KaggleExampleGen reads them):
     <out>/pipeline/         TFX artifacts (pipeline root)
     <out>/metadata.sqlite   ML Metadata
     <out>/serving/<version>/ pushed models, as TF Serving expects
@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 
 from animerec.config import TrainingConfig
-from animerec.data import convert, interactions, kaggle
+from animerec.data import files, interactions, kaggle
 from animerec.evaluation import GateConfig
 from animerec.pipeline import artifacts, shutdown
 from animerec.pipeline import progress as progress_module
@@ -66,19 +66,13 @@ def default_beam_args(data_dir: str, workers: int | None = None) -> list[str]:
     (IN_PROCESS_MAX_BYTES) and one worker per core otherwise."""
     if workers is None:
         path = os.path.join(data_dir, kaggle.ANIMELIST_CSV)
-        if os.path.exists(path) and os.path.getsize(path) <= IN_PROCESS_MAX_BYTES:
+        if files.exists(path) and files.size(path) <= IN_PROCESS_MAX_BYTES:
             workers = 1
     return local_beam_args(workers)
 
 
-def is_local(beam_pipeline_args: list[str] | None) -> bool:
-    """Whether the arguments name a runner on this machine (FnApiRunner or DirectRunner)."""
-    return any(arg in ("--runner=FnApiRunner", "--runner=DirectRunner") for arg in beam_pipeline_args or [])
-
-
 def output_paths(output_dir: str) -> dict[str, str]:
     return {
-        "examples_input": os.path.join(output_dir, "examples_input"),
         "pipeline_root": os.path.join(output_dir, "pipeline"),
         "metadata": os.path.join(output_dir, "metadata.sqlite"),
         "serving_dir": os.path.join(output_dir, "serving"),
@@ -97,9 +91,16 @@ def _program_name_only():
         sys.argv = saved
 
 
+def _not_tfx_failure_note(record: std_logging.LogRecord) -> bool:
+    """False for the note TFX's launcher logs when an executor raises ("Execution N
+    failed."): the error itself reaches the command, which reports it in one paragraph."""
+    return record.msg != "Execution %d failed."
+
+
 @contextlib.contextmanager
 def _logs_to_file(path: str):
-    """Sends logs to a file; the console gets errors and the progress lines."""
+    """Sends logs to a file; the console gets errors (those the command does not report
+    itself) and the progress lines."""
     root = std_logging.getLogger()
     file_handler = std_logging.FileHandler(path)
     file_handler.setLevel(std_logging.INFO)
@@ -107,6 +108,7 @@ def _logs_to_file(path: str):
     console_levels = [(h, h.level) for h in shutdown.console_handlers()]
     for h, _ in console_levels:
         h.setLevel(std_logging.ERROR)
+        h.addFilter(_not_tfx_failure_note)
     previous_level = root.level
     root.setLevel(std_logging.INFO)
     root.addHandler(file_handler)
@@ -122,6 +124,7 @@ def _logs_to_file(path: str):
         root.setLevel(previous_level)
         for h, level in console_levels:
             h.setLevel(level)
+            h.removeFilter(_not_tfx_failure_note)
         for k, v in previous_env.items():
             if v is None:
                 os.environ.pop(k, None)
@@ -141,7 +144,7 @@ def run_local(
     infer_schema: bool = False,
     progress: Callable[[str], None] = print,
 ) -> dict:
-    """Converts data_dir's Kaggle files and runs the whole pipeline; returns where things are."""
+    """Runs the whole pipeline on data_dir's Kaggle files; returns where things are."""
     from tfx import v1 as tfx  # heavy import
 
     paths = output_paths(output_dir)
@@ -149,29 +152,14 @@ def run_local(
     start = time.time()
     # SIGTERM or Ctrl-C: the running component is recorded as failed, Beam's workers stop.
     with shutdown.stops_cleanly(paths["metadata"]):
-        progress(f"[{time.strftime('%H:%M:%S')}] Converting {data_dir}")
         log_path = os.path.join(output_dir, "pipeline.log")
-        progress(f"Full log: {log_path}")
-        # The converter runs on this machine even when the pipeline's Beam arguments name
-        # a distributed runner: its input and output are local files.
+        progress(f"[{time.strftime('%H:%M:%S')}] Running the pipeline on {data_dir}; full log: {log_path}")
         if beam_pipeline_args is None:
             beam_pipeline_args = default_beam_args(data_dir)
-        local_args = beam_pipeline_args if is_local(beam_pipeline_args) else default_beam_args(data_dir)
-        with _logs_to_file(log_path):
-            convert.convert_kaggle(
-                data_dir,
-                paths["examples_input"],
-                liked_filter,
-                split,
-                progress=progress,
-                beam_pipeline_args=local_args,
-            )
-        timings = {"convert": time.time() - start}
-
         pipeline = create_pipeline(
             pipeline_name=PIPELINE_NAME,
             pipeline_root=paths["pipeline_root"],
-            data_root=paths["examples_input"],
+            data_root=os.path.abspath(data_dir) if files.is_local(data_dir) else data_dir,
             serving_dir=paths["serving_dir"],
             training=training,
             gate=gate,
@@ -179,11 +167,13 @@ def run_local(
             schema_file=None if infer_schema else SCHEMA_FILE,
             metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(paths["metadata"]),
             beam_pipeline_args=beam_pipeline_args,
+            liked_filter=liked_filter,
+            split=split,
         )
         tracker = progress_module.ComponentProgress(progress)
         with _logs_to_file(log_path), tracker.installed(), _program_name_only():
             tfx.orchestration.LocalDagRunner().run(pipeline)
-        timings.update(tracker.seconds)
+        timings = dict(tracker.seconds)
     timings["total"] = time.time() - start
     from animerec import report
 

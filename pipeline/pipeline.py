@@ -14,9 +14,10 @@ from tfx import v1 as tfx
 
 from animerec import features
 from animerec.components.anomalies_gate import AnomaliesGate
-from animerec.components.example_gen import ImportExampleGen
+from animerec.components.example_gen import KaggleExampleGen
 from animerec.components.retrieval_evaluator.component import GateConfig, RetrievalEvaluator
 from animerec.config import TrainingConfig
+from animerec.data import interactions
 
 SCHEMA_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "schema", "schema.pbtxt")
 PREPROCESSING_FN = "animerec.preprocessing.preprocessing_fn"
@@ -35,21 +36,18 @@ def create_pipeline(
     metadata_connection_config=None,
     beam_pipeline_args: list[str] | None = None,
     enable_cache: bool = True,
+    liked_filter: interactions.LikedFilter = interactions.LikedFilter(),
+    split: interactions.SplitConfig = interactions.SplitConfig(),
 ) -> tfx.dsl.Pipeline:
     """ExampleGen -> StatisticsGen -> schema -> ExampleValidator -> Transform -> Trainer -> Evaluator -> Pusher.
 
-    data_root holds the converted splits (train/, eval/, catalog/) written by
-    animerec.data.convert. data_root, training and gate may be RuntimeParameters
-    (the Kubeflow runner makes them so). With schema_file=None the schema is inferred by
+    data_root is the folder of Kaggle CSV files (local or `gs://`), which KaggleExampleGen
+    validates, labels (liked_filter, split) and writes as the train, eval and catalog splits.
+    data_root, training and gate may be RuntimeParameters (the Kubeflow runner makes them so). With schema_file=None the schema is inferred by
     SchemaGen (to regenerate schema/schema.pbtxt); otherwise it is imported.
     train_steps caps the optimizer steps (tests use a handful).
     """
-    example_gen = ImportExampleGen(
-        input_base=data_root,
-        input_config=tfx.proto.Input(
-            splits=[tfx.proto.Input.Split(name=split, pattern=f"{split}/*") for split in features.SPLITS]
-        ),
-    )
+    example_gen = KaggleExampleGen(input_base=data_root, liked_filter=liked_filter, split=split)
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     if schema_file:
         schema_gen = tfx.components.ImportSchemaGen(schema_file=schema_file)

@@ -89,14 +89,24 @@ def _bad_animelists(real_data_dir, tmp_path) -> tuple[str, str]:
 
 def test_data_errors_inside_beam_workers_are_one_paragraph(real_data_dir, tmp_path):
     no_status, header_only = _bad_animelists(real_data_dir, tmp_path)
-    # The converter's Beam stage on worker processes, where the error is raised.
+    # The converter's Beam stage on worker processes, where the error is raised: under
+    # `data convert`, and under `run` inside the pipeline's KaggleExampleGen.
     convert = ("data", "convert", "--workers", "2", "--data-dir", no_status, "--out", str(tmp_path / "out"))
-    out = animerec(*convert, check=False)
-    assert out.returncode == 2, out.stderr
-    assert out.stderr.strip().splitlines() == [out.stderr.strip()], "one line on stderr"
-    assert re.match(r"animerec: error: .*animelist\.csv: header lacks column\(s\) \['watching_status'\]", out.stderr)
+    run = ("run", "--workers", "2", "--data-dir", no_status, "--output-dir", str(tmp_path / "run"))
+    for command in (convert, run):
+        out = animerec(*command, check=False)
+        assert out.returncode == 2, out.stderr
+        assert out.stderr.strip().splitlines() == [out.stderr.strip()], "one line on stderr"
+        assert re.match(
+            r"animerec: error: .*animelist\.csv: header lacks column\(s\) \['watching_status'\]", out.stderr
+        )
+        assert "Traceback" not in out.stdout
     assert not os.path.exists(tmp_path / "out") and not os.path.exists(tmp_path / "out.tmp"), "nothing half-written"
-    for command in (("data", "convert", "--out", str(tmp_path / "out2")), ("data", "summary")):
+    for command in (
+        ("data", "convert", "--out", str(tmp_path / "out2")),
+        ("data", "summary"),
+        ("run", "--output-dir", str(tmp_path / "run2")),
+    ):
         out = animerec(*command, "--data-dir", header_only, check=False)
         assert out.returncode == 2
         assert out.stderr.strip() == (

@@ -118,7 +118,7 @@ def test_pipeline_on_synthetic_data_caches_and_gates(tmp_path):
     # runs again (the resolver now finds the first run's blessed model) and, since that is
     # the same model, nothing new is pushed.
     second = run()
-    for component in ("ImportExampleGen", "StatisticsGen", "Transform", "Trainer"):
+    for component in ("KaggleExampleGen", "StatisticsGen", "Transform", "Trainer"):
         assert second["cached"][component], f"{component} should have been cached"
     assert not second["evaluation"]["blessed"]
     assert os.listdir(second["paths"]["serving_dir"]) == [os.path.basename(first["pushed_model"])]

@@ -1,69 +1,145 @@
-"""Our ImportExampleGen executor: each split's files copied in input order (no reshuffle), gzip-compressed."""
+"""KaggleExampleGen: the Kaggle CSV files straight into the Examples artifact, from any filesystem."""
 
-import glob
+import json
 import os
+import shutil
 import sys
 
+import pytest
 import tensorflow as tf
+from tfx.components.example_gen import utils as example_gen_utils
 from tfx.dsl.components.base import base_beam_executor
 from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.types import standard_component_specs as keys
 from tfx.utils import proto_utils
 
-from animerec.components.example_gen import InOrderExecutor
+from animerec import features
+from animerec.components import example_gen
+from animerec.data import convert, interactions, kaggle
 
 
-def _example(user: int, anime: int) -> bytes:
-    feature = {
-        "user_id": tf.train.Feature(int64_list=tf.train.Int64List(value=[user])),
-        "anime_id": tf.train.Feature(int64_list=tf.train.Int64List(value=[anime])),
-    }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+def _records(folder: str) -> list[tf.train.Example]:
+    """A split's records in file order (parsed: the encoder's order of features may differ)."""
+    paths = sorted(tf.io.gfile.glob(os.path.join(folder, "*")))
+    compression = "GZIP" if paths and paths[0].endswith(".gz") else None
+    return [
+        tf.train.Example.FromString(r.numpy()) for r in tf.data.TFRecordDataset(paths, compression_type=compression)
+    ]
 
 
-def test_splits_are_copied_record_for_record_in_order(tmp_path, monkeypatch):
-    # TFX's Beam executors parse sys.argv with absl flags: not pytest's arguments.
-    monkeypatch.setattr(sys, "argv", sys.argv[:1])
-    records = {"train": [_example(u, u * 7 % 101) for u in range(500)], "eval": [_example(u, 3) for u in range(40)]}
-    for split, split_records in records.items():
-        os.makedirs(tmp_path / "in" / split)
-        # Two files a split, one plain and one already compressed: both come out as GZIP TFRecords.
-        half = len(split_records) // 2
-        for name, options, part in (
-            ("part-0.tfrecord", None, split_records[:half]),
-            ("part-1.gz", "GZIP", split_records[half:]),
-        ):
-            with tf.io.TFRecordWriter(str(tmp_path / "in" / split / name), options=options) as writer:
-                for record in part:
-                    writer.write(record)
+def _run_executor(input_base: str, out_uri: str, tmp_dir: str, component: example_gen.KaggleExampleGen):
     examples = standard_artifacts.Examples()
-    examples.uri = str(tmp_path / "out")
-    input_config = example_gen_pb2.Input(
-        splits=[example_gen_pb2.Input.Split(name=split, pattern=f"{split}/*") for split in records]
-    )
-    # One in-process worker: TFX's executor, which reshuffles, would lose the order.
+    examples.uri = out_uri
     context = base_beam_executor.BaseBeamExecutor.Context(
-        beam_pipeline_args=["--runner=DirectRunner", "--direct_running_mode=in_memory", "--direct_num_workers=1"]
+        beam_pipeline_args=convert.IN_PROCESS_BEAM_ARGS, tmp_dir=tmp_dir, unique_id="1"
     )
-    executor = InOrderExecutor(context)
-    executor.Do(
+    properties = component.exec_properties
+    example_gen.Executor(context).Do(
         {},
         {keys.EXAMPLES_KEY: [examples]},
         {
-            keys.INPUT_BASE_KEY: str(tmp_path / "in"),
-            keys.INPUT_CONFIG_KEY: proto_utils.proto_to_json(input_config),
-            keys.OUTPUT_CONFIG_KEY: proto_utils.proto_to_json(example_gen_pb2.Output()),
-            keys.OUTPUT_DATA_FORMAT_KEY: example_gen_pb2.FORMAT_TF_EXAMPLE,
+            keys.INPUT_BASE_KEY: input_base,
+            # As the launcher passes them: the component's protos as JSON.
+            keys.INPUT_CONFIG_KEY: properties[keys.INPUT_CONFIG_KEY],
+            keys.CUSTOM_CONFIG_KEY: properties[keys.CUSTOM_CONFIG_KEY],
         },
     )
-    assert artifact_utils.decode_split_names(examples.split_names) == ["train", "eval"]
+    return examples
+
+
+@pytest.fixture
+def ram_kaggle_dir(real_data_dir):
+    """The real sample on TensorFlow's in-memory filesystem: a path with a scheme, as gs:// is."""
+    folder = "ram://kaggle"
+    tf.io.gfile.makedirs(folder)
+    for name in os.listdir(real_data_dir):
+        tf.io.gfile.copy(os.path.join(real_data_dir, name), f"{folder}/{name}", overwrite=True)
+    yield folder
+    for path in ("ram://kaggle", "ram://out", "ram://tmp"):
+        if tf.io.gfile.exists(path):
+            tf.io.gfile.rmtree(path)
+
+
+def test_remote_csv_files_become_the_converters_records_in_the_artifact(
+    ram_kaggle_dir, real_data_dir, tmp_path, monkeypatch
+):
+    # TFX's Beam executors parse sys.argv with absl flags: not pytest's arguments.
+    monkeypatch.setattr(sys, "argv", sys.argv[:1])
+    # Small shards: several files per split, so their order is checked too.
+    monkeypatch.setattr(convert, "ROWS_PER_SHARD", 20_000)
+    settings = interactions.LikedFilter(min_score=8), interactions.SplitConfig(eval_percent=30, seed=3)
+    component = example_gen.KaggleExampleGen(input_base=ram_kaggle_dir, liked_filter=settings[0], split=settings[1])
+    examples = _run_executor(ram_kaggle_dir, "ram://out/examples", "ram://tmp", component)
+
+    assert artifact_utils.decode_split_names(examples.split_names) == list(features.SPLITS)
     assert examples.get_string_custom_property("payload_format") == "FORMAT_TF_EXAMPLE"
-    for split, split_records in records.items():
-        files = sorted(glob.glob(os.path.join(artifact_utils.get_split_uri([examples], split), "*")))
-        assert [os.path.basename(name) for name in files] == [
-            "data_tfrecord-00000-of-00002.gz",
-            "data_tfrecord-00001-of-00002.gz",
-        ]
-        written = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
-        assert written == split_records, "every record, in order"
+    assert examples.get_string_custom_property("file_format") == "tfrecords_gzip"
+    # The same code as `animerec data convert` on the local copy with the same settings:
+    # every record of every split, in the same order.
+    reference = convert.convert_kaggle(real_data_dir, str(tmp_path / "local"), *settings, progress=lambda _: None)
+    for split in features.SPLITS:
+        written = _records(artifact_utils.get_split_uri([examples], split))
+        assert written, split
+        assert written == _records(str(tmp_path / "local" / split)), split
+    with tf.io.gfile.GFile("ram://out/examples/conversion_report.json") as f:
+        report = json.load(f)
+    assert report["interactions"] == reference["interactions"]
+    assert report["liked_filter"]["min_score"] == 8 and report["split"]["eval_percent"] == 30
+    assert report["animelist"]["rows_read"] > 0
+    assert not tf.io.gfile.exists("ram://tmp/1/spill"), "the spill files are removed"
+
+
+def test_custom_config_round_trips_and_rejects_unknown_fields():
+    liked_filter, split = (
+        interactions.LikedFilter(min_score=6, keep_unscored_watching=False),
+        interactions.SplitConfig(eval_percent=25, min_history=3, seed=9),
+    )
+    config = proto_utils.proto_to_json(example_gen.custom_config(liked_filter, split))
+    assert example_gen.settings(config) == (liked_filter, split)
+    assert isinstance(example_gen.settings(config)[1].seed, int)
+    assert example_gen.settings(None) == (interactions.LikedFilter(), interactions.SplitConfig())
+    bad = json.loads(config)
+    bad["custom_config"]["value"]["split"]["eval_fraction"] = 0.2
+    with pytest.raises(ValueError, match=r"unknown SplitConfig field\(s\) \['eval_fraction'\]"):
+        example_gen.settings(json.dumps(bad))
+    del bad["custom_config"]["value"]["split"]["eval_fraction"]
+    bad["custom_config"]["value"]["split"]["min_history"] = 2.5
+    with pytest.raises(ValueError, match=r"SplitConfig.min_history is 2.5, not a int"):
+        example_gen.settings(json.dumps(bad))
+
+
+def test_a_changed_csv_file_changes_the_drivers_fingerprint(real_data_dir, tmp_path):
+    """TFX's FileBasedDriver keys the cache on what the split patterns match: the CSV files."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in os.listdir(real_data_dir):
+        shutil.copy(os.path.join(real_data_dir, name), data)
+    input_config = proto_utils.json_to_proto(
+        example_gen.KaggleExampleGen(input_base=str(data)).exec_properties[keys.INPUT_CONFIG_KEY],
+        example_gen_pb2.Input(),
+    )
+
+    def fingerprint() -> str:
+        return example_gen_utils.calculate_splits_fingerprint_span_and_version(str(data), input_config.splits)[0]
+
+    before = fingerprint()
+    assert fingerprint() == before
+    with open(data / kaggle.ANIMELIST_CSV, "a") as f:
+        f.write("1,1,0,6,0\n")
+    after = fingerprint()
+    assert after != before
+    (data / "notes.txt").write_text("not an input")
+    assert fingerprint() == after, "only the CSV files are inputs"
+
+
+def test_data_errors_are_raised_as_they_are(real_data_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", sys.argv[:1])
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(os.path.join(real_data_dir, kaggle.ANIME_CSV), data)
+    with open(os.path.join(real_data_dir, kaggle.ANIMELIST_CSV), "rb") as f:
+        (data / kaggle.ANIMELIST_CSV).write_bytes(f.readline())
+    component = example_gen.KaggleExampleGen(input_base=str(data))
+    with pytest.raises(kaggle.DataError, match="animelist.csv: no rows after the header line"):
+        _run_executor(str(data), str(tmp_path / "out"), str(tmp_path / "tmp"), component)

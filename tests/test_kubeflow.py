@@ -18,7 +18,7 @@ from animerec.kubeflow import runner
 IMAGE = "registry.example/animerec-pipeline:test"
 BEAM_ARGS = ["--runner=DataflowRunner", "--project=demo-project", "--region=europe-west1"]
 COMPONENTS = {
-    "ImportExampleGen",
+    "KaggleExampleGen",
     "StatisticsGen",
     "ImportSchemaGen",
     "ExampleValidator",
@@ -119,11 +119,11 @@ def test_every_component_is_a_task_with_the_image_and_entrypoint(job):
     assert "resolver" in executors["latest_blessed_model_resolver-model-resolver_executor"]
     evaluator_args = executors["RetrievalEvaluator_executor"]["container"]["args"]
     assert "animerec.components.retrieval_evaluator.executor.Executor" in evaluator_args
-    # ExampleGen runs our in-order executor (no reshuffle), in the container too.
-    example_gen_args = " ".join(executors["ImportExampleGen_executor"]["container"]["args"])
-    assert "animerec.components.example_gen.InOrderExecutor" in example_gen_args
+    # ExampleGen runs our Kaggle executor (from the raw CSV files), in the container too.
+    example_gen_args = " ".join(executors["KaggleExampleGen_executor"]["container"]["args"])
+    assert "animerec.components.example_gen.Executor" in example_gen_args
     # Beam-based components get the distributed runner's arguments.
-    for name in ("ImportExampleGen", "Transform", "StatisticsGen"):
+    for name in ("KaggleExampleGen", "Transform", "StatisticsGen"):
         args = executors[f"{name}_executor"]["container"]["args"]
         assert all(arg in args for arg in BEAM_ARGS), name
 
@@ -131,16 +131,16 @@ def test_every_component_is_a_task_with_the_image_and_entrypoint(job):
 def test_dependencies_follow_the_pipeline(job):
     tasks = job["pipelineSpec"]["root"]["dag"]["tasks"]
     depends = {name: set(task.get("dependentTasks", [])) for name, task in tasks.items()}
-    assert {"ImportExampleGen", "ImportSchemaGen", "AnomaliesGate"} <= depends["Transform"]
+    assert {"KaggleExampleGen", "ImportSchemaGen", "AnomaliesGate"} <= depends["Transform"]
     assert "ExampleValidator" in depends["AnomaliesGate"]
     assert {"Transform", "ImportSchemaGen"} <= depends["Trainer"]
-    assert {"Trainer", "ImportExampleGen"} <= depends["RetrievalEvaluator"]
+    assert {"Trainer", "KaggleExampleGen"} <= depends["RetrievalEvaluator"]
     assert {"Trainer", "RetrievalEvaluator"} <= depends["Pusher"]
 
 
 def test_runtime_parameters_are_wired(job):
     tasks = job["pipelineSpec"]["root"]["dag"]["tasks"]
-    assert tasks["ImportExampleGen"]["inputs"]["parameters"]["input_base"] == {
+    assert tasks["KaggleExampleGen"]["inputs"]["parameters"]["input_base"] == {
         "componentInputParameter": runner.DATA_ROOT_PARAMETER
     }
     assert tasks["Trainer"]["inputs"]["parameters"]["custom_config"] == {

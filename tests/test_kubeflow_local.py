@@ -19,8 +19,6 @@ SCHEMA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 def test_compiled_task_commands_run_the_pipeline(tmp_path):
     data_dir = str(tmp_path / "data")
     synth.synthesize(data_dir, synth.SynthConfig(users=300, anime=200, seed=5), progress=lambda _: None)
-    examples = str(tmp_path / "examples_input")
-    convert.convert_kaggle(data_dir, examples, progress=lambda _: None)
     serving_dir = str(tmp_path / "serving")
     job_path = str(tmp_path / "animerec.json")
     runner.compile_pipeline(
@@ -39,7 +37,7 @@ def test_compiled_task_commands_run_the_pipeline(tmp_path):
         outputs = local_launcher.run_compiled_pipeline(
             job_path,
             str(tmp_path / "kfp"),
-            parameters={runner.DATA_ROOT_PARAMETER: examples, runner.TRAINING_PARAMETER: training},
+            parameters={runner.DATA_ROOT_PARAMETER: data_dir, runner.TRAINING_PARAMETER: training},
             env={"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"},
             progress=lines.append,
         )
@@ -48,8 +46,9 @@ def test_compiled_task_commands_run_the_pipeline(tmp_path):
 
     first_lines: list = []
     outputs = run(first_lines)
-    # Every container ran; the runtime parameters reached ExampleGen and the Trainer.
-    assert json.loads(outputs["ImportExampleGen"]["examples"][0]["metadata"]["split_names"]) == [
+    # Every container ran, from the raw CSV files; the runtime parameters reached ExampleGen
+    # and the Trainer.
+    assert json.loads(outputs["KaggleExampleGen"]["examples"][0]["metadata"]["split_names"]) == [
         "train",
         "eval",
         "catalog",
@@ -71,7 +70,7 @@ def test_compiled_task_commands_run_the_pipeline(tmp_path):
     # code are unchanged reuse the first run's outputs; the Trainer and what follows run.
     second_lines: list = []
     second = run(second_lines, json.dumps(TrainingConfig(epochs=1, batch_size=256, seed=1).to_json_dict()))
-    for task in ("ImportExampleGen", "ImportSchemaGen", "StatisticsGen", "ExampleValidator", "Transform"):
+    for task in ("KaggleExampleGen", "ImportSchemaGen", "StatisticsGen", "ExampleValidator", "Transform"):
         assert second[task] == outputs[task], f"{task} was not reused from the first run"
         assert any(line.startswith(f"{task}: cached") for line in second_lines)
     first_model = outputs["Trainer"]["model"][0]["uri"]

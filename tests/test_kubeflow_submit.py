@@ -422,7 +422,7 @@ def test_submit_uploads_the_spec_and_runs_it_with_the_parameters(kfp_api, packag
         "--package",
         packages["yaml"],
         "--param",
-        "data_root=gs://b/examples_input",
+        "data_root=gs://b/kaggle",
         "--param",
         f"training_config={TRAINING}",
         "--experiment",
@@ -464,7 +464,7 @@ def test_submit_uploads_the_spec_and_runs_it_with_the_parameters(kfp_api, packag
         "pipeline_version_id": version["pipeline_version_id"],
     }
     assert body["runtime_config"] == {
-        "parameters": {runner.DATA_ROOT_PARAMETER: "gs://b/examples_input", runner.TRAINING_PARAMETER: TRAINING},
+        "parameters": {runner.DATA_ROOT_PARAMETER: "gs://b/kaggle", runner.TRAINING_PARAMETER: TRAINING},
         "pipeline_root": "gs://b/root-2026-11",
     }
     (run,) = kfp_api.runs.values()
@@ -478,7 +478,7 @@ def test_no_cache_uploads_the_spec_with_every_tasks_caching_off(kfp_api, package
         compiled = _spec_proto(fh.read())
     # As compiled, the component tasks cache (the resolver tasks have no option).
     cached = {name for name, task in compiled.root.dag.tasks.items() if task.caching_options.enable_cache}
-    assert {"ImportExampleGen", "Transform", "Trainer"} <= cached
+    assert {"KaggleExampleGen", "Transform", "Trainer"} <= cached
     code, _, err = animerec_submit(capsys, "--host", kfp_api.url, "--package", packages["yaml"], "--no-cache")
     assert code == 0, err
     (upload,) = kfp_api.calls("POST", "/pipelines/upload")
@@ -649,7 +649,7 @@ def test_what_the_old_recipe_sent_fails_and_the_spec_yaml_works_with_kfp_client(
     assert refused.value.status == 400 and "no pipeline spec is provided" in refused.value.body
     result = client.create_run_from_pipeline_package(
         packages["yaml"],
-        arguments={runner.DATA_ROOT_PARAMETER: "gs://b/examples_input", runner.TRAINING_PARAMETER: TRAINING},
+        arguments={runner.DATA_ROOT_PARAMETER: "gs://b/kaggle", runner.TRAINING_PARAMETER: TRAINING},
         pipeline_root="gs://b/root-2026-11",
     )
     (create_run,) = kfp_api.calls("POST", "/runs")

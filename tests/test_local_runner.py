@@ -30,5 +30,3 @@ def test_small_input_runs_beam_in_process_and_large_input_on_workers(tmp_path, m
         "--direct_num_workers=3",
     ]
     assert local_runner.default_beam_args(large, workers=1) == in_process + setup
-    assert local_runner.is_local(in_process) and local_runner.is_local(["--runner=DirectRunner"])
-    assert not local_runner.is_local(["--runner=DataflowRunner", "--project=p"])

@@ -26,7 +26,7 @@ class _TreeMemory:
         self.limit = limit
         self.exceeded: tuple[str, int] | None = None
         self.peak = 0
-        self.stage = "convert"
+        self.stage = "start"
         self.by_stage: dict[str, int] = {}
         # The main process alone: the runner, and the in-process Trainer and Evaluator.
         self.main_by_stage: dict[str, int] = {}
@@ -66,7 +66,7 @@ class _TreeMemory:
 
 FULL_ROWS = 109_000_000
 ROWS_PER_USER = 313  # what --rows-per-user 750 yields at 17.5k anime, as at the full scale
-PIPELINE_STAGES = ("convert", "ImportExampleGen", "StatisticsGen", "Transform", "Trainer", "RetrievalEvaluator")
+PIPELINE_STAGES = ("KaggleExampleGen", "StatisticsGen", "Transform", "Trainer", "RetrievalEvaluator")
 
 
 def bench_pipeline(

@@ -1,6 +1,8 @@
-"""Converts the Kaggle CSV files into the TFRecords that ExampleGen imports.
+"""Converts the Kaggle CSV files into tf.Example records, one folder per split.
 
-Output layout (one ImportExampleGen input split per folder):
+write_examples is the work, shared by the pipeline's ExampleGen
+(components/example_gen.py, which writes into its Examples artifact) and by
+`animerec data convert` (convert_kaggle), whose output layout is:
     <out>/train/*.tfrecord    liked and set-aside rows outside eval (liked=0/1)
     <out>/eval/*.tfrecord     held-out liked rows
     <out>/catalog/*.tfrecord  one record per anime with name, genres, synopsis
@@ -13,9 +15,10 @@ Interaction records are written in one global random order (spilled into
 buckets at random, each bucket permuted), so ExampleGen need not reshuffle them
 and the Trainer's shuffle windows draw from every user. Every record carries
 every raw feature (features.RAW_FEATURES) so that the three splits share one
-dense schema. Output is written to a temporary folder and renamed into place,
-and skipped when the inputs and settings are unchanged, so ExampleGen's cache
-stays valid across runs.
+dense schema. Inputs, spill files and outputs may be on any filesystem that
+TensorFlow reads (animerec.data.files), so that Beam workers on other machines share
+them. convert_kaggle writes to a temporary folder, renames it into place, and skips
+the work when the inputs and settings are unchanged.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from collections.abc import Callable
 import numpy as np
 
 from animerec import features
-from animerec.data import interactions, kaggle
+from animerec.data import files, interactions, kaggle
 
 REPORT_FILE = "conversion_report.json"
 # Interaction records per output shard; shards let Beam read in parallel.
@@ -48,6 +51,10 @@ INTERACTION_SPLITS = (features.TRAIN_SPLIT, features.EVAL_SPLIT)
 # Without beam_pipeline_args the converter runs in-process (small inputs, tests).
 # (Beam's FnApiRunner in memory: see animerec.pipeline.local_runner.local_beam_args.)
 IN_PROCESS_BEAM_ARGS = ["--runner=FnApiRunner", "--direct_running_mode=in_memory", "--direct_num_workers=1"]
+# Records compressed with GZIP (as TFX's ExampleGen writes them) take zlib's fastest level:
+# they are read a few times and then kept, and the default level takes several times as
+# long for a few percent less.
+GZIP_LEVEL = 1
 
 
 def _tf():
@@ -98,20 +105,23 @@ def _empty_texts(rows: int):
 
 
 class _ExampleWriter:
-    """Writes tf.Examples of the raw schema into numbered shards of one split."""
+    """Writes tf.Examples of the raw schema into numbered shards of one split (GZIP
+    TFRecord files named *.gz when `compressed`, as TFX's ExampleGen writes them)."""
 
-    def __init__(self, folder: str, prefix: str):
+    def __init__(self, folder: str, prefix: str, compressed: bool = False):
         self._tf = _tf()
         self._folder = folder
         self._prefix = prefix
+        self._compressed = compressed
         self._shard = 0
         self._rows_in_shard = 0
         self._writer = None
-        os.makedirs(folder, exist_ok=True)
+        files.makedirs(folder)
 
     def _open(self):
-        path = os.path.join(self._folder, f"{self._prefix}-{self._shard:05d}.tfrecord")
-        self._writer = self._tf.io.TFRecordWriter(path)
+        name = f"{self._prefix}-{self._shard:05d}.tfrecord" + (".gz" if self._compressed else "")
+        options = self._tf.io.TFRecordOptions("GZIP", compression_level=GZIP_LEVEL) if self._compressed else None
+        self._writer = self._tf.io.TFRecordWriter(os.path.join(self._folder, name), options=options)
 
     def write_columns(self, ints: dict, texts: dict | None = None, optional: dict | None = None) -> None:
         """One record per row: `ints` maps every RAW_INT_FEATURES name to an array,
@@ -172,13 +182,14 @@ class _RangeTask:
 
 @dataclasses.dataclass(frozen=True)
 class _BucketTask:
-    """One Beam element of the second stage: a shuffle bucket of one split."""
+    """One Beam element of the second stage: a shuffle bucket of one split, written to `folder`."""
 
     split_name: str
     bucket: int
     ranges: int
     spill_dir: str
-    out_dir: str
+    folder: str
+    compressed: bool
 
 
 def _spill_path(spill_dir: str, split_name: str, bucket: int, range_index: int) -> str:
@@ -210,8 +221,9 @@ def _keeping_data_errors(stage: str, work: Callable):
         try:
             return work(task)
         except kaggle.DataError as error:
-            with open(_error_path(task.spill_dir, task.index, stage), "w") as f:
-                json.dump({"message": str(error), "not_grouped": isinstance(error, interactions.NotGroupedError)}, f)
+            with files.open_write(_error_path(task.spill_dir, task.index, stage)) as f:
+                error_record = {"message": str(error), "not_grouped": isinstance(error, interactions.NotGroupedError)}
+                f.write(json.dumps(error_record).encode())
             return task.index
 
     return run
@@ -219,15 +231,14 @@ def _keeping_data_errors(stage: str, work: Callable):
 
 def _failed(spill_dir: str) -> bool:
     """Whether a task of an earlier stage wrote an error (later stages then do nothing)."""
-    return any(name.endswith(".error") for name in os.listdir(spill_dir))
+    return any(name.endswith(".error") for name in files.listdir(spill_dir))
 
 
 def _first_error(spill_dir: str, tasks: int, stage: str = "range") -> dict | None:
     """The error of the first failing task of a stage (the earliest in the file), or None."""
     for i in range(tasks):
-        if os.path.exists(_error_path(spill_dir, i, stage)):
-            with open(_error_path(spill_dir, i, stage)) as f:
-                return json.load(f)
+        if files.exists(_error_path(spill_dir, i, stage)):
+            return json.loads(files.read_bytes(_error_path(spill_dir, i, stage)))
     return None
 
 
@@ -239,7 +250,7 @@ def _regroup(task: _RegroupTask) -> int:
     """Reads one range of an animelist.csv not grouped by user and spills its valid rows,
     with their line numbers, into the user buckets (user_id modulo their number)."""
     report = kaggle.ReadReport(task.path)
-    files = [open(_user_bucket_path(task.spill_dir, b, task.index), "wb") for b in range(task.user_buckets)]
+    spills = [files.open_write(_user_bucket_path(task.spill_dir, b, task.index)) for b in range(task.user_buckets)]
     try:
         for block in kaggle.iter_animelist(task.path, report, byte_range=task.byte_range):
             columns = np.stack([getattr(block, name) for name in REGROUP_COLUMNS], axis=1).astype(np.int64)
@@ -247,21 +258,27 @@ def _regroup(task: _RegroupTask) -> int:
             order = np.argsort(bucket, kind="stable")
             bounds = np.searchsorted(bucket[order], np.arange(task.user_buckets + 1))
             for b in range(task.user_buckets):
-                columns[order[bounds[b] : bounds[b + 1]]].tofile(files[b])
+                spills[b].write(columns[order[bounds[b] : bounds[b + 1]]].tobytes())
     finally:
-        for f in files:
+        for f in spills:
             f.close()
-    with open(_regroup_summary_path(task.spill_dir, task.index), "wb") as f:
+    with files.open_write(_regroup_summary_path(task.spill_dir, task.index)) as f:
         pickle.dump(report, f)
     return task.index
+
+
+def _read_spilled(paths: list[str], columns: int) -> np.ndarray:
+    """The rows of spill files (int64 columns), which are removed once read."""
+    rows = np.concatenate([np.frombuffer(files.read_bytes(p), np.int64).reshape(-1, columns) for p in paths])
+    for p in paths:
+        files.remove(p)
+    return rows
 
 
 def _regrouped_blocks(task: _RangeTask, block_rows: int = kaggle.DEFAULT_BLOCK_LINES):
     """User bucket `task.index` as blocks of rows grouped by user, each user's rows in file order."""
     paths = [_user_bucket_path(task.spill_dir, task.index, r) for r in range(task.regroup_ranges)]
-    rows = np.concatenate([np.fromfile(p, np.int64).reshape(-1, len(REGROUP_COLUMNS)) for p in paths])
-    for p in paths:
-        os.remove(p)
+    rows = _read_spilled(paths, len(REGROUP_COLUMNS))
     rows = rows[np.lexsort((rows[:, REGROUP_COLUMNS.index("line")], rows[:, 0]))]
     for start in range(0, len(rows), block_rows):
         yield kaggle.InteractionBlock(*rows[start : start + block_rows].T)
@@ -277,8 +294,8 @@ def _label_and_spill(task: _RangeTask) -> int:
         return task.index
     rng = np.random.default_rng([SHUFFLE_SEED, task.index])
     liked_index = interactions.REASONS.index(interactions.LIKED)
-    files = {
-        (split_name, b): open(_spill_path(task.spill_dir, split_name, b, task.index), "wb")  # closed by the caller
+    spills = {
+        (split_name, b): files.open_write(_spill_path(task.spill_dir, split_name, b, task.index))
         for split_name in INTERACTION_SPLITS
         for b in range(task.buckets)
     }
@@ -303,11 +320,11 @@ def _label_and_spill(task: _RangeTask) -> int:
                 order = np.argsort(bucket, kind="stable")
                 bounds = np.searchsorted(bucket[order], np.arange(task.buckets + 1))
                 for b in range(task.buckets):
-                    columns[order[bounds[b] : bounds[b + 1]]].tofile(files[split_name, b])
+                    spills[split_name, b].write(columns[order[bounds[b] : bounds[b + 1]]].tobytes())
     finally:
-        for f in files.values():
+        for f in spills.values():
             f.close()
-    with open(_summary_path(task.spill_dir, task.index), "wb") as f:
+    with files.open_write(_summary_path(task.spill_dir, task.index)) as f:
         pickle.dump((report, stats), f)
     where = f"user bucket {task.index}" if task.regroup_ranges else f"lines {task.byte_range.first_line:,}+"
     count = sum(stats.rows_by_reason.values())
@@ -321,24 +338,33 @@ def _write_bucket(task: _BucketTask) -> None:
     if _failed(task.spill_dir):
         return
     paths = [_spill_path(task.spill_dir, task.split_name, task.bucket, r) for r in range(task.ranges)]
-    rows = np.concatenate([np.fromfile(p, np.int64).reshape(-1, len(features.RAW_INT_FEATURES)) for p in paths])
+    rows = _read_spilled(paths, len(features.RAW_INT_FEATURES))
     if len(rows):
         rng = np.random.default_rng([SHUFFLE_SEED, INTERACTION_SPLITS.index(task.split_name), task.bucket])
         rows = rows[rng.permutation(len(rows))]
-        writer = _ExampleWriter(os.path.join(task.out_dir, task.split_name), f"interactions-{task.bucket:05d}")
+        writer = _ExampleWriter(task.folder, f"interactions-{task.bucket:05d}", task.compressed)
         writer.write_columns(dict(zip(features.RAW_INT_FEATURES, rows.T)))
         writer.close()
-    for p in paths:
-        os.remove(p)
+
+
+def beam_pipeline_factory(beam_pipeline_args: list[str] | None = None) -> Callable:
+    """A function that makes a Beam pipeline with these arguments (IN_PROCESS_BEAM_ARGS by default)."""
+
+    def make_pipeline():
+        import apache_beam as beam  # heavy import
+        from apache_beam.options.pipeline_options import PipelineOptions
+
+        return beam.Pipeline(options=PipelineOptions(beam_pipeline_args or IN_PROCESS_BEAM_ARGS))
+
+    return make_pipeline
 
 
 def _run_on_beam(
-    range_tasks: list, bucket_tasks: list, beam_pipeline_args: list[str], regroup_tasks: list | None = None
+    range_tasks: list, bucket_tasks: list, make_pipeline: Callable, regroup_tasks: list | None = None
 ) -> None:
     """The stages in one Beam pipeline (one start of the workers); each waits for every
     task of the one before through a side input."""
     import apache_beam as beam  # heavy import
-    from apache_beam.options.pipeline_options import PipelineOptions
 
     # The local job service forwards each worker's start-up warnings and, as an ERROR
     # line, a failing worker's traceback: Beam re-raises the error to the caller itself.
@@ -346,7 +372,7 @@ def _run_on_beam(
     previous_level = job_service_log.level
     job_service_log.setLevel(logging.CRITICAL)
     try:
-        with beam.Pipeline(options=PipelineOptions(beam_pipeline_args)) as pipeline:
+        with make_pipeline() as pipeline:
             label = _keeping_data_errors("range", _label_and_spill)
             ranges = pipeline | "Ranges" >> beam.Create(range_tasks)
             if regroup_tasks:
@@ -371,7 +397,7 @@ def _run_on_beam(
 
 def shuffle_buckets(animelist_path: str) -> int:
     """How many buckets the converter's shuffle spills into (from the file's size)."""
-    rows_at_most = os.path.getsize(animelist_path) // MIN_CSV_ROW_BYTES
+    rows_at_most = files.size(animelist_path) // MIN_CSV_ROW_BYTES
     return max(1, -(-rows_at_most // ROWS_PER_SHARD))
 
 
@@ -382,10 +408,10 @@ RECORD_FORMAT = 2  # 2: catalog metadata (mal_score, members)
 def input_fingerprint(data_dir: str, liked_filter, split) -> str:
     """Changes when an input file, a setting or the record format changes."""
     digest = hashlib.sha256(f"format {RECORD_FORMAT}".encode())
-    for name in sorted(os.listdir(data_dir)):
+    for name in sorted(files.listdir(data_dir)):
         if name.endswith(".csv"):
-            stat = os.stat(os.path.join(data_dir, name))
-            digest.update(f"{name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+            path = os.path.join(data_dir, name)
+            digest.update(f"{name}:{files.size(path)}:{files.mtime_ns(path)}".encode())
     digest.update(json.dumps([dataclasses.asdict(liked_filter), dataclasses.asdict(split)]).encode())
     return digest.hexdigest()
 
@@ -398,11 +424,12 @@ def _label_interactions(
     split: interactions.SplitConfig,
     buckets: int,
     spill_dir: str,
-    out_dir: str,
-    beam_pipeline_args: list[str],
+    split_dirs: dict[str, str],
+    compressed: bool,
+    make_pipeline: Callable,
     regroup: bool = False,
 ) -> tuple[kaggle.ReadReport, interactions.ScanStats]:
-    """Labels and shuffles animelist.csv's rows into out_dir's train and eval splits, on Beam.
+    """Labels and shuffles animelist.csv's rows into the train and eval folders of `split_dirs`, on Beam.
 
     The file's user-aligned `ranges` are labeled one by one (the file grouped by user, as
     Kaggle ships it); a user met again in another place raises NotGroupedError. With
@@ -420,24 +447,137 @@ def _label_interactions(
             _RangeTask(i, path, r, anime_ids, liked_filter, split, buckets, spill_dir) for i, r in enumerate(ranges)
         ]
     bucket_tasks = [
-        _BucketTask(s, b, len(tasks), spill_dir, out_dir) for s in INTERACTION_SPLITS for b in range(buckets)
+        _BucketTask(s, b, len(tasks), spill_dir, split_dirs[s], compressed)
+        for s in INTERACTION_SPLITS
+        for b in range(buckets)
     ]
-    _run_on_beam(tasks, bucket_tasks, beam_pipeline_args, regroup_tasks)
+    _run_on_beam(tasks, bucket_tasks, make_pipeline, regroup_tasks)
     for stage, count in (("regroup", len(ranges) if regroup else 0), ("range", len(tasks))):
         error = _first_error(spill_dir, count, stage)
         if error is not None:
             raise (interactions.NotGroupedError if error["not_grouped"] else kaggle.DataError)(error["message"])
     read_report, stats = kaggle.ReadReport(path), interactions.ScanStats()
     for i in range(len(ranges) if regroup else 0):
-        with open(_regroup_summary_path(spill_dir, i), "rb") as f:
-            read_report.merge(pickle.load(f))
+        read_report.merge(pickle.loads(files.read_bytes(_regroup_summary_path(spill_dir, i))))
     for i in range(len(tasks)):
-        with open(_summary_path(spill_dir, i), "rb") as f:
-            range_report, range_stats = pickle.load(f)
+        range_report, range_stats = pickle.loads(files.read_bytes(_summary_path(spill_dir, i)))
         read_report.merge(range_report)
         stats.merge(range_stats)
     interactions.check_ranges_grouped(path, stats)
     return read_report, stats
+
+
+def write_examples(
+    data_dir: str,
+    split_dirs: dict[str, str],
+    work_dir: str,
+    liked_filter: interactions.LikedFilter = interactions.LikedFilter(),
+    split: interactions.SplitConfig = interactions.SplitConfig(),
+    progress: Callable[[str], None] = print,
+    make_pipeline: Callable | None = None,
+    compressed: bool = False,
+) -> dict:
+    """Reads and validates `data_dir`'s Kaggle files and writes each split's records into
+    its folder of `split_dirs` (train, eval, catalog), GZIP-compressed when `compressed`.
+
+    The interactions are converted on Beam (`make_pipeline`, in this process by default):
+    user-aligned ranges of animelist.csv are labeled and spilled at random into shuffle
+    buckets under `work_dir`, then each bucket is permuted and written as a shard; memory
+    stays at a block of rows per worker. A file not grouped by user is first regrouped
+    (_label_interactions): its rows go to user buckets on disk, and each one is loaded
+    whole (about ROWS_PER_SHARD rows) to be labeled. Every path may be on a remote
+    filesystem (animerec.data.files); `work_dir` must be one that every Beam worker sees.
+
+    Returns the conversion report: what was read, set aside and written.
+    """
+    start = time.time()
+    make_pipeline = make_pipeline or beam_pipeline_factory()
+    catalog, catalog_reports = kaggle.read_catalog(data_dir)
+    progress(f"Catalog: {len(catalog):,} anime from {', '.join(os.path.basename(r.path) for r in catalog_reports)}")
+
+    catalog_writer = _ExampleWriter(split_dirs[features.CATALOG_SPLIT], "catalog", compressed)
+    anime_ids = catalog["anime_id"].to_numpy()
+    catalog_writer.write_columns(
+        {
+            features.USER_ID: np.full(len(catalog), features.NO_USER),
+            features.ANIME_ID: anime_ids,
+            features.RATING: np.zeros(len(catalog)),
+            features.LIKED: np.zeros(len(catalog)),
+        },
+        {
+            features.NAME: [text.encode("utf-8") for text in catalog["name"]],
+            features.GENRES: [text.encode("utf-8") for text in catalog["genres"]],
+            features.SYNOPSIS: [text.encode("utf-8") for text in catalog["synopsis"]],
+        },
+        {
+            features.MAL_SCORE: optional_values(catalog["score"].to_numpy(np.float64), np.float32),
+            features.MEMBERS: optional_values(catalog["members"].to_numpy(np.float64), np.int64),
+        },
+    )
+    catalog_writer.close()
+
+    animelist_path = os.path.join(data_dir, kaggle.ANIMELIST_CSV)
+    spill_dir = os.path.join(work_dir, "spill")
+    ranges = kaggle.key_aligned_ranges(animelist_path, RANGE_BYTES)
+    buckets = shuffle_buckets(animelist_path)
+    progress(
+        f"animelist.csv: {files.size(animelist_path) / 1e6:,.0f} MB in {len(ranges)} user-aligned range(s), "
+        f"shuffled through {buckets} bucket(s) per split"
+    )
+    try:
+        for regrouped in (False, True):
+            files.rmtree(spill_dir)
+            files.makedirs(spill_dir)
+            try:
+                read_report, stats = _label_interactions(
+                    animelist_path,
+                    ranges,
+                    anime_ids,
+                    liked_filter,
+                    split,
+                    buckets,
+                    spill_dir,
+                    split_dirs,
+                    compressed,
+                    make_pipeline,
+                    regrouped,
+                )
+                break
+            except interactions.NotGroupedError as error:
+                if regrouped:
+                    raise
+                progress(f"{error.args[0].split('. ')[0]}: regrouping animelist.csv by user_id, a pass more")
+                for split_name in INTERACTION_SPLITS:
+                    files.rmtree(split_dirs[split_name])
+    finally:
+        files.rmtree(spill_dir)
+    # A split with no rows has nothing to train or evaluate on.
+    for split_name in INTERACTION_SPLITS:
+        folder = split_dirs[split_name]
+        if not files.exists(folder) or not files.listdir(folder):
+            raise kaggle.DataError(
+                f"{animelist_path}: no {split_name} rows after filtering "
+                f"({dict(stats.rows_by_reason)}); nothing to train or evaluate on."
+            )
+    report = {
+        "data_dir": data_dir if not files.is_local(data_dir) else os.path.abspath(data_dir),
+        "liked_filter": dataclasses.asdict(liked_filter),
+        "split": dataclasses.asdict(split),
+        "catalog_size": int(len(catalog)),
+        "catalog_files": [r.to_dict() for r in catalog_reports],
+        "animelist": read_report.to_dict(),
+        "interactions": stats.to_dict(),
+        "ranges": len(ranges),
+        "shuffle_buckets": buckets,
+        # True when animelist.csv was not grouped by user_id and the converter regrouped it.
+        "regrouped": regrouped,
+        "seconds": round(time.time() - start, 1),
+    }
+    progress(
+        f"Converted {read_report.rows_read:,} rows in {report['seconds']}s: "
+        f"{stats.train_rows:,} train, {stats.eval_rows:,} eval, {len(catalog):,} catalog records"
+    )
+    return report
 
 
 def convert_kaggle(
@@ -448,17 +588,11 @@ def convert_kaggle(
     progress: Callable[[str], None] = print,
     beam_pipeline_args: list[str] | None = None,
 ) -> dict:
-    """Converts `data_dir`'s Kaggle files into ExampleGen input under `out_dir`.
+    """`animerec data convert`: write_examples into out_dir/<split>/ (a local folder), on
+    Beam with `beam_pipeline_args` (IN_PROCESS_BEAM_ARGS by default).
 
-    The interactions are converted on Beam (IN_PROCESS_BEAM_ARGS unless
-    `beam_pipeline_args` say otherwise): user-aligned ranges of animelist.csv are
-    labeled and spilled at random into shuffle buckets, then each bucket is permuted
-    and written as a shard; memory stays at a block of rows per worker. A file not
-    grouped by user is first regrouped (_label_interactions): its rows go to user
-    buckets on disk, and each one is loaded whole (about ROWS_PER_SHARD rows) to be
-    labeled.
-
-    Returns the conversion report (also written to out_dir/conversion_report.json).
+    Returns the conversion report, also written to out_dir/conversion_report.json. The
+    work is skipped when the report's fingerprint (input files, settings) is unchanged.
     """
     fingerprint = input_fingerprint(data_dir, liked_filter, split)
     report_path = os.path.join(out_dir, REPORT_FILE)
@@ -469,92 +603,19 @@ def convert_kaggle(
             progress(f"Conversion of {data_dir} is up to date in {out_dir}; reusing it.")
             return previous
 
-    start = time.time()
     tmp_dir = out_dir.rstrip("/") + ".tmp"
     shutil.rmtree(tmp_dir, ignore_errors=True)
     try:
-        catalog, catalog_reports = kaggle.read_catalog(data_dir)
-        progress(f"Catalog: {len(catalog):,} anime from {', '.join(os.path.basename(r.path) for r in catalog_reports)}")
-
-        catalog_writer = _ExampleWriter(os.path.join(tmp_dir, features.CATALOG_SPLIT), "catalog")
-        anime_ids = catalog["anime_id"].to_numpy()
-        catalog_writer.write_columns(
-            {
-                features.USER_ID: np.full(len(catalog), features.NO_USER),
-                features.ANIME_ID: anime_ids,
-                features.RATING: np.zeros(len(catalog)),
-                features.LIKED: np.zeros(len(catalog)),
-            },
-            {
-                features.NAME: [text.encode("utf-8") for text in catalog["name"]],
-                features.GENRES: [text.encode("utf-8") for text in catalog["genres"]],
-                features.SYNOPSIS: [text.encode("utf-8") for text in catalog["synopsis"]],
-            },
-            {
-                features.MAL_SCORE: optional_values(catalog["score"].to_numpy(np.float64), np.float32),
-                features.MEMBERS: optional_values(catalog["members"].to_numpy(np.float64), np.int64),
-            },
+        report = write_examples(
+            data_dir,
+            {name: os.path.join(tmp_dir, name) for name in features.SPLITS},
+            tmp_dir,
+            liked_filter,
+            split,
+            progress,
+            beam_pipeline_factory(beam_pipeline_args),
         )
-        catalog_writer.close()
-
-        animelist_path = os.path.join(data_dir, kaggle.ANIMELIST_CSV)
-        spill_dir = os.path.join(tmp_dir, "spill")
-        os.makedirs(spill_dir)
-        ranges = kaggle.key_aligned_ranges(animelist_path, RANGE_BYTES)
-        buckets = shuffle_buckets(animelist_path)
-        progress(
-            f"animelist.csv: {os.path.getsize(animelist_path) / 1e6:,.0f} MB in {len(ranges)} user-aligned range(s), "
-            f"shuffled through {buckets} bucket(s) per split"
-        )
-        beam_pipeline_args = beam_pipeline_args or IN_PROCESS_BEAM_ARGS
-        try:
-            read_report, stats = _label_interactions(
-                animelist_path, ranges, anime_ids, liked_filter, split, buckets, spill_dir, tmp_dir, beam_pipeline_args
-            )
-            regrouped = False
-        except interactions.NotGroupedError as error:
-            progress(f"{error.args[0].split('. ')[0]}: regrouping animelist.csv by user_id, a pass more")
-            for folder in [spill_dir] + [os.path.join(tmp_dir, name) for name in INTERACTION_SPLITS]:
-                shutil.rmtree(folder, ignore_errors=True)
-            os.makedirs(spill_dir)
-            read_report, stats = _label_interactions(
-                animelist_path,
-                ranges,
-                anime_ids,
-                liked_filter,
-                split,
-                buckets,
-                spill_dir,
-                tmp_dir,
-                beam_pipeline_args,
-                True,
-            )
-            regrouped = True
-        shutil.rmtree(spill_dir)
-        # A split with no rows still needs a file for ExampleGen's input pattern.
-        for split_name in (features.TRAIN_SPLIT, features.EVAL_SPLIT):
-            folder = os.path.join(tmp_dir, split_name)
-            if not os.path.isdir(folder) or not os.listdir(folder):
-                raise kaggle.DataError(
-                    f"{animelist_path}: no {split_name} rows after filtering "
-                    f"({dict(stats.rows_by_reason)}); nothing to train or evaluate on."
-                )
-
-        report = {
-            "fingerprint": fingerprint,
-            "data_dir": os.path.abspath(data_dir),
-            "liked_filter": dataclasses.asdict(liked_filter),
-            "split": dataclasses.asdict(split),
-            "catalog_size": int(len(catalog)),
-            "catalog_files": [r.to_dict() for r in catalog_reports],
-            "animelist": read_report.to_dict(),
-            "interactions": stats.to_dict(),
-            "ranges": len(ranges),
-            "shuffle_buckets": buckets,
-            # True when animelist.csv was not grouped by user_id and the converter regrouped it.
-            "regrouped": regrouped,
-            "seconds": round(time.time() - start, 1),
-        }
+        report = {"fingerprint": fingerprint, **report}
         with open(os.path.join(tmp_dir, REPORT_FILE), "w") as f:
             json.dump(report, f, indent=2)
         shutil.rmtree(out_dir, ignore_errors=True)
@@ -563,8 +624,5 @@ def convert_kaggle(
         # A data error, a stop: nothing half-written (spill files can take gigabytes) stays.
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
-    progress(
-        f"Converted {read_report.rows_read:,} rows in {report['seconds']}s: "
-        f"{stats.train_rows:,} train, {stats.eval_rows:,} eval, {len(catalog):,} catalog records -> {out_dir}"
-    )
+    progress(f"Wrote {out_dir}")
     return report

@@ -18,6 +18,8 @@ from collections.abc import Iterator
 import numpy as np
 import pandas as pd
 
+from animerec.data import files
+
 ANIME_WITH_SYNOPSIS_CSV = "anime_with_synopsis.csv"
 ANIME_CSV = "anime.csv"
 ANIMELIST_CSV = "animelist.csv"
@@ -110,12 +112,12 @@ class ReadReport:
 
 
 def _require_file(path: str) -> None:
-    if not os.path.exists(path):
+    if not files.exists(path):
         raise DataError(
             f"{path}: file is missing. Expected the Kaggle 'Anime Recommendation Database 2020' "
             f"file of that name in {os.path.dirname(path) or '.'}."
         )
-    if os.path.getsize(path) == 0:
+    if files.size(path) == 0:
         raise DataError(f"{path}: file is empty; expected a CSV header and rows.")
 
 
@@ -182,18 +184,18 @@ def read_catalog(data_dir: str) -> tuple[pd.DataFrame, list[ReadReport]]:
     """
     synopsis_path = os.path.join(data_dir, ANIME_WITH_SYNOPSIS_CSV)
     anime_path = os.path.join(data_dir, ANIME_CSV)
-    if not os.path.exists(synopsis_path) and not os.path.exists(anime_path):
+    if not files.exists(synopsis_path) and not files.exists(anime_path):
         raise DataError(
             f"{data_dir}: neither {ANIME_WITH_SYNOPSIS_CSV} nor {ANIME_CSV} is there; "
             "the catalog needs at least one of them."
         )
     reports = []
     frames = []
-    if os.path.exists(synopsis_path):
+    if files.exists(synopsis_path):
         synopses, report = read_anime_with_synopsis(synopsis_path)
         reports.append(report)
         frames.append(synopses)
-    if os.path.exists(anime_path):
+    if files.exists(anime_path):
         anime, report = read_anime(anime_path)
         reports.append(report)
         frames.append(anime[["anime_id", "name", "genres", "score", "members"]])
@@ -230,7 +232,8 @@ def _read_catalog_csv(path: str, required: tuple[str, ...]) -> tuple[pd.DataFram
     _require_file(path)
     report = ReadReport(path)
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8", encoding_errors="replace")
+        with files.open_read(path) as f:
+            frame = pd.read_csv(f, dtype=str, keep_default_na=False, encoding="utf-8", encoding_errors="replace")
     except pd.errors.ParserError as error:
         # The C parser names the line ("Expected 5 fields in line 7, saw 6").
         raise DataError(f"{path}: malformed CSV: {error}") from None
@@ -261,7 +264,7 @@ def _read_catalog_csv(path: str, required: tuple[str, ...]) -> tuple[pd.DataFram
 def read_watching_status(path: str) -> dict[int, str]:
     """Reads watching_status.csv ("status, description"; no final newline)."""
     _require_file(path)
-    with open(path, encoding="utf-8", errors="strict", newline="") as f:
+    with io.TextIOWrapper(files.open_read(path), encoding="utf-8", errors="strict", newline="") as f:
         rows = list(csv.reader(f))
     header = [c.strip() for c in rows[0]]
     _check_header(path, header, ("status", "description"))
@@ -308,8 +311,8 @@ def key_aligned_ranges(path: str, range_bytes: int) -> list[ByteRange]:
     run of rows sharing their first field (animelist.csv's user_id), so each range can
     be read on its own. Line numbers come from one pass counting newlines."""
     _require_file(path)
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
+    size = files.size(path)
+    with files.open_read(path) as f:
         data_start = len(f.readline())
         if size <= data_start:
             raise _no_rows(path)
@@ -412,7 +415,7 @@ def _iter_int_blocks(
     line by line so that each bad line is named and set aside.
     """
     _require_file(path)
-    with open(path, "rb") as f:
+    with files.open_read(path) as f:
         header_bytes = f.readline()
         try:
             header = [c.strip() for c in header_bytes.decode("utf-8").strip().split(",")]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from animerec.data import interactions, kaggle
+from animerec.data import files, interactions, kaggle
 
 
 def summarize(
@@ -37,12 +37,12 @@ def summarize(
         "interactions": stats.to_dict(),
     }
     rating_path = os.path.join(data_dir, kaggle.RATING_COMPLETE_CSV)
-    if os.path.exists(rating_path):
+    if files.exists(rating_path):
         rating_report = kaggle.ReadReport(rating_path)
         ratings = kaggle.read_rating_complete(rating_path, rating_report)
         result["rating_complete"] = dict(rating_report.to_dict(), users=int(ratings["user_id"].nunique()))
     status_path = os.path.join(data_dir, kaggle.WATCHING_STATUS_CSV)
-    if os.path.exists(status_path):
+    if files.exists(status_path):
         result["watching_status"] = kaggle.read_watching_status(status_path)
     result["_reports"] = [*catalog_reports, report]
     return result
