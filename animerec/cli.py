@@ -9,7 +9,7 @@ import sys
 import warnings
 
 from animerec import cli_args
-from animerec.data import kaggle
+from animerec.data import files, kaggle
 from animerec.pipeline import shutdown
 
 
@@ -41,6 +41,10 @@ def _data_convert(args) -> int:
     from animerec.pipeline.local_runner import default_beam_args
 
     liked_filter, split = cli_args.filter_and_split(args)
+    if not files.is_local(args.out):
+        # The pipeline's KaggleExampleGen is what writes records to a remote pipeline root.
+        print(f"animerec: error: --out {args.out}: `data convert` writes to a local folder", file=sys.stderr)
+        return 2
     with shutdown.stops_cleanly():
         convert.convert_kaggle(
             args.data_dir,

@@ -99,6 +99,7 @@ def _kubeflow_compile(args) -> int:
         beam_pipeline_args=args.beam_arg,
         training=training,
         gate=_gate(args),
+        **dict(zip(("liked_filter", "split"), cli_args.filter_and_split(args))),
         **({"schema_file": args.schema_file} if args.schema_file else {}),
     )
     if kind == "yaml":
@@ -391,6 +392,7 @@ def _add_kubeflow_commands(commands) -> None:
         "--image", default="animerec-pipeline:0.1.0", help="the pipeline image built from kubeflow/Dockerfile"
     )
     _add_gate_args(compile_, GateConfig(), compiled=True)
+    cli_args.add_filter_args(compile_)
     compile_.add_argument(
         "--beam-arg",
         action="append",

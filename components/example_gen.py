@@ -3,18 +3,22 @@
 TFX's FileBasedExampleGen (its spec, its FileBasedDriver and its Examples artifact)
 with an executor of our own, in TFX's custom-ExampleGen pattern:
 - `input_base` is the folder of Kaggle CSV files, on any filesystem TensorFlow reads
-  (local, `gs://`). Every split's input pattern is INPUT_PATTERN, so the driver's
-  fingerprint (sizes and modification times of the CSV files) keys TFX's cache: a
-  changed file reruns ExampleGen and everything after it.
+  (local, `gs://`). Every split's input pattern is INPUT_PATTERN, which matches the
+  three files the converter reads, so the driver's fingerprint (their sizes and
+  modification times, to the second) keys TFX's cache: a changed file reruns ExampleGen
+  and everything after it.
 - The executor runs animerec.data.convert.write_examples on the component's Beam
   pipeline: it validates the files with the Kaggle readers (a DataError names the
   file, line and field), labels the interactions and writes the train, eval and catalog
   splits into the artifact as GZIP TFRecords, in one global random order with memory
-  bounded by the spill buckets (kept under the execution's temporary folder, which
-  every Beam worker sees). TFX's own executors send every record through
+  bounded by the spill buckets. The spill files go to a folder inside the artifact
+  (SPILL_FOLDER, removed when done, and with the artifact when the execution fails):
+  every Beam worker sees the pipeline root, while the executor's temporary folder is on
+  the container's own disk under KFP. TFX's own executors send every record through
   `beam.Reshuffle` instead, which on the local runner holds the whole dataset in memory.
-- The liked filter and the split travel in `custom_config` (a JSON Struct, as TFX's
-  custom ExampleGens carry their settings); `conversion_report.json` (rows read, set
+- The liked filter, the split and the converter's record format travel in
+  `custom_config` (a JSON Struct, as TFX's custom ExampleGens carry their settings), so
+  a change to any of them misses TFX's cache; `conversion_report.json` (rows read, set
   aside by reason, written per split) lands in the artifact beside the splits.
 """
 
@@ -37,9 +41,11 @@ from tfx.utils import proto_utils
 from animerec import features
 from animerec.data import convert, files, interactions
 
-# Every split reads (and the driver fingerprints) the folder's CSV files.
-INPUT_PATTERN = "*.csv"
+# Every split reads (and the driver fingerprints) the files the converter reads:
+# anime.csv, anime_with_synopsis.csv and animelist.csv.
+INPUT_PATTERN = "anime*.csv"
 REPORT_FILE = convert.REPORT_FILE
+SPILL_FOLDER = ".spill"
 
 
 def custom_config(
@@ -47,7 +53,13 @@ def custom_config(
 ) -> example_gen_pb2.CustomConfig:
     """The converter's settings as ExampleGen's custom_config."""
     settings = struct_pb2.Struct()
-    settings.update({"liked_filter": dataclasses.asdict(liked_filter), "split": dataclasses.asdict(split)})
+    settings.update(
+        {
+            "liked_filter": dataclasses.asdict(liked_filter),
+            "split": dataclasses.asdict(split),
+            "record_format": convert.RECORD_FORMAT,
+        }
+    )
     config = example_gen_pb2.CustomConfig()
     config.custom_config.Pack(settings)
     return config
@@ -62,6 +74,10 @@ def settings(custom_config_json: str | None) -> tuple[interactions.LikedFilter, 
     if not config.custom_config.Unpack(values):
         raise ValueError(f"KaggleExampleGen: custom_config holds a {config.custom_config.TypeName()}, not a Struct")
     values = json_format.MessageToDict(values)
+    values.pop("record_format", None)  # in the config for TFX's cache key only
+    unknown = sorted(set(values) - {"liked_filter", "split"})
+    if unknown:
+        raise ValueError(f"KaggleExampleGen: custom_config has unknown setting(s) {unknown}")
     # Struct numbers are floats; the dataclasses' fields say which are integers.
     return (
         _from_dict(interactions.LikedFilter, values.get("liked_filter", {})),
@@ -77,7 +93,7 @@ def _from_dict(cls, values: dict):
     defaults, typed = cls(), {}
     for name, value in values.items():
         kind = type(getattr(defaults, name))
-        if kind(value) != value:
+        if not isinstance(value, int | float) or kind(value) != value:
             raise ValueError(
                 f"KaggleExampleGen: custom_config's {cls.__name__}.{name} is {value!r}, not a {kind.__name__}"
             )
@@ -101,7 +117,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         report = convert.write_examples(
             exec_properties[keys.INPUT_BASE_KEY],
             {name: artifact_utils.get_split_uri([examples], name) for name in features.SPLITS},
-            self._get_tmp_dir(),
+            os.path.join(examples.uri, SPILL_FOLDER),
             liked_filter,
             split,
             make_pipeline=self._make_beam_pipeline,

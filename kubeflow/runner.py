@@ -21,6 +21,7 @@ import json
 import os
 
 from animerec.config import TrainingConfig
+from animerec.data import interactions
 from animerec.evaluation import GateConfig
 
 PIPELINE_NAME = "animerec"
@@ -105,6 +106,8 @@ def compile_pipeline(
     training: TrainingConfig = TrainingConfig(),
     gate: GateConfig = GateConfig(),
     schema_file: str = IMAGE_SCHEMA_FILE,
+    liked_filter: interactions.LikedFilter = interactions.LikedFilter(),
+    split: interactions.SplitConfig = interactions.SplitConfig(),
 ) -> dict:
     """Writes the pipeline to output_path (PipelineSpec YAML or PipelineJob JSON) and returns the job."""
     package_format(output_path)  # a bad extension fails before the compilation
@@ -128,6 +131,8 @@ def compile_pipeline(
         gate=gate_parameter,
         schema_file=schema_file,
         beam_pipeline_args=beam_pipeline_args or [],
+        liked_filter=liked_filter,
+        split=split,
     )
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
         # Pipeline spec 2.1 (parameterType fields) is what KFP 2 backends and kfp loaders read.

@@ -5,6 +5,7 @@ import os
 import shutil
 import sys
 
+import numpy as np
 import pytest
 import tensorflow as tf
 from tfx.components.example_gen import utils as example_gen_utils
@@ -28,12 +29,10 @@ def _records(folder: str) -> list[tf.train.Example]:
     ]
 
 
-def _run_executor(input_base: str, out_uri: str, tmp_dir: str, component: example_gen.KaggleExampleGen):
+def _run_executor(input_base: str, out_uri: str, component: example_gen.KaggleExampleGen):
     examples = standard_artifacts.Examples()
     examples.uri = out_uri
-    context = base_beam_executor.BaseBeamExecutor.Context(
-        beam_pipeline_args=convert.IN_PROCESS_BEAM_ARGS, tmp_dir=tmp_dir, unique_id="1"
-    )
+    context = base_beam_executor.BaseBeamExecutor.Context(beam_pipeline_args=convert.IN_PROCESS_BEAM_ARGS)
     properties = component.exec_properties
     example_gen.Executor(context).Do(
         {},
@@ -56,7 +55,7 @@ def ram_kaggle_dir(real_data_dir):
     for name in os.listdir(real_data_dir):
         tf.io.gfile.copy(os.path.join(real_data_dir, name), f"{folder}/{name}", overwrite=True)
     yield folder
-    for path in ("ram://kaggle", "ram://out", "ram://tmp"):
+    for path in ("ram://kaggle", "ram://out"):
         if tf.io.gfile.exists(path):
             tf.io.gfile.rmtree(path)
 
@@ -70,7 +69,7 @@ def test_remote_csv_files_become_the_converters_records_in_the_artifact(
     monkeypatch.setattr(convert, "ROWS_PER_SHARD", 20_000)
     settings = interactions.LikedFilter(min_score=8), interactions.SplitConfig(eval_percent=30, seed=3)
     component = example_gen.KaggleExampleGen(input_base=ram_kaggle_dir, liked_filter=settings[0], split=settings[1])
-    examples = _run_executor(ram_kaggle_dir, "ram://out/examples", "ram://tmp", component)
+    examples = _run_executor(ram_kaggle_dir, "ram://out/examples", component)
 
     assert artifact_utils.decode_split_names(examples.split_names) == list(features.SPLITS)
     assert examples.get_string_custom_property("payload_format") == "FORMAT_TF_EXAMPLE"
@@ -87,7 +86,10 @@ def test_remote_csv_files_become_the_converters_records_in_the_artifact(
     assert report["interactions"] == reference["interactions"]
     assert report["liked_filter"]["min_score"] == 8 and report["split"]["eval_percent"] == 30
     assert report["animelist"]["rows_read"] > 0
-    assert not tf.io.gfile.exists("ram://tmp/1/spill"), "the spill files are removed"
+    # The splits and the report, nothing else: the spill folder is gone.
+    assert sorted(name.rstrip("/") for name in tf.io.gfile.listdir("ram://out/examples")) == sorted(
+        [f"Split-{split}" for split in features.SPLITS] + [example_gen.REPORT_FILE]
+    )
 
 
 def test_custom_config_round_trips_and_rejects_unknown_fields():
@@ -107,10 +109,20 @@ def test_custom_config_round_trips_and_rejects_unknown_fields():
     bad["custom_config"]["value"]["split"]["min_history"] = 2.5
     with pytest.raises(ValueError, match=r"SplitConfig.min_history is 2.5, not a int"):
         example_gen.settings(json.dumps(bad))
+    bad["custom_config"]["value"]["split"]["min_history"] = "5"
+    with pytest.raises(ValueError, match=r"SplitConfig.min_history is '5', not a int"):
+        example_gen.settings(json.dumps(bad))
+    # The record format is in the config (a new format misses TFX's cache), and only it.
+    assert json.loads(config)["custom_config"]["value"]["record_format"] == convert.RECORD_FORMAT
+    bad = json.loads(config)
+    bad["custom_config"]["value"]["sample_rate"] = 0.5
+    with pytest.raises(ValueError, match=r"unknown setting\(s\) \['sample_rate'\]"):
+        example_gen.settings(json.dumps(bad))
 
 
 def test_a_changed_csv_file_changes_the_drivers_fingerprint(real_data_dir, tmp_path):
-    """TFX's FileBasedDriver keys the cache on what the split patterns match: the CSV files."""
+    """TFX's FileBasedDriver keys the cache on what the split patterns match: the CSV files
+    the converter reads, and no others."""
     data = tmp_path / "data"
     data.mkdir()
     for name in os.listdir(real_data_dir):
@@ -130,7 +142,9 @@ def test_a_changed_csv_file_changes_the_drivers_fingerprint(real_data_dir, tmp_p
     after = fingerprint()
     assert after != before
     (data / "notes.txt").write_text("not an input")
-    assert fingerprint() == after, "only the CSV files are inputs"
+    with open(data / kaggle.RATING_COMPLETE_CSV, "a") as f:
+        f.write("1,1,5\n")
+    assert fingerprint() == after, "only the converter's inputs count"
 
 
 def test_data_errors_are_raised_as_they_are(real_data_dir, tmp_path, monkeypatch):
@@ -142,4 +156,37 @@ def test_data_errors_are_raised_as_they_are(real_data_dir, tmp_path, monkeypatch
         (data / kaggle.ANIMELIST_CSV).write_bytes(f.readline())
     component = example_gen.KaggleExampleGen(input_base=str(data))
     with pytest.raises(kaggle.DataError, match="animelist.csv: no rows after the header line"):
-        _run_executor(str(data), str(tmp_path / "out"), str(tmp_path / "tmp"), component)
+        _run_executor(str(data), str(tmp_path / "out"), component)
+
+
+def test_rows_in_any_order_are_regrouped_on_a_remote_filesystem(ram_kaggle_dir, real_data_dir, tmp_path, monkeypatch):
+    """The regrouping pass (spill to user buckets, label each bucket) through the remote
+    file calls: the shuffled file on ram:// gives the local grouped file's splits."""
+    with open(os.path.join(real_data_dir, kaggle.ANIMELIST_CSV), "rb") as f:
+        header, *lines = f.readlines()
+    shuffled = [lines[i] for i in np.random.default_rng(7).permutation(len(lines))]
+    # Removed first: TensorFlow's ram:// filesystem appends to a file opened again for writing.
+    tf.io.gfile.remove(f"{ram_kaggle_dir}/{kaggle.ANIMELIST_CSV}")
+    with tf.io.gfile.GFile(f"{ram_kaggle_dir}/{kaggle.ANIMELIST_CSV}", "wb") as f:
+        f.write(b"".join([header] + shuffled))
+    monkeypatch.setattr(convert, "RANGE_BYTES", 200_000)  # several ranges, as on many workers
+    split_dirs = {name: f"ram://out/{name}" for name in features.SPLITS}
+    messages: list = []
+    report = convert.write_examples(ram_kaggle_dir, split_dirs, "ram://out/spill", progress=messages.append)
+    assert report["regrouped"] and report["ranges"] > 2
+    assert any("regrouping" in m for m in messages)
+    assert not tf.io.gfile.exists("ram://out/spill")
+    reference = convert.convert_kaggle(real_data_dir, str(tmp_path / "local"), progress=lambda _: None)
+    assert report["interactions"] == reference["interactions"]
+
+    def pairs(folder: str) -> list:
+        return sorted(
+            (
+                e.features.feature[features.USER_ID].int64_list.value[0],
+                e.features.feature[features.ANIME_ID].int64_list.value[0],
+            )
+            for e in _records(folder)
+        )
+
+    for split in (features.TRAIN_SPLIT, features.EVAL_SPLIT):
+        assert pairs(split_dirs[split]) == pairs(str(tmp_path / "local" / split)), split

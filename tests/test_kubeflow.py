@@ -11,7 +11,9 @@ from kfp.client import client as kfp_client
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 from animerec import cli
+from animerec.components import example_gen
 from animerec.config import TrainingConfig
+from animerec.data import interactions
 from animerec.evaluation import GateConfig
 from animerec.kubeflow import runner
 
@@ -42,6 +44,7 @@ def job(tmp_path_factory):
         beam_pipeline_args=BEAM_ARGS,
         training=TrainingConfig(epochs=3),
         gate=GateConfig(min_value=0.2),
+        liked_filter=interactions.LikedFilter(min_score=8),
     )
     with open(path) as fh:
         return json.load(fh)
@@ -52,7 +55,7 @@ def spec_package(tmp_path_factory):
     """The same pipeline as `job`, compiled by the CLI into the pipeline spec YAML."""
     path = str(tmp_path_factory.mktemp("kfp") / "pipeline.yaml")
     argv = ["kubeflow", "compile", "--output", path, "--image", IMAGE, "--pipeline-root", "gs://b/root"]
-    argv += ["--data-root", "gs://b/data", "--serving-dir", "gs://b/serving", "--epochs", "3"]
+    argv += ["--data-root", "gs://b/data", "--serving-dir", "gs://b/serving", "--epochs", "3", "--min-score", "8"]
     argv += [f"--beam-arg={arg}" for arg in BEAM_ARGS]
     assert cli.main(argv) == 0
     return path
@@ -119,9 +122,13 @@ def test_every_component_is_a_task_with_the_image_and_entrypoint(job):
     assert "resolver" in executors["latest_blessed_model_resolver-model-resolver_executor"]
     evaluator_args = executors["RetrievalEvaluator_executor"]["container"]["args"]
     assert "animerec.components.retrieval_evaluator.executor.Executor" in evaluator_args
-    # ExampleGen runs our Kaggle executor (from the raw CSV files), in the container too.
-    example_gen_args = " ".join(executors["KaggleExampleGen_executor"]["container"]["args"])
-    assert "animerec.components.example_gen.Executor" in example_gen_args
+    # ExampleGen runs our Kaggle executor (from the raw CSV files), in the container too,
+    # after TFX's FileBasedExampleGen driver (compiled as the pre-cache-check hook), which
+    # fingerprints the input files.
+    example_gen = executors["KaggleExampleGen_executor"]["container"]
+    assert "animerec.components.example_gen.Executor" in " ".join(example_gen["args"])
+    driver = example_gen["lifecycle"]["preCacheCheck"]
+    assert "tfx.orchestration.kubeflow.v2.file_based_example_gen.driver" in " ".join(driver["command"] + driver["args"])
     # Beam-based components get the distributed runner's arguments.
     for name in ("KaggleExampleGen", "Transform", "StatisticsGen"):
         args = executors[f"{name}_executor"]["container"]["args"]
@@ -157,6 +164,9 @@ def test_runtime_parameters_are_wired(job):
     assert json.loads(runtime["parameterValues"][runner.GATE_PARAMETER]) == dataclasses.asdict(
         GateConfig(min_value=0.2)
     )
+    # The liked filter compiled in (`compile --min-score 8`), in ExampleGen's custom_config.
+    custom_config = tasks["KaggleExampleGen"]["inputs"]["parameters"]["custom_config"]["runtimeValue"]["constant"]
+    assert example_gen.settings(custom_config)[0] == interactions.LikedFilter(min_score=8)
     pusher = json.loads(tasks["Pusher"]["inputs"]["parameters"]["push_destination"]["runtimeValue"]["constant"])
     assert pusher["filesystem"]["base_directory"] == "gs://b/serving"
     schema = tasks["ImportSchemaGen"]["inputs"]["parameters"]["schema_file"]["runtimeValue"]["constant"]

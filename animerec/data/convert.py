@@ -200,8 +200,14 @@ def _summary_path(spill_dir: str, range_index: int) -> str:
     return os.path.join(spill_dir, f"range-{range_index:05d}.pickle")
 
 
+def _errors_dir(spill_dir: str) -> str:
+    """Where failing tasks write their errors: a folder of its own, so that checking for
+    one lists a handful of names, not every spill file (objects on a remote store)."""
+    return os.path.join(spill_dir, "errors")
+
+
 def _error_path(spill_dir: str, range_index: int, stage: str = "range") -> str:
-    return os.path.join(spill_dir, f"{stage}-{range_index:05d}.error")
+    return os.path.join(_errors_dir(spill_dir), f"{stage}-{range_index:05d}.error")
 
 
 def _user_bucket_path(spill_dir: str, bucket: int, range_index: int) -> str:
@@ -214,7 +220,7 @@ def _regroup_summary_path(spill_dir: str, range_index: int) -> str:
 
 def _keeping_data_errors(stage: str, work: Callable):
     """`work(task)`, with a data error written to the task's error file (for
-    convert_kaggle to raise) instead of raised inside a Beam worker, which would print
+    _label_interactions to raise) instead of raised inside a Beam worker, which would print
     the worker's traceback and reach the caller wrapped in Beam's own error."""
 
     def run(task) -> int:
@@ -231,7 +237,7 @@ def _keeping_data_errors(stage: str, work: Callable):
 
 def _failed(spill_dir: str) -> bool:
     """Whether a task of an earlier stage wrote an error (later stages then do nothing)."""
-    return any(name.endswith(".error") for name in files.listdir(spill_dir))
+    return bool(files.listdir(_errors_dir(spill_dir)))
 
 
 def _first_error(spill_dir: str, tasks: int, stage: str = "range") -> dict | None:
@@ -470,7 +476,7 @@ def _label_interactions(
 def write_examples(
     data_dir: str,
     split_dirs: dict[str, str],
-    work_dir: str,
+    spill_dir: str,
     liked_filter: interactions.LikedFilter = interactions.LikedFilter(),
     split: interactions.SplitConfig = interactions.SplitConfig(),
     progress: Callable[[str], None] = print,
@@ -482,11 +488,11 @@ def write_examples(
 
     The interactions are converted on Beam (`make_pipeline`, in this process by default):
     user-aligned ranges of animelist.csv are labeled and spilled at random into shuffle
-    buckets under `work_dir`, then each bucket is permuted and written as a shard; memory
+    buckets in `spill_dir` (created, and removed when done), then each bucket is permuted and written as a shard; memory
     stays at a block of rows per worker. A file not grouped by user is first regrouped
     (_label_interactions): its rows go to user buckets on disk, and each one is loaded
     whole (about ROWS_PER_SHARD rows) to be labeled. Every path may be on a remote
-    filesystem (animerec.data.files); `work_dir` must be one that every Beam worker sees.
+    filesystem (animerec.data.files); `spill_dir` must be one that every Beam worker sees.
 
     Returns the conversion report: what was read, set aside and written.
     """
@@ -517,7 +523,6 @@ def write_examples(
     catalog_writer.close()
 
     animelist_path = os.path.join(data_dir, kaggle.ANIMELIST_CSV)
-    spill_dir = os.path.join(work_dir, "spill")
     ranges = kaggle.key_aligned_ranges(animelist_path, RANGE_BYTES)
     buckets = shuffle_buckets(animelist_path)
     progress(
@@ -527,7 +532,7 @@ def write_examples(
     try:
         for regrouped in (False, True):
             files.rmtree(spill_dir)
-            files.makedirs(spill_dir)
+            files.makedirs(_errors_dir(spill_dir))
             try:
                 read_report, stats = _label_interactions(
                     animelist_path,
@@ -609,7 +614,7 @@ def convert_kaggle(
         report = write_examples(
             data_dir,
             {name: os.path.join(tmp_dir, name) for name in features.SPLITS},
-            tmp_dir,
+            os.path.join(tmp_dir, "spill"),
             liked_filter,
             split,
             progress,

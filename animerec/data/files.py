@@ -31,6 +31,7 @@ class _GFileReader(io.RawIOBase):
     Python's line reading (readline, readlines with a size hint) and pandas can parse it."""
 
     def __init__(self, path: str):
+        self._file = None
         self._file = _gfile().GFile(path, "rb")
 
     def readable(self) -> bool:
@@ -44,6 +45,9 @@ class _GFileReader(io.RawIOBase):
         buffer[: len(data)] = data
         return len(data)
 
+    def readall(self) -> bytes:
+        return self._file.read()
+
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         self._file.seek(offset, whence)
         return self._file.tell()
@@ -52,7 +56,7 @@ class _GFileReader(io.RawIOBase):
         return self._file.tell()
 
     def close(self) -> None:
-        if not self.closed:
+        if not self.closed and self._file is not None:
             self._file.close()
         super().close()
 
