@@ -13,6 +13,7 @@ setup(
         "animerec.model",
         "animerec.bench",
         "animerec.pipeline",
+        "animerec.pipeline.worker_startup",
         "animerec.components",
         "animerec.components.retrieval_evaluator",
         "animerec.serving",

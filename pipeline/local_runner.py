@@ -19,7 +19,7 @@ from collections.abc import Callable
 from animerec.config import TrainingConfig
 from animerec.data import files, interactions, kaggle
 from animerec.evaluation import GateConfig
-from animerec.pipeline import artifacts, shutdown
+from animerec.pipeline import artifacts, shutdown, worker_startup
 from animerec.pipeline import progress as progress_module
 from animerec.pipeline.pipeline import SCHEMA_FILE, create_pipeline
 
@@ -112,10 +112,15 @@ def _logs_to_file(path: str):
     previous_level = root.level
     root.setLevel(std_logging.INFO)
     root.addHandler(file_handler)
-    # Beam's worker processes inherit these: no per-worker TensorFlow banners.
-    previous_env = {k: os.environ.get(k) for k in ("TF_CPP_MIN_LOG_LEVEL", "PYTHONWARNINGS")}
+    # Beam's worker processes inherit these: no per-worker TensorFlow banners, and their
+    # start-up code (worker_startup/sitecustomize.py) keeps TensorFlow's failures at exit quiet.
+    previous_env = {k: os.environ.get(k) for k in ("TF_CPP_MIN_LOG_LEVEL", "PYTHONWARNINGS", "PYTHONPATH")}
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     os.environ["PYTHONWARNINGS"] = "ignore::FutureWarning,ignore::DeprecationWarning,ignore::UserWarning"
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [os.path.dirname(worker_startup.__file__)]
+        + ([previous_env["PYTHONPATH"]] if previous_env["PYTHONPATH"] else [])
+    )
     try:
         yield
     finally:

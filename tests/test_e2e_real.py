@@ -16,10 +16,14 @@ from tests.test_e2e import assert_never_recommends_seen
 pytestmark = pytest.mark.e2e
 
 
-def test_pipeline_on_real_sample_beats_popularity(tmp_path, real_data_dir):
+def test_pipeline_on_real_sample_beats_popularity(tmp_path, real_data_dir, capfd):
     # Worker processes, as for a large file: this small sample would otherwise run Beam in the process.
     beam_args = local_runner.local_beam_args(workers=2)
     result = local_runner.run_local(real_data_dir, str(tmp_path / "out"), beam_pipeline_args=beam_args, progress=print)
+    # The workers write to this process's stderr: no traceback from them either (TensorFlow's
+    # failures at their exit are what worker_startup quiets).
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Exception ignored" not in err, err[-3000:]
     metrics = result["evaluation"]["metrics"]
     print(json.dumps({k: {m: round(v, 4) for m, v in d.items() if isinstance(v, float)} for k, d in metrics.items()}))
     # The default gate: recall@50 above popularity by 10% at least.

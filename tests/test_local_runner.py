@@ -1,9 +1,11 @@
 """Which Beam a local run uses: in this process for a small animelist.csv, worker processes otherwise."""
 
 import os
+import subprocess
+import sys
 
 from animerec.data import kaggle
-from animerec.pipeline import local_runner
+from animerec.pipeline import local_runner, worker_startup
 
 
 def _animelist(folder, size: int) -> str:
@@ -30,3 +32,34 @@ def test_small_input_runs_beam_in_process_and_large_input_on_workers(tmp_path, m
         "--direct_num_workers=3",
     ]
     assert local_runner.default_beam_args(large, workers=1) == in_process + setup
+
+
+WORKER_EXIT_SCRIPT = """
+class AtomicFunction:  # as TensorFlow's, collected after its module's globals are gone
+    def __del__(self):
+        None["key"]
+
+
+class Other:
+    def __del__(self):
+        raise ValueError("a real problem")
+
+
+AtomicFunction()
+Other()
+"""
+
+
+def test_worker_startup_quiets_tensorflows_failures_at_exit_only(tmp_path):
+    """Beam's workers start Python with the run's environment: worker_startup on
+    PYTHONPATH, whose sitecustomize drops AtomicFunction.__del__'s TypeError alone."""
+    with local_runner._logs_to_file(str(tmp_path / "log")):
+        env = dict(os.environ)
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == os.path.dirname(worker_startup.__file__)
+    assert os.environ.get("PYTHONPATH") != env["PYTHONPATH"], "restored after the run"
+    done = subprocess.run([sys.executable, "-c", WORKER_EXIT_SCRIPT], capture_output=True, text=True, env=env)
+    assert "AtomicFunction.__del__" not in done.stderr
+    assert "Exception ignored in: <function Other.__del__" in done.stderr and "a real problem" in done.stderr
+    env.pop("PYTHONPATH")
+    plain = subprocess.run([sys.executable, "-c", WORKER_EXIT_SCRIPT], capture_output=True, text=True, env=env)
+    assert "Exception ignored in: <function AtomicFunction.__del__" in plain.stderr, "the test reproduces the noise"

@@ -1,0 +1,1 @@
+"""Start-up code for the Beam worker processes of a local run (see sitecustomize.py)."""
