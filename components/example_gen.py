@@ -25,7 +25,6 @@ with an executor of our own, in TFX's custom-ExampleGen pattern:
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 from google.protobuf import json_format, struct_pb2
@@ -39,12 +38,11 @@ from tfx.types import standard_component_specs as keys
 from tfx.utils import proto_utils
 
 from animerec import features
-from animerec.data import convert, files, interactions
+from animerec.data import convert, interactions
 
 # Every split reads (and the driver fingerprints) the files the converter reads:
 # anime.csv, anime_with_synopsis.csv and animelist.csv.
 INPUT_PATTERN = "anime*.csv"
-REPORT_FILE = convert.REPORT_FILE
 SPILL_FOLDER = ".spill"
 
 
@@ -86,8 +84,7 @@ def settings(custom_config_json: str | None) -> tuple[interactions.LikedFilter, 
 
 
 def _from_dict(cls, values: dict):
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
+    unknown = sorted(set(values) - {field.name for field in dataclasses.fields(cls)})
     if unknown:
         raise ValueError(f"KaggleExampleGen: custom_config has unknown {cls.__name__} field(s) {unknown}")
     defaults, typed = cls(), {}
@@ -123,8 +120,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             make_pipeline=self._make_beam_pipeline,
             compressed=True,
         )
-        with files.open_write(os.path.join(examples.uri, REPORT_FILE)) as f:
-            f.write(json.dumps(report, indent=2).encode())
+        convert.write_report(examples.uri, report)
         examples_utils.set_payload_format(examples, example_gen_pb2.FORMAT_TF_EXAMPLE)
         examples_utils.set_file_format(examples, write_split.to_file_format_str(example_gen_pb2.FORMAT_TFRECORDS_GZIP))
 

@@ -164,7 +164,7 @@ def run_local(
         pipeline = create_pipeline(
             pipeline_name=PIPELINE_NAME,
             pipeline_root=paths["pipeline_root"],
-            data_root=os.path.abspath(data_dir) if files.is_local(data_dir) else data_dir,
+            data_root=files.absolute(data_dir),
             serving_dir=paths["serving_dir"],
             training=training,
             gate=gate,

@@ -88,7 +88,7 @@ def test_remote_csv_files_become_the_converters_records_in_the_artifact(
     assert report["animelist"]["rows_read"] > 0
     # The splits and the report, nothing else: the spill folder is gone.
     assert sorted(name.rstrip("/") for name in tf.io.gfile.listdir("ram://out/examples")) == sorted(
-        [f"Split-{split}" for split in features.SPLITS] + [example_gen.REPORT_FILE]
+        [f"Split-{split}" for split in features.SPLITS] + [convert.REPORT_FILE]
     )
 
 

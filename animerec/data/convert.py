@@ -565,7 +565,7 @@ def write_examples(
                 f"({dict(stats.rows_by_reason)}); nothing to train or evaluate on."
             )
     report = {
-        "data_dir": data_dir if not files.is_local(data_dir) else os.path.abspath(data_dir),
+        "data_dir": files.absolute(data_dir),
         "liked_filter": dataclasses.asdict(liked_filter),
         "split": dataclasses.asdict(split),
         "catalog_size": int(len(catalog)),
@@ -583,6 +583,12 @@ def write_examples(
         f"{stats.train_rows:,} train, {stats.eval_rows:,} eval, {len(catalog):,} catalog records"
     )
     return report
+
+
+def write_report(folder: str, report: dict) -> None:
+    """The conversion report as folder/REPORT_FILE (any filesystem)."""
+    with files.open_write(os.path.join(folder, REPORT_FILE)) as f:
+        f.write(json.dumps(report, indent=2).encode())
 
 
 def convert_kaggle(
@@ -621,8 +627,7 @@ def convert_kaggle(
             beam_pipeline_factory(beam_pipeline_args),
         )
         report = {"fingerprint": fingerprint, **report}
-        with open(os.path.join(tmp_dir, REPORT_FILE), "w") as f:
-            json.dump(report, f, indent=2)
+        write_report(tmp_dir, report)
         shutil.rmtree(out_dir, ignore_errors=True)
         os.replace(tmp_dir, out_dir)
     except BaseException:

@@ -80,6 +80,11 @@ def read_bytes(path: str) -> bytes:
         return f.read()
 
 
+def absolute(path: str) -> str:
+    """A local path made absolute; a remote one as it is."""
+    return os.path.abspath(path) if is_local(path) else path
+
+
 def exists(path: str) -> bool:
     return os.path.exists(path) if is_local(path) else _gfile().exists(path)
 
