@@ -66,6 +66,9 @@ def create_pipeline(
         # make Beam hold every transformed record until the write finishes (the post-
         # transform statistics wait on it), so memory would grow with the dataset.
         disable_statistics=True,
+        # The analyzer cache serves incremental runs over rolling spans; this pipeline reads one
+        # span, so writing it only costs time (14 s of the demo's Transform, 87 s against 101 s).
+        disable_analyzer_cache=True,
         splits_config=tfx.proto.SplitsConfig(
             analyze=[features.TRAIN_SPLIT, features.CATALOG_SPLIT], transform=list(features.SPLITS)
         ),
