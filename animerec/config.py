@@ -64,9 +64,6 @@ class TrainingConfig:
     ranker_members: int = 5
     top_k: int = 100
     seed: int = 0
-    # Liked rows per streaming shuffle window (about 20 bytes each; two windows are held).
-    # Transform's output is grouped by user, so this sets how many users a batch draws from.
-    shuffle_buffer: int = 2_000_000
 
     def to_json_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

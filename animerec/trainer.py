@@ -1,4 +1,4 @@
-"""The Trainer's run_fn: read Transform's output, fit the two towers, export for serving.
+"""The Trainer's run_fn: read the examples through Transform's graph, fit both stages, export for serving.
 
 Kept thin; the towers, the model, the data and the signatures live in animerec.model.
 """
@@ -33,11 +33,12 @@ def split_patterns(file_patterns, split: str) -> list[str]:
     return found
 
 
-def load_training_data(train_files, tf_transform_output: tft.TFTransformOutput, validation_percent: int = 0):
+def load_training_data(train_files, tf_transform_output: tft.TFTransformOutput, read, validation_percent: int = 0):
+    """`read`: model_data.transformed_reader's function over the raw examples."""
     return model_data.load_training_data(
         split_patterns(train_files, f.TRAIN_SPLIT),
         split_patterns(train_files, f.CATALOG_SPLIT),
-        tf_transform_output.transformed_feature_spec(),
+        read,
         user_vocabulary=tf_transform_output.vocabulary_by_name(f.USER_VOCAB),
         anime_vocab_size=tf_transform_output.vocabulary_size_by_name(f.ANIME_VOCAB),
         text_vocab_sizes={name: tf_transform_output.vocabulary_size_by_name(v) + 1 for name, v in f.TEXT_VOCAB.items()},
@@ -51,7 +52,8 @@ def run_fn(fn_args) -> None:
     tf.keras.utils.set_random_seed(config.seed)
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
     start = time.time()
-    data = load_training_data(fn_args.train_files, tf_transform_output, config.validation_percent)
+    read = model_data.transformed_reader(tf_transform_output)
+    data = load_training_data(fn_args.train_files, tf_transform_output, read, config.validation_percent)
     logging.info(
         "Loaded %d liked rows, %d users, %d catalog anime in %.1fs",
         data.liked_rows,
@@ -60,15 +62,7 @@ def run_fn(fn_args) -> None:
         time.time() - start,
     )
     model = retrieval.build_model_from_config(data, config)
-    spec = tf_transform_output.transformed_feature_spec()
-    dataset = retrieval.streaming_training_dataset(
-        split_patterns(fn_args.train_files, f.TRAIN_SPLIT),
-        spec,
-        data,
-        config.batch_size,
-        config.shuffle_buffer,
-        seed=config.seed,
-    )
+    dataset = retrieval.training_dataset(data, config.batch_size, seed=config.seed, repeat=True)
     steps_per_epoch = max(1, data.liked_rows // config.batch_size)
     epochs = config.epochs
     if fn_args.train_steps:
@@ -91,7 +85,10 @@ def run_fn(fn_args) -> None:
 
     # The exported model knows every training row, and excludes the eval rows as seen
     # (the eval split is read for that alone, never to choose anything).
-    eval_columns = model_data.read_examples(fn_args.eval_files, {k: spec[k] for k in (f.USER_INDEX, f.ANIME_ID)})
+    eval_columns = model_data.concatenate(
+        read(fn_args.eval_files, (f.USER_INDEX, f.ANIME_ID)),
+        (f.USER_INDEX, f.ANIME_ID),
+    )
     data = data.with_validation_in_history().with_heldout(
         eval_columns[f.USER_INDEX].reshape(-1), eval_columns[f.ANIME_ID].reshape(-1)
     )

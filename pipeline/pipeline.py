@@ -69,6 +69,10 @@ def create_pipeline(
         # The analyzer cache serves incremental runs over rolling spans; this pipeline reads one
         # span, so writing it only costs time (14 s of the demo's Transform, 87 s against 101 s).
         disable_analyzer_cache=True,
+        # Transform analyzes and exports its graph; the Trainer applies that graph to the raw
+        # examples as it reads them (once). Materializing every split took half of Transform's
+        # time (on the demo's data 78 s against 39 s for the analysis alone).
+        materialize=False,
         splits_config=tfx.proto.SplitsConfig(
             analyze=[features.TRAIN_SPLIT, features.CATALOG_SPLIT], transform=list(features.SPLITS)
         ),
@@ -78,7 +82,7 @@ def create_pipeline(
 
     trainer = tfx.components.Trainer(
         run_fn=RUN_FN,
-        examples=transform.outputs["transformed_examples"],
+        examples=example_gen.outputs["examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
         # The catalog split travels with train: the Trainer embeds every candidate.

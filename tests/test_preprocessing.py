@@ -1,11 +1,13 @@
 """preprocessing_fn through tft_beam.AnalyzeAndTransformDataset on a few rows."""
 
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_transform as tft
 import tensorflow_transform.beam as tft_beam
-from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
+from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io, schema_utils
 
 from animerec import features as f
 from animerec.preprocessing import preprocessing_fn
@@ -66,6 +68,8 @@ def transformed(tmp_path_factory):
         (data, _), transform_fn = (ROWS, metadata) | tft_beam.AnalyzeAndTransformDataset(preprocessing_fn)
     out_dir = str(tmp_path_factory.mktemp("tft_out"))
     _ = transform_fn | tft_beam.WriteTransformFn(out_dir)
+    # The raw metadata too, as TFX's Transform writes it: the Trainer parses raw examples by it.
+    metadata_io.write_metadata(metadata, os.path.join(out_dir, tft.TFTransformOutput.RAW_METADATA_DIR))
     return data, tft.TFTransformOutput(out_dir)
 
 
@@ -113,28 +117,40 @@ def test_catalog_metadata_passes_through_on_catalog_rows_only(transformed):
     assert isinstance(spec[f.MAL_SCORE], tf.io.VarLenFeature) and spec[f.MAL_SCORE].dtype == tf.float32
 
 
-def test_trainer_reads_token_lists_padded_to_fixed_width(transformed):
-    """The transformed schema says variable length; the Trainer's parser pads to TEXT_MAX_TOKENS."""
-    from animerec.model.data import dense_parser
+def _raw_example(row: dict) -> bytes:
+    feature = {}
+    for name, values in row.items():
+        if name == f.MAL_SCORE:
+            feature[name] = tf.train.Feature(float_list=tf.train.FloatList(value=values))
+        elif values and isinstance(values[0], bytes):
+            feature[name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
+        else:
+            feature[name] = tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def test_trainer_reads_raw_examples_through_the_transform_graph(transformed, tmp_path):
+    """Transform materializes nothing: the Trainer applies its graph to the raw examples.
+    Every column equals what tf.Transform's own transform gives, token lists padded to
+    TEXT_MAX_TOKENS and catalog metadata as one value, 0 where absent."""
+    from animerec.model.data import CATALOG_COLUMNS, INTERACTION_COLUMNS, concatenate, transformed_reader
 
     rows, output = transformed
-    spec = output.transformed_feature_spec()
-    assert all(isinstance(spec[name], tf.io.VarLenFeature) for name in f.TEXT_MAX_TOKENS)
-    examples = [
-        tf.train.Example(
-            features=tf.train.Features(
-                feature={
-                    name: tf.train.Feature(int64_list=tf.train.Int64List(value=list(r[name])))
-                    for name in f.TEXT_MAX_TOKENS
-                }
-            )
-        ).SerializeToString()
-        for r in rows
-    ]
-    parsed = dense_parser({name: spec[name] for name in f.TEXT_MAX_TOKENS})(tf.constant(examples))
-    for name, width in f.TEXT_MAX_TOKENS.items():
-        dense = parsed[name].numpy()
-        assert dense.shape == (len(rows), width)
-        for r, padded in zip(rows, dense):
-            n = len(r[name])
-            assert list(padded[:n]) == list(r[name]) and np.all(padded[n:] == f.PAD_TOKEN)
+    path = str(tmp_path / "part-0.gz")
+    with tf.io.TFRecordWriter(path, "GZIP") as writer:
+        for row in ROWS:
+            writer.write(_raw_example(row))
+    columns = sorted(set(CATALOG_COLUMNS) | set(INTERACTION_COLUMNS))
+    read = concatenate(transformed_reader(output)(path, columns, batch_size=3), columns)
+    for name in columns:
+        assert len(read[name]) == len(rows), name
+        for r, value in zip(rows, read[name]):
+            expected = np.atleast_1d(r[name])
+            if name in f.TEXT_MAX_TOKENS:
+                assert value.shape == (f.TEXT_MAX_TOKENS[name],)
+                n = len(expected)
+                assert list(value[:n]) == list(expected) and np.all(value[n:] == f.PAD_TOKEN), name
+            elif name in f.RAW_CATALOG_FEATURES:
+                assert np.allclose(value, expected if len(expected) else [0]), name
+            else:
+                assert np.array_equal(np.atleast_1d(value), expected) or np.allclose(value, expected), name

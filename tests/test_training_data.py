@@ -1,4 +1,4 @@
-"""The Trainer's inputs: CSR tables from one streaming pass, and liked rows streamed from TFRecords."""
+"""The Trainer's inputs: CSR tables and training rows from one streaming pass, and the training batches."""
 
 import collections
 import os
@@ -91,11 +91,16 @@ def _files(tmp_path):
     return [str(tmp_path / "Split-train" / "*"), str(tmp_path / "Split-catalog" / "*")]
 
 
+def _read(patterns, columns):
+    """The rows above are written as Transform's output: parsed, not transformed again."""
+    return model_data.example_batches(patterns, {name: SPEC[name] for name in columns})
+
+
 def _load(files, user_vocabulary=(b"8", b"7", b"9"), anime_vocab_size=2, validation_percent=0):
     return model_data.load_training_data(
         trainer.split_patterns(files, f.TRAIN_SPLIT),
         trainer.split_patterns(files, f.CATALOG_SPLIT),
-        SPEC,
+        _read,
         user_vocabulary=user_vocabulary,
         anime_vocab_size=anime_vocab_size,
         text_vocab_sizes={n: 6 for n in f.TEXT_MAX_TOKENS},
@@ -130,17 +135,18 @@ def test_tables_from_one_streaming_pass(tmp_path):
     assert data.item_counts().tolist() == [2, 2, 0]
 
 
-@pytest.mark.parametrize("shuffle_buffer, epochs", [(100, 2), (3, 3)])
-def test_streamed_batches_hold_exactly_the_liked_rows(tmp_path, shuffle_buffer, epochs):
-    files = _files(tmp_path)
-    data = _load(files)
-    dataset = retrieval.streaming_training_dataset(
-        trainer.split_patterns(files, f.TRAIN_SPLIT), SPEC, data, batch_size=2, shuffle_buffer=shuffle_buffer
+@pytest.mark.parametrize("batch_size, epochs", [(2, 2), (3, 3)])
+def test_batches_hold_exactly_the_liked_rows(tmp_path, batch_size, epochs):
+    data = _load(_files(tmp_path))
+    # The training rows: the liked ones, with their weights.
+    assert sorted(zip(data.user_index.tolist(), data.anime_index.tolist(), data.weight.tolist())) == sorted(
+        (ui, ai, 0.5 + ui) for _, ui, _, ai, liked in INTERACTIONS if liked
     )
+    dataset = retrieval.training_dataset(data, batch_size=batch_size, repeat=True)
     seen = collections.Counter()
-    # 4 liked rows in batches of 2; windows of 3 rows line up with epochs every 3 epochs.
-    for user_index, anime_index, weight, history_values, history_rows in dataset.take(2 * epochs):
-        assert user_index.shape == (2,)
+    # 4 liked rows: batches of 3 span two passes, and line up with them every 3 passes.
+    for user_index, anime_index, weight, history_values, history_rows in dataset.take(4 * epochs // batch_size):
+        assert user_index.shape == (batch_size,)
         for row, (u, a, w) in enumerate(zip(user_index.numpy(), anime_index.numpy(), weight.numpy())):
             seen[(int(u), int(a))] += 1
             assert w == 0.5 + u
@@ -149,9 +155,14 @@ def test_streamed_batches_hold_exactly_the_liked_rows(tmp_path, shuffle_buffer, 
                 sorted(history_values.numpy()[history_rows.numpy() == row])
                 == _rows(data.history_splits, data.history_values)[u]
             )
-    # Every liked row once per epoch, whether or not all of them fit in one shuffle window.
+    # Every liked row once per pass.
     liked = collections.Counter((ui, ai) for _, ui, _, ai, liked in INTERACTIONS if liked)
     assert seen == collections.Counter({row: epochs for row in liked}) and set(liked.values()) == {1}
+    # One pass (what Keras iterates once per epoch without steps): each row once, reshuffled
+    # from one iteration to the next.
+    one_pass = retrieval.training_dataset(data, batch_size=4)
+    passes = [tuple(zip(*(t.numpy().tolist() for t in next(iter(one_pass))[:2]))) for _ in range(8)]
+    assert all(sorted(p) == sorted(liked) for p in passes) and len(set(passes)) > 1
 
 
 def test_split_patterns_name_the_missing_split():
@@ -212,13 +223,10 @@ def test_validation_rows_are_carved_out_of_histories_and_training_batches(tmp_pa
     for row, user in enumerate(task.users):
         assert task.truth[row] == {a for a in held[user]}  # anime index == catalog position here
         assert not task.truth[row] & set(task.seen_col[task.seen_row == row].tolist())
-    # Training batches stream the fitting rows only, each once per epoch.
-    dataset = retrieval.streaming_training_dataset(
-        trainer.split_patterns(files, f.TRAIN_SPLIT), SPEC, data, batch_size=data.liked_rows, shuffle_buffer=10_000
-    )
-    user_index, anime_index, *_ = next(iter(dataset))
-    streamed = sorted(zip(user_index.numpy().tolist(), anime_index.numpy().tolist()))
-    assert streamed == sorted((u, a) for u in range(n_users) for a in fit[u])
+    # The training rows are the fitting rows only, each once per pass.
+    user_index, anime_index, *_ = next(iter(retrieval.training_dataset(data, batch_size=data.liked_rows)))
+    rows = sorted(zip(user_index.numpy().tolist(), anime_index.numpy().tolist()))
+    assert rows == sorted((u, a) for u in range(n_users) for a in fit[u])
 
 
 def _csr_of(data):

@@ -2,34 +2,11 @@
 the Trainer feeds it, against a naive TFRS baseline."""
 
 import json
-import os
-import tempfile
 import time
 
 import numpy as np
 
-from animerec import features as f
 from animerec.bench.synthetic import synthetic_training_data
-
-
-def write_training_examples(path: str, user_index: np.ndarray, anime_index: np.ndarray, liked: np.ndarray) -> None:
-    """Interaction rows in the layout of Transform's output (GZIP TFRecords)."""
-    import tensorflow as tf
-
-    from animerec.data.convert import encode_examples
-
-    columns = {
-        # Raw ids as the Transform output carries them (here equal to the indices).
-        f.USER_ID: user_index.astype(np.int64),
-        f.ANIME_ID: anime_index.astype(np.int64),
-        f.USER_INDEX: user_index.astype(np.int64),
-        f.ANIME_INDEX: anime_index.astype(np.int64),
-        f.LIKED: liked.astype(np.int64),
-        f.WEIGHT: np.ones(len(user_index), np.float32),
-    }
-    with tf.io.TFRecordWriter(path, options="GZIP") as writer:
-        for record in encode_examples(columns):
-            writer.write(record)
 
 
 def bench_train(
@@ -41,10 +18,9 @@ def bench_train(
     progress=print,
 ) -> dict:
     """Training examples/s of the default model (text features, history tower, logQ) per
-    batch size, fed the way the Trainer is: streamed from GZIP TFRecords through the
-    windowed shuffle, with each row's liked history gathered beside the step; timed over
-    one epoch of liked rows (or `steps`) after a warm-up, so reading the next shuffle
-    window is included.
+    batch size, fed the way the Trainer is: the liked rows held in memory, a new
+    permutation each pass, with each row's liked history gathered beside the step; timed
+    over one epoch of liked rows (or `steps`) after a warm-up.
 
     The data has MAL's shape where it sets the cost: 60% of rows liked, about 150 liked
     titles per user, the real text vocabulary sizes, and item popularity following a
@@ -52,8 +28,6 @@ def bench_train(
     1,024 rows, 2,000 per 4,096).
     """
     import dataclasses
-
-    import tensorflow as tf
 
     from animerec.config import TrainingConfig
     from animerec.model import retrieval
@@ -70,28 +44,22 @@ def bench_train(
         synthetic_training_data(users, anime, history=1, seen=1),
         history_splits=history_splits,
         history_values=history_values,
+        user_index=user_index[liked],
+        anime_index=anime_index[liked],
+        weight=np.ones(int(liked.sum()), np.float32),
     )
-    spec = {
-        name: tf.io.FixedLenFeature([], tf.int64)
-        for name in (f.USER_ID, f.ANIME_ID, f.USER_INDEX, f.ANIME_INDEX, f.LIKED)
-    }
-    spec[f.WEIGHT] = tf.io.FixedLenFeature([], tf.float32)
     results = []
-    with tempfile.TemporaryDirectory() as tmp:
-        files = [os.path.join(tmp, f"part-{i}.gz") for i in range(2)]
-        for i, path in enumerate(files):
-            write_training_examples(path, user_index[i::2], anime_index[i::2], liked[i::2])
-        for batch_size in batch_sizes:
-            model = retrieval.build_model_from_config(data, config)
-            dataset = retrieval.streaming_training_dataset(files, spec, data, batch_size, config.shuffle_buffer)
-            model.fit(dataset, steps_per_epoch=5, epochs=1, verbose=0)  # trace, fill the first window
-            timed_steps = steps or data.liked_rows // batch_size
-            start = time.perf_counter()
-            model.fit(dataset, steps_per_epoch=timed_steps, epochs=1, verbose=0)
-            seconds = time.perf_counter() - start
-            result = {"batch_size": batch_size, "examples_per_second": round(timed_steps * batch_size / seconds)}
-            results.append(result)
-            progress(f"batch {batch_size:>5}: {result['examples_per_second']:>8,} examples/s")
+    for batch_size in batch_sizes:
+        model = retrieval.build_model_from_config(data, config)
+        dataset = retrieval.training_dataset(data, batch_size, repeat=True)
+        model.fit(dataset, steps_per_epoch=5, epochs=1, verbose=0)  # trace
+        timed_steps = steps or data.liked_rows // batch_size
+        start = time.perf_counter()
+        model.fit(dataset, steps_per_epoch=timed_steps, epochs=1, verbose=0)
+        seconds = time.perf_counter() - start
+        result = {"batch_size": batch_size, "examples_per_second": round(timed_steps * batch_size / seconds)}
+        results.append(result)
+        progress(f"batch {batch_size:>5}: {result['examples_per_second']:>8,} examples/s")
     naive = naive_tfrs_examples_per_second(users, anime, user_index[liked], anime_index[liked], steps or 40)
     progress(f"naive TFRS baseline (ids only, tfrs Retrieval task, batch 4096, dim 64): {naive:>8,} examples/s")
     return {

@@ -1,11 +1,11 @@
-"""What the Trainer reads from Transform's output, as compact numpy arrays.
+"""What the Trainer reads from the examples through Transform's graph, as compact numpy arrays.
 
-Each user's liked history and seen titles, and the transformed catalog.
-Histories and seen lists are CSR arrays indexed by the Transform's user index;
-one extra empty row serves unknown users. They are model state (the serving
-model excludes seen titles and embeds histories), built in one streaming pass
-at about 13 bytes per interaction; the training examples themselves are
-streamed from the TFRecords (retrieval.streaming_training_dataset).
+Each user's liked history and seen titles, the transformed catalog, and the training
+rows. Histories and seen lists are CSR arrays indexed by the Transform's user index;
+one extra empty row serves unknown users. They are model state (the serving model
+excludes seen titles and embeds histories). They and the training rows (user index,
+anime index and weight of each liked row the two-tower fits on: 12 bytes a row) come
+from one streaming pass at about 13 bytes per interaction while reading.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class TrainingData:
     history_values: np.ndarray
     seen_splits: np.ndarray  # catalog positions of every training row (liked or not)
     seen_values: np.ndarray
-    # Liked training rows in memory, for small datasets and tests (the Trainer streams them instead).
+    # The training rows: the liked rows the two-tower fits on (validation rows left out).
     user_index: np.ndarray | None = None
     anime_index: np.ndarray | None = None
     weight: np.ndarray | None = None
@@ -148,20 +148,25 @@ class TrainingData:
         return counts
 
 
+def _dense(features: dict, rows: tf.Tensor) -> dict:
+    """Sparse features made dense: token lists padded to TEXT_MAX_TOKENS, optional catalog
+    values one value, 0 where absent."""
+    out = dict(features)
+    for name, value in features.items():
+        if isinstance(value, tf.sparse.SparseTensor):
+            shape = tf.stack([rows, f.TEXT_MAX_TOKENS.get(name, 1)])
+            out[name] = tf.sparse.to_dense(
+                tf.sparse.reset_shape(value, shape), default_value=tf.constant(f.PAD_TOKEN, value.dtype)
+            )
+    return out
+
+
 def dense_parser(feature_spec: dict):
     """tf.io.parse_example, with the variable-length token features padded to TEXT_MAX_TOKENS."""
 
+    @tf.autograph.experimental.do_not_convert  # plain Python around the ops: nothing to convert
     def parse(serialized: tf.Tensor) -> dict:
-        parsed = tf.io.parse_example(serialized, feature_spec)
-        rows = tf.shape(serialized, out_type=tf.int64)[0]
-        for name, value in parsed.items():
-            if isinstance(value, tf.sparse.SparseTensor):
-                # Token lists pad to their length; optional catalog values are one value, 0 where absent.
-                shape = tf.stack([rows, f.TEXT_MAX_TOKENS.get(name, 1)])
-                parsed[name] = tf.sparse.to_dense(
-                    tf.sparse.reset_shape(value, shape), default_value=tf.constant(f.PAD_TOKEN, value.dtype)
-                )
-        return parsed
+        return _dense(tf.io.parse_example(serialized, feature_spec), tf.shape(serialized, out_type=tf.int64)[0])
 
     return parse
 
@@ -187,13 +192,42 @@ def example_batches(file_patterns, feature_spec: dict, batch_size: int = READ_BA
     return dataset.as_numpy_iterator()
 
 
+def transformed_reader(tf_transform_output):
+    """A function (file_patterns, columns) that streams raw (gzipped) TFRecords of
+    tf.Examples through Transform's graph (its Keras layer, as TFX's Trainers apply it to
+    raw examples): dicts of numpy arrays of the transformed `columns`, batch by batch.
+    Transform materializes nothing: it analyzes, and the graph it exports is the one owner
+    of every transformed feature. The graph is loaded once, for every split read."""
+    raw_spec = tf_transform_output.raw_feature_spec()
+    layer = tf_transform_output.transform_features_layer()
+
+    def read(file_patterns, columns, batch_size: int = READ_BATCH):
+        files, compression = glob_files(file_patterns)
+
+        # Without AutoGraph: nothing here to convert, and converting the layer's call took 3.4 s a read.
+        @tf.autograph.experimental.do_not_convert
+        def transform(serialized: tf.Tensor) -> dict:
+            transformed = layer(tf.io.parse_example(serialized, raw_spec))
+            return _dense({name: transformed[name] for name in columns}, tf.shape(serialized, out_type=tf.int64)[0])
+
+        dataset = tf.data.TFRecordDataset(files, compression_type=compression)
+        return dataset.batch(batch_size).map(transform, num_parallel_calls=2).prefetch(2).as_numpy_iterator()
+
+    return read
+
+
 def read_examples(file_patterns, feature_spec: dict) -> dict[str, np.ndarray]:
     """Reads (gzipped) TFRecords of tf.Examples into numpy columns (for small splits)."""
-    columns: dict[str, list] = {name: [] for name in feature_spec}
-    for batch in example_batches(file_patterns, feature_spec):
-        for name, values in batch.items():
-            columns[name].append(values)
-    return {name: np.concatenate(parts) if parts else np.zeros((0,), dtype=np.int64) for name, parts in columns.items()}
+    return concatenate(example_batches(file_patterns, feature_spec), feature_spec)
+
+
+def concatenate(batches, columns) -> dict[str, np.ndarray]:
+    """Batches (dicts of numpy arrays) as one array per column."""
+    parts: dict[str, list] = {name: [] for name in columns}
+    for batch in batches:
+        for name in columns:
+            parts[name].append(batch[name])
+    return {name: np.concatenate(p) if p else np.zeros((0,), dtype=np.int64) for name, p in parts.items()}
 
 
 def _csr(rows: np.ndarray, values: np.ndarray, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
@@ -204,7 +238,7 @@ def _csr(rows: np.ndarray, values: np.ndarray, n_rows: int) -> tuple[np.ndarray,
 
 
 CATALOG_COLUMNS = (f.ANIME_ID, f.ANIME_INDEX, f.NAME, f.GENRES, *f.TEXT_MAX_TOKENS, *f.RAW_CATALOG_FEATURES)
-INTERACTION_COLUMNS = (f.USER_ID, f.USER_INDEX, f.ANIME_ID, f.ANIME_INDEX, f.LIKED)
+INTERACTION_COLUMNS = (f.USER_ID, f.USER_INDEX, f.ANIME_ID, f.ANIME_INDEX, f.LIKED, f.WEIGHT)
 
 
 def catalog_from_columns(columns: dict[str, np.ndarray]) -> Catalog:
@@ -225,28 +259,30 @@ def catalog_from_columns(columns: dict[str, np.ndarray]) -> Catalog:
 def load_training_data(
     train_patterns,
     catalog_patterns,
-    feature_spec: dict,
+    read_batches,
     user_vocabulary,
     anime_vocab_size: int,
     text_vocab_sizes: dict,
     validation_percent: int = 0,
 ) -> TrainingData:
-    """The catalog, and histories and seen lists from one streaming pass over the training split.
+    """The catalog, the per-user tables and the training rows, from one streaming pass over
+    the training split.
 
+    `read_batches(file_patterns, columns)`: the transformed `columns` of the examples,
+    as dicts of numpy arrays batch by batch (transformed_reader's, in the Trainer).
     `user_vocabulary`: Transform's user vocabulary (raw user ids, as bytes or numbers, by
     user index), the one record of which index stands for which user; every row's
-    user_index must agree with it. Only five narrow columns are read, kept as int32
-    while streaming: no text, and nothing per interaction survives but the CSR tables.
-    With validation_percent, liked rows carved out per user (interactions.is_validation)
-    are kept apart from the histories.
+    user_index must agree with it. Six narrow columns are read, kept as int32 while
+    streaming: no text. With validation_percent, liked rows carved out per user
+    (interactions.is_validation) are kept apart from the histories and the training rows.
     """
-    catalog = catalog_from_columns(read_examples(catalog_patterns, {k: feature_spec[k] for k in CATALOG_COLUMNS}))
+    catalog = catalog_from_columns(concatenate(read_batches(catalog_patterns, CATALOG_COLUMNS), CATALOG_COLUMNS))
     user_vocab_size = len(user_vocabulary)
     # + the empty row for unknown users (user_id -1)
     user_ids = np.append(np.asarray([int(u) for u in user_vocabulary], np.int64), -1)
     n_users = user_vocab_size + 1
-    users, items, positions, liked = [], [], [], []
-    for batch in example_batches(train_patterns, {k: feature_spec[k] for k in INTERACTION_COLUMNS}):
+    users, items, positions, liked, weights = [], [], [], [], []
+    for batch in read_batches(train_patterns, INTERACTION_COLUMNS):
         user_index = batch[f.USER_INDEX].reshape(-1)
         user_id = batch[f.USER_ID].reshape(-1)
         wrong = (user_index < user_vocab_size) & (user_ids[np.minimum(user_index, user_vocab_size)] != user_id)
@@ -257,11 +293,14 @@ def load_training_data(
                 f"Transform's user vocabulary ({user_ids[user_index[i]]}): the examples and the vocabulary come "
                 "from different Transform runs"
             )
+        keep = batch[f.LIKED].reshape(-1) == 1
         users.append(user_index.astype(np.int32))
         items.append(batch[f.ANIME_INDEX].reshape(-1).astype(np.int32))
         positions.append(catalog.positions(batch[f.ANIME_ID].reshape(-1)).astype(np.int32))
-        liked.append(batch[f.LIKED].reshape(-1) == 1)
+        liked.append(keep)
+        weights.append(batch[f.WEIGHT].reshape(-1)[keep].astype(np.float32))
     users, liked, items, positions = (np.concatenate(c) for c in (users, liked, items, positions))
+    weights = np.concatenate(weights)  # liked rows only
     validation = {}
     fit = liked
     if validation_percent > 0:
@@ -290,4 +329,7 @@ def load_training_data(
         history_values=history_values,
         seen_splits=seen_splits,
         seen_values=seen_values,
+        user_index=users[fit],
+        anime_index=items[fit],
+        weight=weights[fit[liked]],
     )

@@ -7,7 +7,7 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from animerec import features as f
-from animerec.model.data import TrainingData, glob_files
+from animerec.model.data import TrainingData
 from animerec.model.towers import CandidateTower, QueryTower
 
 
@@ -132,6 +132,7 @@ def with_histories(dataset: tf.data.Dataset, data: TrainingData) -> tf.data.Data
         offsets = np.arange(len(rows), dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)
         return values[starts[rows] + offsets].astype(np.int64), rows
 
+    @tf.autograph.experimental.do_not_convert  # nothing to convert
     def add(user_index, anime_index, weight):
         history_values, history_rows = tf.numpy_function(gather, [user_index], [tf.int64, tf.int64], stateful=False)
         return (
@@ -145,71 +146,33 @@ def with_histories(dataset: tf.data.Dataset, data: TrainingData) -> tf.data.Data
     return dataset.map(add, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
 
 
-def streaming_training_dataset(
-    file_patterns, feature_spec: dict, data: TrainingData, batch_size: int, shuffle_buffer: int, seed: int = 0
-) -> tf.data.Dataset:
-    """Training batches of liked rows (with_histories), streamed from Transform's
-    TFRecords and repeated without end (epochs are counted in steps). Rows held out
-    for validation (data.validation_*) are left out.
-
-    Rows are shuffled in windows of `shuffle_buffer` liked rows: each window is one
-    tensor per column, permuted with one gather, while the next one is read. A
-    per-element shuffle buffer moves rows through tf.data one at a time, which
-    costs more CPU than a training step here. Nothing but two windows is held in
-    memory; when every liked row fits in one window an epoch is exactly one pass.
-    """
-    files, compression = glob_files(file_patterns)
-    spec = {
-        name: feature_spec[name] for name in (f.USER_ID, f.ANIME_ID, f.USER_INDEX, f.ANIME_INDEX, f.LIKED, f.WEIGHT)
-    }
-    liked_rows = data.liked_rows
-    window = max(1, min(liked_rows, shuffle_buffer))
-
-    def liked_only(serialized):
-        parsed = tf.io.parse_example(serialized, spec)
-        keep = tf.equal(tf.reshape(parsed[f.LIKED], [-1]), 1)
-        if data.validation_user_ids is not None:
-            held = tf.numpy_function(
-                data.is_validation_row,
-                [tf.reshape(parsed[f.USER_ID], [-1]), tf.reshape(parsed[f.ANIME_ID], [-1])],
-                tf.bool,
-                stateful=False,
-            )
-            keep &= ~tf.ensure_shape(held, [None])
-        return tuple(
-            tf.boolean_mask(tf.reshape(parsed[name], [-1]), keep) for name in (f.USER_INDEX, f.ANIME_INDEX, f.WEIGHT)
-        )
-
-    def shuffled(*columns):
-        order = tf.random.shuffle(tf.range(tf.shape(columns[0])[0]), seed=seed)
-        return tuple(tf.gather(column, order) for column in columns)
-
-    # Files are interleaved in blocks by one reader: parallel readers hand every small
-    # record between threads, several times slower.
-    dataset = (
-        tf.data.Dataset.from_tensor_slices(files)
-        .shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-        .interleave(
-            lambda path: tf.data.TFRecordDataset(path, compression_type=compression),
-            cycle_length=min(len(files), 8),
-            block_length=1024,
-        )
-        .batch(8192)
-        .map(liked_only, num_parallel_calls=tf.data.AUTOTUNE)
-        .repeat()
-        .rebatch(window)
-        .map(shuffled)
-        .prefetch(1)
+def training_dataset(data: TrainingData, batch_size: int, seed: int = 0, repeat: bool = False) -> tf.data.Dataset:
+    """Training batches of the liked rows held in `data` (user_index, anime_index, weight:
+    the fitting rows, validation rows left out): one pass, or passes without end with
+    `repeat` (the Trainer counts epochs in steps). Each pass is a new random permutation
+    of every row, gathered column by column: a per-row shuffle buffer moves rows through
+    tf.data one at a time, which costs more CPU than a training step here. Repeated, a
+    batch may span two passes, so every row comes once in each pass's worth of rows."""
+    columns = (
+        np.asarray(data.user_index, np.int64),
+        np.asarray(data.anime_index, np.int64),
+        np.asarray(data.weight, np.float32),
     )
-    return with_histories(dataset.rebatch(min(batch_size, max(1, liked_rows)), drop_remainder=True), data)
+    rows = len(columns[0])
+    rng = np.random.default_rng(seed)  # outside the generator: each pass and each iteration reshuffle
 
+    def passes():
+        while True:
+            order = rng.permutation(rows)
+            yield tuple(column[order] for column in columns)
+            if not repeat:
+                return
 
-def training_dataset(data: TrainingData, batch_size: int, seed: int = 0) -> tf.data.Dataset:
-    """Training batches of the liked rows held in `data` (small datasets, tests)."""
-    dataset = tf.data.Dataset.from_tensor_slices((data.user_index, data.anime_index, data.weight))
-    dataset = dataset.shuffle(min(len(data.user_index), 1_000_000), seed=seed, reshuffle_each_iteration=True).batch(
-        batch_size, drop_remainder=len(data.user_index) > batch_size
-    )
+    signature = tuple(tf.TensorSpec([None], column.dtype) for column in columns)
+    dataset = tf.data.Dataset.from_generator(passes, output_signature=signature)
+    batch_size = min(batch_size, max(1, rows))
+    # One pass: the last, smaller batch is dropped unless it is the only one (as before).
+    dataset = dataset.rebatch(batch_size, drop_remainder=repeat or rows > batch_size).prefetch(1)
     return with_histories(dataset, data)
 
 
