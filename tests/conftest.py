@@ -11,20 +11,28 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REAL_DATA_DIR = os.path.join(REPO_ROOT, "..", "shared", "data", "mal")
 
 
-# The longest end-to-end files, longest first (about 5, 3 and 2 minutes here).
-LONGEST_FIRST = ("test_kubeflow_local.py", "test_e2e_real.py", "test_e2e.py")
+# The files that start first, in this order. pytest-xdist's loadfile scheduler gives each
+# of its two workers one file, then a second one before the first finishes (files 1 and 3
+# to one worker, 2 and 4 to the other), then the next file to a worker as it starts its
+# last one. So the longest pipeline run (about 4 minutes here) pairs with a short file
+# and the next two pipeline runs (about 2 minutes each) go together on the other worker;
+# the two one-minute command-line files come next, one to each worker as they free up,
+# and the unit tests fill in behind.
+FIRST = (
+    "test_kubeflow_local.py",
+    "test_e2e_real.py",
+    "test_shutdown.py",
+    "test_e2e.py",
+    "test_bench.py",
+    "test_cli.py",
+    "test_example_gen.py",
+)
 
 
 def pytest_collection_modifyitems(config, items):
-    """The end-to-end tests first, the longest first, the unit tests after: with `-n 2
-    --dist loadfile --no-loadscope-reorder` (make test) the two longest pipeline runs
-    start at once on both workers and the shorter tests fill in behind them."""
-
-    def order(item) -> tuple:
-        name = item.path.name
-        return item.get_closest_marker("e2e") is None, LONGEST_FIRST.index(name) if name in LONGEST_FIRST else 99
-
-    items.sort(key=order)
+    """FIRST's files first, the rest after in collection order (`make test`: `-n 2 --dist
+    loadfile --no-loadscope-reorder`)."""
+    items.sort(key=lambda item: FIRST.index(item.path.name) if item.path.name in FIRST else len(FIRST))
 
 
 @pytest.fixture(scope="session")

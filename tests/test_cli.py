@@ -1,6 +1,5 @@
 """The README's commands, run as a user would (subprocesses of the installed console script)."""
 
-import json
 import os
 import re
 import shutil
@@ -181,24 +180,3 @@ def test_serve_stops_cleanly_on_sigterm(serving_dir):
         assert "Traceback" not in proc.stderr.read()
     finally:
         proc.kill()
-
-
-def test_benchmarks_run_and_report_their_figures():
-    # Tiny sizes: that each benchmark still runs end to end and reports what the README
-    # quotes, not how fast anything is.
-    serve = json.loads(
-        animerec(
-            "bench", "serve", "--users", "500", "--anime", "300", "--seconds", "0.5", "--levels", "1", "--json"
-        ).stdout.splitlines()[-1]
-    )
-    for model in ("retrieval only", "two stages"):
-        (level,) = serve[model]["levels"]
-        assert level["clients"] == 1 and level["requests"] > 0 and level["errors"] == 0
-        assert serve[model]["in_process_ms"] > 0 and serve[model]["session_ms"] > 0
-    train = json.loads(
-        animerec(
-            "bench", "train", "--batch-sizes", "256", "--steps", "2", "--rows", "20000", "--json"
-        ).stdout.splitlines()[-1]
-    )
-    assert [level["batch_size"] for level in train["levels"]] == [256]
-    assert train["levels"][0]["examples_per_second"] > 0 and train["liked_rows"] > 0

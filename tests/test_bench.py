@@ -1,0 +1,28 @@
+"""The benchmarks' commands, run as a user would (`animerec bench ...` in a subprocess).
+A file of its own: a minute of subprocesses that a parallel test run can place apart
+from the other command-line tests."""
+
+import json
+
+from tests.test_cli import animerec
+
+
+def test_benchmarks_run_and_report_their_figures():
+    # Tiny sizes: that each benchmark still runs end to end and reports what the README
+    # quotes, not how fast anything is.
+    serve = json.loads(
+        animerec(
+            "bench", "serve", "--users", "500", "--anime", "300", "--seconds", "0.5", "--levels", "1", "--json"
+        ).stdout.splitlines()[-1]
+    )
+    for model in ("retrieval only", "two stages"):
+        (level,) = serve[model]["levels"]
+        assert level["clients"] == 1 and level["requests"] > 0 and level["errors"] == 0
+        assert serve[model]["in_process_ms"] > 0 and serve[model]["session_ms"] > 0
+    train = json.loads(
+        animerec(
+            "bench", "train", "--batch-sizes", "256", "--steps", "2", "--rows", "20000", "--json"
+        ).stdout.splitlines()[-1]
+    )
+    assert [level["batch_size"] for level in train["levels"]] == [256]
+    assert train["levels"][0]["examples_per_second"] > 0 and train["liked_rows"] > 0
