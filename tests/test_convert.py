@@ -79,8 +79,8 @@ def _pairs(rows: list[dict]) -> list[tuple]:
 
 
 def test_interactions_come_out_in_one_global_random_order(real_data_dir, tmp_path, monkeypatch):
-    # ExampleGen copies records in order, so the converter's shuffle is the only one
-    # before the Trainer's windows: rows must not stay grouped by user, in any shard.
+    # ExampleGen writes records in the converter's order, the only shuffle they get before
+    # the Trainer: rows must not stay grouped by user, in any shard.
     monkeypatch.setattr(convert, "ROWS_PER_SHARD", 10_000)
     buckets = convert.shuffle_buckets(os.path.join(real_data_dir, "animelist.csv"))
     assert buckets > 1

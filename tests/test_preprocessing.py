@@ -144,6 +144,9 @@ def test_trainer_reads_raw_examples_through_the_transform_graph(transformed, tmp
     read = concatenate(transformed_reader(output)(path, columns, batch_size=3), columns)
     for name in columns:
         assert len(read[name]) == len(rows), name
+        # One value a row; TEXT_MAX_TOKENS ids a token list; a [rows, 1] column for catalog metadata.
+        width = f.TEXT_MAX_TOKENS.get(name, 1 if name in f.RAW_CATALOG_FEATURES else None)
+        assert read[name].shape[1:] == (() if width is None else (width,)), (name, read[name].shape)
         for r, value in zip(rows, read[name]):
             expected = np.atleast_1d(r[name])
             if name in f.TEXT_MAX_TOKENS:

@@ -249,8 +249,6 @@ def _clustered_data(users=80, seed=0) -> TrainingData:
         weight=np.ones(int((~held).sum()), np.float32),
         validation_splits=validation_splits,
         validation_values=validation_values,
-        validation_user_ids=np.unique(user[held] + 1000),
-        validation_percent=20,
     )
 
 

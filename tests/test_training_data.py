@@ -170,6 +170,11 @@ def test_split_patterns_name_the_missing_split():
         trainer.split_patterns(["/x/Split-train/*"], f.CATALOG_SPLIT)
 
 
+def _weight(user: int, anime: int) -> float:
+    """A weight per (user, anime), exact in float32: a row's weight names the row."""
+    return user + anime / 64
+
+
 def test_validation_rows_are_carved_out_of_histories_and_training_batches(tmp_path):
     """With validation_percent, some liked rows of users with enough history leave the
     histories and the streamed training rows; put back, they give the histories again."""
@@ -185,7 +190,7 @@ def test_validation_rows_are_carved_out_of_histories_and_training_batches(tmp_pa
                     f.ANIME_ID: 500 + anime,
                     f.ANIME_INDEX: anime,
                     f.LIKED: 1,
-                    f.WEIGHT: 1.0,
+                    f.WEIGHT: _weight(user, anime),
                     f.NAME: b"",
                     f.GENRES: b"",
                     **{n: [] for n in f.TEXT_MAX_TOKENS},
@@ -223,10 +228,10 @@ def test_validation_rows_are_carved_out_of_histories_and_training_batches(tmp_pa
     for row, user in enumerate(task.users):
         assert task.truth[row] == {a for a in held[user]}  # anime index == catalog position here
         assert not task.truth[row] & set(task.seen_col[task.seen_row == row].tolist())
-    # The training rows are the fitting rows only, each once per pass.
-    user_index, anime_index, *_ = next(iter(retrieval.training_dataset(data, batch_size=data.liked_rows)))
-    rows = sorted(zip(user_index.numpy().tolist(), anime_index.numpy().tolist()))
-    assert rows == sorted((u, a) for u in range(n_users) for a in fit[u])
+    # The training rows are the fitting rows only, each with its own weight, once per pass.
+    user_index, anime_index, weight, *_ = next(iter(retrieval.training_dataset(data, batch_size=data.liked_rows)))
+    rows = sorted(zip(user_index.numpy().tolist(), anime_index.numpy().tolist(), weight.numpy().tolist()))
+    assert rows == sorted((u, a, _weight(u, a)) for u in range(n_users) for a in fit[u])
 
 
 def _csr_of(data):

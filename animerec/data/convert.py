@@ -13,7 +13,7 @@ grouped by user as Kaggle ships it; otherwise its rows are first spilled to user
 buckets (by user id) and each bucket is labeled whole: the same splits either way.
 Interaction records are written in one global random order (spilled into
 buckets at random, each bucket permuted), so ExampleGen need not reshuffle them
-and the Trainer's shuffle windows draw from every user. Every record carries
+and no later stage depends on the file's order (any run of records is a random sample). Every record carries
 every raw feature (features.RAW_FEATURES) so that the three splits share one
 dense schema. Inputs, spill files and outputs may be on any filesystem that
 TensorFlow reads (animerec.data.files), so that Beam workers on other machines share

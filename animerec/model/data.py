@@ -64,12 +64,9 @@ class TrainingData:
     # Catalog positions held out for eval: seen by the user, so serving excludes them too.
     heldout_splits: np.ndarray | None = None
     heldout_values: np.ndarray | None = None
-    # Liked training rows held out for validation (anime indices per user index), and the
-    # raw ids of the users who have some (interactions.validation_users).
+    # Liked training rows held out for validation (anime indices per user index).
     validation_splits: np.ndarray | None = None
     validation_values: np.ndarray | None = None
-    validation_user_ids: np.ndarray | None = None
-    validation_percent: int = 0
 
     def with_validation_in_history(self) -> TrainingData:
         """The validation rows put back into the liked histories: what the exported model knows."""
@@ -109,12 +106,6 @@ class TrainingData:
             held_position,
             max_users=max_users,
         )
-
-    def is_validation_row(self, user_id: np.ndarray, anime_id: np.ndarray) -> np.ndarray:
-        """For raw (user, anime) ids of liked training rows: held out for validation?"""
-        if self.validation_user_ids is None:
-            return np.zeros(len(user_id), dtype=bool)
-        return interactions.is_validation(user_id, anime_id, self.validation_user_ids, self.validation_percent)
 
     def with_heldout(self, user_index: np.ndarray, anime_id: np.ndarray) -> TrainingData:
         """Adds the eval split's rows (raw anime ids by user index) as held-out seen titles."""
@@ -183,13 +174,17 @@ def glob_files(file_patterns) -> tuple[list[str], str]:
     return files, "GZIP" if files[0].endswith(".gz") else ""
 
 
-def example_batches(file_patterns, feature_spec: dict, batch_size: int = READ_BATCH):
-    """Streams (gzipped) TFRecords of tf.Examples as dicts of numpy arrays, batch by batch."""
+def _parsed_batches(file_patterns, parse, batch_size: int):
+    """Streams (gzipped) TFRecords as dicts of numpy arrays, `parse` applied to each batch."""
     files, compression = glob_files(file_patterns)
     # One reader: parallel reads hand every small record between threads, 9x slower here.
     dataset = tf.data.TFRecordDataset(files, compression_type=compression)
-    dataset = dataset.batch(batch_size).map(dense_parser(feature_spec), num_parallel_calls=2).prefetch(2)
-    return dataset.as_numpy_iterator()
+    return dataset.batch(batch_size).map(parse, num_parallel_calls=2).prefetch(2).as_numpy_iterator()
+
+
+def example_batches(file_patterns, feature_spec: dict, batch_size: int = READ_BATCH):
+    """Streams (gzipped) TFRecords of tf.Examples as dicts of numpy arrays, batch by batch."""
+    return _parsed_batches(file_patterns, dense_parser(feature_spec), batch_size)
 
 
 def transformed_reader(tf_transform_output):
@@ -202,16 +197,13 @@ def transformed_reader(tf_transform_output):
     layer = tf_transform_output.transform_features_layer()
 
     def read(file_patterns, columns, batch_size: int = READ_BATCH):
-        files, compression = glob_files(file_patterns)
-
         # Without AutoGraph: nothing here to convert, and converting the layer's call took 3.4 s a read.
         @tf.autograph.experimental.do_not_convert
         def transform(serialized: tf.Tensor) -> dict:
             transformed = layer(tf.io.parse_example(serialized, raw_spec))
             return _dense({name: transformed[name] for name in columns}, tf.shape(serialized, out_type=tf.int64)[0])
 
-        dataset = tf.data.TFRecordDataset(files, compression_type=compression)
-        return dataset.batch(batch_size).map(transform, num_parallel_calls=2).prefetch(2).as_numpy_iterator()
+        return _parsed_batches(file_patterns, transform, batch_size)
 
     return read
 
@@ -313,8 +305,6 @@ def load_training_data(
         validation = dict(
             validation_splits=splits,
             validation_values=values,
-            validation_user_ids=eligible,
-            validation_percent=validation_percent,
         )
     history_splits, history_values = _csr(users[fit], items[fit], n_users)
     seen_splits, seen_values = _csr(users, positions, n_users)
