@@ -46,6 +46,17 @@ def load_training_data(train_files, tf_transform_output: tft.TFTransformOutput, 
     )
 
 
+def epochs_and_steps(rows: int, batch_size: int, epochs: int, train_steps: int | None) -> tuple[int, int]:
+    """Keras epochs and steps per epoch: `epochs` passes over the rows, or, with
+    `train_steps` (TFX's TrainArgs.num_steps), as many epochs of at most a pass each as
+    that takes, the steps spread evenly (at most epochs - 1 steps more than asked)."""
+    steps_per_epoch = max(1, rows // batch_size)
+    if not train_steps:
+        return epochs, steps_per_epoch
+    epochs = math.ceil(train_steps / steps_per_epoch)
+    return epochs, math.ceil(train_steps / epochs)
+
+
 def run_fn(fn_args) -> None:
     """TFX Trainer entry point (generic trainer)."""
     config = TrainingConfig(**(fn_args.custom_config or {}))
@@ -63,11 +74,7 @@ def run_fn(fn_args) -> None:
     )
     model = retrieval.build_model_from_config(data, config)
     dataset = retrieval.training_dataset(data, config.batch_size, seed=config.seed, repeat=True)
-    steps_per_epoch = max(1, data.liked_rows // config.batch_size)
-    epochs = config.epochs
-    if fn_args.train_steps:
-        epochs = max(1, math.ceil(fn_args.train_steps / steps_per_epoch))
-        steps_per_epoch = min(steps_per_epoch, fn_args.train_steps)
+    epochs, steps_per_epoch = epochs_and_steps(data.liked_rows, config.batch_size, config.epochs, fn_args.train_steps)
     tensorboard = tf.keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch")
     start = time.time()
     history = model.fit(dataset, epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=[tensorboard], verbose=2)

@@ -236,3 +236,17 @@ def test_validation_rows_are_carved_out_of_histories_and_training_batches(tmp_pa
 
 def _csr_of(data):
     return data.history_splits, data.history_values
+
+
+@pytest.mark.parametrize(
+    "rows, batch_size, epochs, train_steps, expected",
+    [
+        (10_000, 100, 5, None, (5, 100)),  # epochs of one pass each
+        (50, 100, 3, None, (3, 1)),  # fewer rows than a batch: one step a pass
+        (17_800, 100, 5, 200, (2, 100)),  # 200 steps of 178-step passes: 2 epochs of 100, not 356
+        (10_000, 100, 5, 20, (1, 20)),  # fewer steps than a pass
+        (1_000, 100, 5, 25, (3, 9)),  # 27 steps: at most epochs - 1 more than asked
+    ],
+)
+def test_train_steps_are_what_tfx_asked_for(rows, batch_size, epochs, train_steps, expected):
+    assert trainer.epochs_and_steps(rows, batch_size, epochs, train_steps) == expected
