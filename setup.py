@@ -36,6 +36,7 @@ setup(
         "tfx[kfp]==1.16.0",
         "tensorflow==2.16.2",
         "tensorflow-recommenders==0.7.7",
+        "scann==1.3.1",
         "tensorflow-transform==1.16.0",
         "tensorflow-metadata==1.16.1",
         "tensorflow-serving-api==2.16.1",

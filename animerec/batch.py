@@ -1,8 +1,9 @@
 """`animerec batch-recommend`: top k for every user the model knows, as a Beam job, to Parquet.
 
-The seed article's "streaming" recommendations, done offline: each worker loads
+The seed article's "streaming" recommendations, done offline: each worker process loads
 the SavedModel once and scores users in chunks through its `recommend`
-signature (seen titles excluded, as online). Runs on any Beam runner.
+signature (seen titles excluded, as online), or searches a ScaNN index over the
+same arrays (`--index scann`). Runs on any Beam runner.
 """
 
 from __future__ import annotations
@@ -39,32 +40,66 @@ def known_users(model_dir: str) -> np.ndarray:
     return model.known_user_ids.numpy()
 
 
-class RecommendChunk(beam.DoFn):
-    """One chunk of user ids in, one row per (user, rank) out."""
+class _SavedModelRecommender:
+    """The SavedModel's `recommend` signature (brute force), as numpy arrays."""
 
-    def __init__(self, model_dir: str, k: int):
-        self.model_dir = model_dir
-        self.k = k
-        self._signature = None
-
-    def setup(self):
+    def __init__(self, model_dir: str):
         os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
         import tensorflow as tf
 
         self._tf = tf
-        self._signature = tf.saved_model.load(self.model_dir).signatures[f.RECOMMEND_SIGNATURE]
+        self._model = tf.saved_model.load(model_dir)  # the signature needs its model alive
+        self._signature = self._model.signatures[f.RECOMMEND_SIGNATURE]
 
-    def process(self, users):
+    def top(self, users: list, k: int) -> dict:
         tf = self._tf
         out = self._signature(
             user_id=tf.constant(users, tf.int64),
-            k=tf.fill([len(users)], self.k),
+            k=tf.fill([len(users)], k),
             exclude_anime_ids=tf.fill([len(users), 1], tf.constant(-1, tf.int64)),
         )
-        ids = out[f.OUTPUT_ANIME_IDS].numpy()
-        scores = out[f.OUTPUT_SCORES].numpy()
-        titles = out[f.OUTPUT_TITLES].numpy()
-        fallback = out[f.OUTPUT_IS_FALLBACK].numpy()
+        return {name: value.numpy() for name, value in out.items()}
+
+
+class _ScannRecommender:
+    """Known users' top k from a ScaNN index over the model's arrays (serving/scann_index.py)."""
+
+    def __init__(self, model_dir: str):
+        from animerec.serving.scann_index import ScannRetrieval
+
+        self._index = ScannRetrieval(model_dir)
+
+    def top(self, users: list, k: int) -> dict:
+        return self._index.top(np.asarray(users, np.int64), np.full(len(users), k), k, None)
+
+
+RECOMMENDERS = {"brute_force": _SavedModelRecommender, "scann": _ScannRecommender}
+
+
+class RecommendChunk(beam.DoFn):
+    """One chunk of user ids in, one row per (user, rank) out. The model (or index) is
+    loaded once per worker process and shared by its DoFn instances (Beam's Shared)."""
+
+    def __init__(self, model_dir: str, k: int, index: str = "brute_force"):
+        from apache_beam.utils import shared
+
+        if index not in RECOMMENDERS:
+            raise ValueError(f"unknown index {index!r}; one of {', '.join(RECOMMENDERS)}")
+        self.model_dir = model_dir
+        self.k = k
+        self.index = index
+        self._shared = shared.Shared()
+        self._model = None
+
+    def setup(self):
+        self._model = self._shared.acquire(lambda: RECOMMENDERS[self.index](self.model_dir), tag=self.index)
+
+    def process(self, users):
+        out = self._model.top(users, self.k)
+        ids = out[f.OUTPUT_ANIME_IDS]
+        scores = out[f.OUTPUT_SCORES]
+        titles = out[f.OUTPUT_TITLES]
+        fallback = out[f.OUTPUT_IS_FALLBACK]
         for row, user in enumerate(users):
             for rank in range(ids.shape[1]):
                 if ids[row, rank] < 0:
@@ -80,9 +115,15 @@ class RecommendChunk(beam.DoFn):
 
 
 def batch_recommend(
-    model_dir: str, output_prefix: str, k: int = 50, beam_args: list[str] | None = None, users=None
+    model_dir: str,
+    output_prefix: str,
+    k: int = 50,
+    beam_args: list[str] | None = None,
+    users=None,
+    index: str = "brute_force",
 ) -> int:
-    """Writes <output_prefix>-SSSSS-of-NNNNN.parquet; returns the number of users."""
+    """Writes <output_prefix>-SSSSS-of-NNNNN.parquet; returns the number of users. `index`:
+    one of features.RETRIEVAL_INDEXES (ScaNN for retrieval-only models)."""
     users = known_users(model_dir) if users is None else np.asarray(users, np.int64)
     chunks = [users[i : i + CHUNK].tolist() for i in range(0, len(users), CHUNK)]
     options = beam.options.pipeline_options.PipelineOptions(beam_args or ["--runner=DirectRunner"])
@@ -91,7 +132,7 @@ def batch_recommend(
             pipeline
             | "UserChunks" >> beam.Create(chunks)
             | "Reshuffle" >> beam.Reshuffle()
-            | "Recommend" >> beam.ParDo(RecommendChunk(model_dir, k))
+            | "Recommend" >> beam.ParDo(RecommendChunk(model_dir, k, index))
             | "Write" >> beam.io.WriteToParquet(output_prefix, PARQUET_SCHEMA, file_name_suffix=".parquet")
         )
     return len(users)

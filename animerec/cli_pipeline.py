@@ -176,7 +176,7 @@ def _batch_recommend(args) -> int:
 
     model_dir = newest_version_dir(args.model_dir) or args.model_dir
     beam_args = args.beam_arg or local_beam_args(args.workers)
-    n = batch_recommend(model_dir, args.output, k=args.k, beam_args=beam_args)
+    n = batch_recommend(model_dir, args.output, k=args.k, beam_args=beam_args, index=args.index)
     files = sorted(glob.glob(args.output + "*.parquet"))
     print(
         f"Top {args.k} for {n:,} users from {model_dir} -> {len(files)} Parquet file(s): {', '.join(os.path.basename(p) for p in files)}"
@@ -194,6 +194,7 @@ def _serve(args) -> int:
         host=args.host,
         rest_port=args.rest_port or None,
         intra_op_threads=args.intra_op_threads,
+        index=args.index,
     )
     return 0
 
@@ -468,6 +469,12 @@ def _add_batch_command(commands) -> None:
     batch.add_argument("-k", type=int, default=50, help="titles per user (default %(default)s)")
     batch.add_argument("--workers", type=int, default=None, help="Beam worker processes (default: one per core)")
     batch.add_argument(
+        "--index",
+        choices=f.RETRIEVAL_INDEXES,
+        default="brute_force",
+        help="known users' retrieval, as `serve --index` (default %(default)s)",
+    )
+    batch.add_argument(
         "--beam-arg",
         action="append",
         default=[],
@@ -488,6 +495,12 @@ def _add_bench_commands(commands) -> None:
     )
     bench_serve.add_argument(
         "--levels", type=int, nargs="+", default=[1, 4, 16], help="concurrent clients (default 1 4 16)"
+    )
+    bench_serve.add_argument(
+        "--scann-titles",
+        type=int,
+        default=1_000_000,
+        help="generated titles for ScaNN against brute force at scale (default %(default)s; 0: none)",
     )
     bench_serve.add_argument("--json", action="store_true", help="print only the JSON summary line")
     bench_serve.set_defaults(func=_bench("serve"))
@@ -547,6 +560,13 @@ def _add_serving_commands(commands) -> None:
         help="address to bind (default %(default)s: this machine only; 0.0.0.0 in a container)",
     )
     serve.add_argument("--model-name", default=f.MODEL_NAME, help="model name clients ask for (default %(default)s)")
+    serve.add_argument(
+        "--index",
+        choices=f.RETRIEVAL_INDEXES,
+        default="brute_force",
+        help="known users' retrieval: the SavedModel's brute-force product, as TF Serving runs it, or a "
+        "ScaNN index over the same arrays (retrieval-only models; default %(default)s)",
+    )
     serve.set_defaults(func=_serve)
 
     recommend = commands.add_parser("recommend", help="ask a TF Serving gRPC endpoint for a user's top titles")

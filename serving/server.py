@@ -113,12 +113,16 @@ def start_server(
     batching: BatchingConfig | None = None,
     rest_port: int | None = None,
     intra_op_threads: int = INTRA_OP_THREADS,
+    index: str = "brute_force",
 ) -> RunningServer:
     """Starts serving; port 0 picks a free port. Fails if no complete version exists.
     Every signature is batched as TF Serving's --enable_batching does, with `batching`
     (serving/batching.config when None). With `rest_port` (0: a free one), TF Serving's
-    REST API is served too, over the same versions and batcher."""
-    manager = ModelManager(model_name, model_base_path, poll_seconds, session_config(intra_op_threads=intra_op_threads))
+    REST API is served too, over the same versions and batcher. `index` "scann" answers
+    known users' serving_default and recommend from a ScaNN index (serving/scann_index.py)."""
+    manager = ModelManager(
+        model_name, model_base_path, poll_seconds, session_config(intra_op_threads=intra_op_threads), index
+    )
     manager.start()
     if manager.current is None:
         manager.stop()
@@ -151,6 +155,7 @@ def serve_forever(
     host: str = "127.0.0.1",
     rest_port: int | None = None,
     intra_op_threads: int = INTRA_OP_THREADS,
+    index: str = "brute_force",
 ) -> None:
     """Serves until Ctrl-C or SIGTERM (as Kubernetes stops a pod), then drains requests in flight."""
     running = start_server(
@@ -160,6 +165,7 @@ def serve_forever(
         host=host,
         rest_port=rest_port,
         intra_op_threads=intra_op_threads,
+        index=index,
     )
     rest = f" and REST on {host}:{running.rest.port}" if running.rest else ""
     print(

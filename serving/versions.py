@@ -16,6 +16,7 @@ from tensorflow.python.util import deprecation
 
 from animerec import features as f
 from animerec.pipeline.artifacts import complete_versions
+from animerec.serving import scann_index
 from animerec.serving.batching import RequestError
 from animerec.serving.predict import call_signature, validate_predict
 
@@ -39,6 +40,8 @@ class LoadedVersion:
     path: str
     session: object
     signature_defs: dict  # name -> SignatureDef proto
+    # With --index scann: answers scann_index.SIGNATURES instead of the Session.
+    index: object = None
     _callables: dict = dataclasses.field(default_factory=dict)
     _specs: dict = dataclasses.field(default_factory=dict)
 
@@ -50,8 +53,14 @@ class LoadedVersion:
             }
         return self._specs[name]
 
+    def output_width(self, name: str) -> int:
+        """The columns of signature `name`'s outputs (its largest k)."""
+        return self.signature_defs[name].outputs[f.OUTPUT_ANIME_IDS].tensor_shape.dim[1].size
+
     def run(self, name: str, inputs: dict) -> dict:
         """Runs signature `name` on numpy inputs keyed by alias; outputs keyed by alias."""
+        if self.index is not None and name in scann_index.SIGNATURES:
+            return self.index.run(name, inputs, self.output_width(name))
         if name not in self._callables:
             signature = self.signature_defs[name]
             in_aliases = sorted(signature.inputs)
@@ -78,7 +87,11 @@ def session_config(inter_op_threads: int = INTER_OP_THREADS, intra_op_threads: i
     return config
 
 
-def load_version(base_path: str, version: int, config=None) -> LoadedVersion:
+def load_version(base_path: str, version: int, config=None, index: str = "brute_force") -> LoadedVersion:
+    """Version `version` in a Session; with index "scann", known users' retrieval from a
+    ScaNN index over its arrays (scann_index)."""
+    if index not in f.RETRIEVAL_INDEXES:
+        raise ValueError(f"unknown index {index!r}; one of {', '.join(f.RETRIEVAL_INDEXES)}")
     path = os.path.join(base_path, str(version))
     graph = tf.Graph()
     session = tf.compat.v1.Session(graph=graph, config=config or session_config())
@@ -88,7 +101,9 @@ def load_version(base_path: str, version: int, config=None) -> LoadedVersion:
         meta_graph = tf.compat.v1.saved_model.loader.load(session, [tf.saved_model.SERVING], path)
     signature_defs = dict(meta_graph.signature_def)
     signature_defs.pop("__saved_model_init_op", None)
-    return LoadedVersion(version, path, session, signature_defs)
+    return LoadedVersion(
+        version, path, session, signature_defs, scann_index.ScannRetrieval(path) if index == "scann" else None
+    )
 
 
 # TF Serving replays at most this many warmup records per version.
@@ -128,11 +143,14 @@ class ModelManager:
     skipped, and the one being served keeps serving; if the served version's folder is
     deleted, the newest remaining version takes over."""
 
-    def __init__(self, name: str, base_path: str, poll_seconds: float = POLL_SECONDS, config=None):
+    def __init__(
+        self, name: str, base_path: str, poll_seconds: float = POLL_SECONDS, config=None, index: str = "brute_force"
+    ):
         self.name = name
         self.base_path = base_path
         self.poll_seconds = poll_seconds
         self.config = config  # the Sessions' ConfigProto (session_config() when None)
+        self.index = index  # known users' retrieval: one of features.RETRIEVAL_INDEXES
         self._current: LoadedVersion | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -165,7 +183,7 @@ class ModelManager:
             if version in self.failed and self.failed[version][1] == stamp:
                 continue
             try:
-                loaded = load_version(self.base_path, version, self.config)
+                loaded = load_version(self.base_path, version, self.config, self.index)
                 warm_up(loaded)
             except Exception as error:  # noqa: BLE001 - any broken version is skipped, never fatal
                 message = str(error).splitlines()[0] if str(error) else type(error).__name__

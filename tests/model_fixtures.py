@@ -47,3 +47,17 @@ def small_training_data(seed: int = 0) -> TrainingData:
         seen_splits=seen_splits,
         seen_values=seen_values,
     )
+
+
+def export_small_model(path: str) -> str:
+    """small_training_data's model, trained briefly and exported to `path` (top 4)."""
+    import tensorflow as tf
+
+    from animerec.model import export, retrieval
+
+    data = small_training_data()
+    tf.keras.utils.set_random_seed(0)
+    model = retrieval.build_model(data, 8, temperature=0.1, learning_rate=0.05)
+    model.fit(retrieval.training_dataset(data, batch_size=6), epochs=2, verbose=0)
+    export.export_serving_model(model, data, retrieval.catalog_embeddings(model, data), top_k=4, path=path)
+    return path

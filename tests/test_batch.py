@@ -2,6 +2,7 @@
 
 import glob
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
@@ -35,3 +36,40 @@ def test_every_known_user_gets_unseen_titles(model_dir, tmp_path):
         assert rows["score"].is_monotonic_decreasing
         assert len(rows) == min(4, 6 - len(seen[user])), "padding slots are not written"
     assert not table["is_fallback"].any()
+
+
+def _table(prefix: str):
+    return pq.ParquetDataset(glob.glob(prefix + "*.parquet")).read().to_pandas().sort_values(["user_id", "rank"])
+
+
+def test_scann_index_writes_what_brute_force_writes(model_dir, tmp_path):
+    batch.batch_recommend(model_dir, str(tmp_path / "brute"), k=4, beam_args=["--runner=DirectRunner"])
+    batch.batch_recommend(model_dir, str(tmp_path / "scann"), k=4, beam_args=["--runner=DirectRunner"], index="scann")
+    brute, scann = _table(str(tmp_path / "brute")), _table(str(tmp_path / "scann"))
+    assert len(brute) == len(scann) > 0
+    for column in ("user_id", "rank", "anime_id", "title", "is_fallback"):
+        assert brute[column].tolist() == scann[column].tolist(), column
+    np.testing.assert_allclose(scann["score"], brute["score"], rtol=1e-5)
+
+
+def test_one_model_per_worker_process(model_dir, tmp_path, monkeypatch):
+    """DoFn instances of one process share the loaded model (Beam's Shared), as RunInference does."""
+    loads = []
+
+    class Counted(batch._SavedModelRecommender):
+        def __init__(self, path):
+            loads.append(path)
+            super().__init__(path)
+
+    monkeypatch.setitem(batch.RECOMMENDERS, "brute_force", Counted)
+    users = list(range(100, 103)) * 400  # several chunks, so several bundles and DoFn instances
+    n = batch.batch_recommend(
+        model_dir,
+        str(tmp_path / "recs"),
+        k=2,
+        beam_args=["--runner=DirectRunner", "--direct_num_workers=2", "--direct_running_mode=multi_threading"],
+        users=users,
+    )
+    assert n == len(users)
+    assert len(_table(str(tmp_path / "recs"))) == 2 * len(users)
+    assert loads == [model_dir]

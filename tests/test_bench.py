@@ -10,15 +10,16 @@ from tests.test_cli import animerec
 def test_benchmarks_run_and_report_their_figures():
     # Tiny sizes: that each benchmark still runs end to end and reports what the README
     # quotes, not how fast anything is.
-    serve = json.loads(
-        animerec(
-            "bench", "serve", "--users", "500", "--anime", "300", "--seconds", "0.5", "--levels", "1", "--json"
-        ).stdout.splitlines()[-1]
-    )
-    for model in ("retrieval only", "two stages"):
+    args = "--users 500 --anime 300 --seconds 0.5 --levels 1 --scann-titles 5000 --json".split()
+    serve = json.loads(animerec("bench", "serve", *args).stdout.splitlines()[-1])
+    for model in ("retrieval only", "two stages", "retrieval only, ScaNN"):
         (level,) = serve[model]["levels"]
         assert level["clients"] == 1 and level["requests"] > 0 and level["errors"] == 0
+    for model in ("retrieval only", "two stages"):
         assert serve[model]["in_process_ms"] > 0 and serve[model]["session_ms"] > 0
+    # The model's 300 titles: ScaNN scores every one, so it finds exactly what brute force finds.
+    assert serve["scann"]["300"]["overlap@50"] == 1.0
+    assert serve["scann"]["5000"]["overlap@50"] > 0.9 and serve["scann"]["5000"]["scann_ms"] > 0
     train = json.loads(
         animerec(
             "bench", "train", "--batch-sizes", "256", "--steps", "2", "--rows", "20000", "--json"

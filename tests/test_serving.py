@@ -18,10 +18,9 @@ from tensorflow_serving.apis import (
 )
 
 from animerec import features as f
-from animerec.model import export, retrieval
 from animerec.serving import client, predict, server, versions
 from animerec.serving.batching import BatchingConfig
-from tests.model_fixtures import ANIME_IDS, small_training_data
+from tests.model_fixtures import ANIME_IDS, export_small_model
 
 MAX_BATCH = 8
 # As serving/batching.config, with a smaller batch so that the limit is cheap to test.
@@ -30,13 +29,7 @@ BATCHING = BatchingConfig(max_batch_size=MAX_BATCH, num_batch_threads=2, pad_var
 
 @pytest.fixture(scope="module")
 def exported_model(tmp_path_factory):
-    data = small_training_data()
-    tf.keras.utils.set_random_seed(0)
-    model = retrieval.build_model(data, 8, temperature=0.1, learning_rate=0.05)
-    model.fit(retrieval.training_dataset(data, batch_size=6), epochs=2, verbose=0)
-    path = str(tmp_path_factory.mktemp("exported"))
-    export.export_serving_model(model, data, retrieval.catalog_embeddings(model, data), top_k=4, path=path)
-    return path
+    return export_small_model(str(tmp_path_factory.mktemp("exported")))
 
 
 def push(exported: str, serving_dir: str, version: int) -> None:

@@ -131,6 +131,96 @@ def model_only_ms(model_dirs: dict[str, str], users: int, rounds: int = 4, block
     }
 
 
+def _overlap(found: np.ndarray, exact: np.ndarray) -> float:
+    """Mean share of each row's exact top titles that `found` has."""
+    return round(float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(found, exact)])), 4)
+
+
+def _median_ms(call, args: list) -> float:
+    times = []
+    for i, arg in enumerate(args):
+        start = time.perf_counter()
+        call(arg)
+        if i >= 20:  # the first calls warm the caches up
+            times.append(time.perf_counter() - start)
+    return round(float(np.median(times)) * 1000, 3)
+
+
+def bench_scann(
+    model_dir: str, users: int, k: int = 50, sample: int = 1000, big_catalog: int = 1_000_000, progress=print
+) -> dict:
+    """ScaNN's top-k overlap with brute force and its speed, one user a call: on the bench's
+    retrieval-only model (its untrained towers give nearly uniform directions, an index's
+    hardest case; seen titles excluded, as served), against the SavedModel's `recommend`
+    in-process; and over `big_catalog` generated titles (clustered, as catalogs are),
+    against a numpy product and top-k (none: 0)."""
+    import tensorflow as tf
+
+    from animerec.serving import scann_index
+
+    out = {}
+    start = time.time()
+    index = scann_index.ScannRetrieval(model_dir)
+    build_s = time.time() - start
+    signature = tf.saved_model.load(model_dir).signatures[f.RECOMMEND_SIGNATURE]
+    rng = np.random.default_rng(2)
+    chosen = rng.integers(0, users, sample).astype(np.int64)
+    none = np.full((sample, 1), -1, np.int64)
+    exact = signature(user_id=tf.constant(chosen), k=tf.fill([sample], k), exclude_anime_ids=tf.constant(none))
+    found = index.top(chosen, np.full(sample, k), k, none)
+    overlap = _overlap(found[f.OUTPUT_ANIME_IDS], exact[f.OUTPUT_ANIME_IDS].numpy()[:, :k])
+    one = [(np.array([u], np.int64), np.array([k], np.int32), np.full((1, 1), -1, np.int64)) for u in chosen[:300]]
+    scann_ms = _median_ms(lambda a: index.top(a[0], a[1], k, a[2]), one)
+    brute_ms = _median_ms(
+        lambda a: signature(user_id=tf.constant(a[0]), k=tf.constant(a[1]), exclude_anime_ids=tf.constant(a[2])), one
+    )
+    out[str(index.catalog_size)] = {
+        "titles": index.catalog_size,
+        "build_s": round(build_s, 1),
+        f"overlap@{k}": overlap,
+        "scann_ms": scann_ms,
+        "brute_force_ms": brute_ms,
+    }
+    progress(
+        f"{index.catalog_size:,} titles (the model, seen excluded): top-{k} overlap {overlap:.4f}; one user "
+        f"{scann_ms:.3f} ms with ScaNN, {brute_ms:.3f} ms brute force (the SavedModel in-process); "
+        f"index built in {build_s:.1f}s"
+    )
+    if not big_catalog:
+        return out
+    dim = 65  # the model's 64 and the bias
+    centers = rng.normal(size=(1000, dim)).astype(np.float32)
+    database = centers[rng.integers(0, len(centers), big_catalog)]
+    database += 0.5 * rng.normal(size=database.shape).astype(np.float32)
+    queries = centers[rng.integers(0, len(centers), 300)] + 0.5 * rng.normal(size=(300, dim)).astype(np.float32)
+    start = time.time()
+    searcher = scann_index.build_searcher(database)
+    build_s = time.time() - start
+
+    def brute(q):
+        scores = database @ q
+        top = np.argpartition(-scores, k)[:k]
+        return top[np.argsort(-scores[top])]
+
+    exact = np.stack([brute(q) for q in queries])
+    found, _ = scann_index.search(searcher, queries, k, big_catalog)
+    overlap = _overlap(found, exact)
+    scann_ms = _median_ms(lambda q: scann_index.search(searcher, q[None, :], k, big_catalog), list(queries))
+    brute_ms = _median_ms(brute, list(queries[:100]))
+    out[str(big_catalog)] = {
+        "titles": big_catalog,
+        "build_s": round(build_s, 1),
+        f"overlap@{k}": overlap,
+        "scann_ms": scann_ms,
+        "brute_force_ms": brute_ms,
+    }
+    progress(
+        f"{big_catalog:,} generated titles (clustered): top-{k} overlap {overlap:.4f}; one query {scann_ms:.3f} ms "
+        f"with ScaNN, {brute_ms:.3f} ms brute force (numpy); index built in {build_s:.0f}s"
+    )
+    return out
+
+
 def bench_serve(
     users: int = 325_000,
     anime: int = 17_500,
@@ -139,10 +229,12 @@ def bench_serve(
     seen: int = 300,
     seconds: float = 10.0,
     levels: tuple[int, ...] = (1, 4, 16),
+    scann_titles: int = 1_000_000,
     progress=print,
 ) -> dict:
     """Both serving models, back to back in one run: retrieval alone, then the two stages,
-    each served and driven by 1, 4 and 16 clients; then both models alone, called in turn."""
+    each served and driven by 1, 4 and 16 clients; retrieval alone served from a ScaNN
+    index, and ScaNN against brute force (bench_scann); then both models alone, called in turn."""
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         model_dirs = {}
@@ -160,6 +252,13 @@ def bench_serve(
                 second_stage,
                 progress,
             )
+        progress("== retrieval only, served with --index scann")
+        retrieval_dir = os.path.dirname(model_dirs["retrieval only"])
+        out["retrieval only, ScaNN"] = {
+            "levels": serve_and_drive(retrieval_dir, users, seconds, levels, progress, ("--index", "scann"))
+        }
+        progress("== ScaNN against brute force")
+        out["scann"] = bench_scann(model_dirs["retrieval only"], users, big_catalog=scann_titles, progress=progress)
         progress("== each model alone, one user a call, the models in turns of 250 calls")
         for name, figures in model_only_ms(model_dirs, users).items():
             out[name].update(figures)
@@ -180,11 +279,19 @@ def _bench_one_model(serving_dir, users, anime, dim, history, seen, seconds, lev
     progress(
         f"Built a {users:,}-user, {anime:,}-anime, dim-{dim} model ({size_mb:,.0f} MB) in {time.time() - start:.0f}s"
     )
+    return model_dir, {
+        "levels": serve_and_drive(serving_dir, users, seconds, levels, progress),
+        "size_mb": round(size_mb),
+    }
+
+
+def serve_and_drive(serving_dir, users, seconds, levels, progress, serve_args=()) -> list:
+    """`animerec serve` on serving_dir in its own process, driven by each level of clients."""
     port = _free_port()
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONWARNINGS="ignore")
     server = subprocess.Popen(
         [sys.executable, "-m", "animerec.cli", "serve", "--model-dir", serving_dir, "--port", str(port)]
-        + ["--rest-port", "0"],
+        + ["--rest-port", "0", *serve_args],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -204,7 +311,7 @@ def _bench_one_model(serving_dir, users, anime, dim, history, seen, seconds, lev
     finally:
         server.terminate()
         server.wait(timeout=30)
-    return model_dir, {"levels": results, "size_mb": round(size_mb)}
+    return results
 
 
 def main(args) -> int:
@@ -214,6 +321,7 @@ def main(args) -> int:
         dim=args.dim,
         seconds=args.seconds,
         levels=tuple(args.levels),
+        scann_titles=args.scann_titles,
         progress=(lambda _: None) if args.json else print,
     )
     if args.json:

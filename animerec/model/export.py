@@ -175,6 +175,9 @@ class RecommenderModule(tf.Module):
         known_users = np.flatnonzero(data.user_ids >= 0)
         # The users the model knows, for batch jobs that recommend to everyone.
         self.known_user_ids = tf.Variable(data.user_ids[known_users], trainable=False, name="known_user_ids")
+        # ... and their rows in user_embeddings, seen_* and heldout_*, for a ScaNN index
+        # built from the checkpoint (animerec.serving.scann_index).
+        self.known_user_rows = tf.Variable(known_users.astype(np.int64), trainable=False, name="known_user_rows")
         self.user_table = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(
                 tf.constant(data.user_ids[known_users], tf.int64), tf.constant(known_users, tf.int64)

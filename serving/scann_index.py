@@ -1,0 +1,171 @@
+"""Known users' retrieval from a ScaNN index (`animerec serve --index scann`,
+`animerec batch-recommend --index scann`), the third retrieval method of the design.
+
+The SavedModel that stock TF Serving loads stays brute force: one [batch, dim] x
+[dim, catalog] product a request. Here the same arrays, read from the version's
+checkpoint, answer `serving_default` and `recommend` instead: each title is indexed as
+[embedding, bias] and each user's query as [embedding, 1], so ScaNN's dot product is the
+model's score; ScaNN returns the user's nearest width + (titles excluded) titles,
+rescored exactly, and the excluded ones (seen, held out, asked) are dropped. Users
+without a history get the popularity order, as in the SavedModel. The other signatures
+(new users from their liked list, tf.Examples, the Evaluator's) stay on the Session.
+
+Only retrieval-only models qualify: a second stage's ranker reads every title's
+retrieval score (its item-item candidates are checked against them), which an index
+does not compute.
+"""
+
+from __future__ import annotations
+
+import os
+
+import grpc
+import numpy as np
+import tensorflow as tf
+
+from animerec import features as f
+from animerec.serving.batching import RequestError
+
+# The signatures an index answers; width: their outputs' columns.
+SIGNATURES = (f.DEFAULT_SIGNATURE, f.RECOMMEND_SIGNATURE)
+# Below EXACT_BELOW titles ScaNN scores every title exactly. Up to PARTITION_FROM (ScaNN's
+# own advice: no partitioning below about 20k points) it scans them all with asymmetric
+# hashing, then rescores the best REORDER_FACTOR x asked exactly; from there a tree
+# first narrows the scan to LEAVES_SEARCHED of its leaves. `animerec bench serve`
+# reports the top-50 overlap with brute force these give.
+EXACT_BELOW = 2048
+PARTITION_FROM = 20_000
+LEAVES_SEARCHED = 0.1
+REORDER_FACTOR = 10
+
+
+def _variable(reader, name: str) -> np.ndarray:
+    return reader.get_tensor(f"{name}/.ATTRIBUTES/VARIABLE_VALUE")
+
+
+def build_searcher(database: np.ndarray):
+    """A ScaNN dot-product searcher over `database` ([n, dim] float32)."""
+    from scann.scann_ops.py import scann_ops_pybind
+
+    n = len(database)
+    builder = scann_ops_pybind.builder(database, 10, "dot_product")
+    if n < EXACT_BELOW:
+        return builder.score_brute_force().build()
+    if n >= PARTITION_FROM:
+        leaves = int(np.sqrt(n))
+        builder = builder.tree(
+            num_leaves=leaves,
+            num_leaves_to_search=max(1, int(leaves * LEAVES_SEARCHED)),
+            training_sample_size=min(n, 250_000),
+        )
+    return builder.score_ah(2, anisotropic_quantization_threshold=0.2).reorder(100).build()
+
+
+def search(searcher, queries: np.ndarray, wanted: int, catalog_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The `wanted` best titles of each query ([batch, wanted] positions, exact scores)."""
+    wanted = min(wanted, catalog_size)
+    return searcher.search_batched(
+        queries, final_num_neighbors=wanted, pre_reorder_num_neighbors=min(catalog_size, REORDER_FACTOR * wanted)
+    )
+
+
+class ScannRetrieval:
+    """A retrieval-only SavedModel's known-user recommendations from a ScaNN index."""
+
+    def __init__(self, path: str):
+        reader = tf.train.load_checkpoint(os.path.join(path, "variables", "variables"))
+        if reader.has_tensor("liked_splits/.ATTRIBUTES/VARIABLE_VALUE"):
+            raise ValueError(
+                f"{path}: this model has a second stage, whose ranker reads every title's retrieval "
+                "score; --index scann serves retrieval-only models (serve it with --index brute_force)"
+            )
+        if not reader.has_tensor("known_user_rows/.ATTRIBUTES/VARIABLE_VALUE"):
+            raise ValueError(f"{path}: this model does not list its users' rows (exported before ScaNN); retrain it")
+        self.catalog = np.ascontiguousarray(_variable(reader, "catalog_embeddings_t").T)
+        self.bias = _variable(reader, "catalog_bias")
+        self.anime_ids = _variable(reader, "catalog_anime_ids")
+        self.titles = _variable(reader, "catalog_titles")
+        self.genres = _variable(reader, "catalog_genres")
+        self.user_embeddings = _variable(reader, "user_embeddings")
+        self.has_history = _variable(reader, "has_history")
+        self.empty_row = len(self.user_embeddings) - 1
+        self.seen = (_variable(reader, "seen_splits"), _variable(reader, "seen_values"))
+        self.heldout = (_variable(reader, "heldout_splits"), _variable(reader, "heldout_values"))
+        ids, rows = _variable(reader, "known_user_ids"), _variable(reader, "known_user_rows")
+        order = np.argsort(ids, kind="stable")
+        self._user_ids, self._user_rows = ids[order], rows[order]
+        order = np.argsort(self.anime_ids, kind="stable")
+        self._anime_ids_sorted, self._anime_positions = self.anime_ids[order], order.astype(np.int64)
+        self.popularity = _variable(reader, "popularity")
+        self.popular = np.argsort(-self.popularity, kind="stable")
+        self.searcher = build_searcher(np.concatenate([self.catalog, self.bias[:, None]], axis=1).astype(np.float32))
+
+    @property
+    def catalog_size(self) -> int:
+        return len(self.anime_ids)
+
+    def _lookup(self, keys: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndarray:
+        """values[i] where keys[i] == query (keys sorted), -1 where absent."""
+        at = np.minimum(np.searchsorted(keys, query), len(keys) - 1)
+        return np.where(keys[at] == query, values[at], -1) if len(keys) else np.full(query.shape, -1)
+
+    def user_rows(self, user_ids: np.ndarray) -> np.ndarray:
+        return self._lookup(self._user_ids, self._user_rows, user_ids)
+
+    def positions(self, anime_ids: np.ndarray) -> np.ndarray:
+        return self._lookup(self._anime_ids_sorted, self._anime_positions, anime_ids)
+
+    def top(self, user_ids: np.ndarray, k: np.ndarray, width: int, exclude_anime_ids: np.ndarray | None) -> dict:
+        """The outputs of the `recommend` signature (row b: the top k[b] unseen titles of
+        user_ids[b] in `width` columns, -1 / -inf / "" beyond), from the index."""
+        user_ids = np.asarray(user_ids, np.int64).reshape(-1)
+        batch = len(user_ids)
+        if batch == 0:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "user_id must hold at least one id")
+        k = np.clip(np.asarray(k, np.int64).reshape(-1), 0, width)
+        if len(k) != batch or (exclude_anime_ids is not None and len(exclude_anime_ids) != batch):
+            raise RequestError(
+                grpc.StatusCode.INVALID_ARGUMENT, f"every input needs as many rows as {f.SERVING_USER_ID} ({batch})"
+            )
+        rows = self.user_rows(user_ids)
+        rows = np.where(rows >= 0, rows, self.empty_row)
+        use_model = self.has_history[rows]
+        asked = self.positions(np.asarray(exclude_anime_ids, np.int64)) if exclude_anime_ids is not None else None
+        excluded = []
+        for b, row in enumerate(rows):
+            parts = [values[splits[row] : splits[row + 1]] for splits, values in (self.seen, self.heldout)]
+            if asked is not None:
+                parts.append(asked[b][asked[b] >= 0])
+            excluded.append(np.unique(np.concatenate(parts).astype(np.int64)))
+        positions = np.full((batch, width), -1, np.int64)
+        scores = np.full((batch, width), -np.inf, np.float32)
+        model_rows = np.flatnonzero(use_model)
+        if len(model_rows):
+            wanted = width + max(len(excluded[b]) for b in model_rows)
+            queries = np.concatenate(
+                [self.user_embeddings[rows[model_rows]], np.ones((len(model_rows), 1), np.float32)], axis=1
+            )
+            found, found_scores = search(self.searcher, queries, wanted, self.catalog_size)
+            for i, b in enumerate(model_rows):
+                keep = ~np.isin(found[i], excluded[b])
+                top = found[i][keep][:width]
+                positions[b, : len(top)], scores[b, : len(top)] = top, found_scores[i][keep][:width]
+        for b in np.flatnonzero(~use_model):
+            top = self.popular[~np.isin(self.popular, excluded[b])][:width]
+            positions[b, : len(top)], scores[b, : len(top)] = top, self.popularity[top]
+        valid = (positions >= 0) & (np.arange(width)[None, :] < k[:, None])
+        at = np.maximum(positions, 0)
+        return {
+            f.OUTPUT_ANIME_IDS: np.where(valid, self.anime_ids[at], -1),
+            f.OUTPUT_SCORES: np.where(valid, scores, -np.inf).astype(np.float32),
+            f.OUTPUT_TITLES: np.where(valid, self.titles[at], b"").astype(object),
+            f.OUTPUT_GENRES: np.where(valid, self.genres[at], b"").astype(object),
+            f.OUTPUT_IS_FALLBACK: ~use_model,
+        }
+
+    def run(self, name: str, inputs: dict, width: int) -> dict:
+        """Signature `name` (one of SIGNATURES) on its input arrays, in `width` columns."""
+        users = inputs[f.SERVING_USER_ID]
+        if name == f.DEFAULT_SIGNATURE:
+            return self.top(users, np.full(len(users), width), width, None)
+        return self.top(users, inputs[f.SERVING_K], width, inputs[f.SERVING_EXCLUDE])

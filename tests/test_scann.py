@@ -1,0 +1,146 @@
+"""Known users' retrieval from a ScaNN index: the same answers as the SavedModel's brute force
+(exactly on a small catalog, where ScaNN scores every title; nearly on a partitioned one),
+through the stand-in server over real gRPC."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from animerec import features as f
+from animerec.bench.serve import build_serving_model
+from animerec.serving import scann_index, server
+from tests.model_fixtures import export_small_model
+from tests.test_serving import BATCHING, _request, _stub, push
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+# (signature, inputs): known, unknown (999) and history-less users, several k, exclusions.
+REQUESTS = [
+    (f.DEFAULT_SIGNATURE, {f.SERVING_USER_ID: np.array([100, 999, 102], np.int64)}),
+    (
+        f.RECOMMEND_SIGNATURE,
+        {
+            f.SERVING_USER_ID: np.array([101, 100, 999], np.int64),
+            f.SERVING_K: np.array([1, 3, 2], np.int32),
+            f.SERVING_EXCLUDE: np.array([[50, -1], [40, 60], [-1, 10]], np.int64),
+        },
+    ),
+    (
+        f.RECOMMEND_SIGNATURE,
+        {
+            f.SERVING_USER_ID: np.array([102], np.int64),
+            f.SERVING_K: np.array([100], np.int32),  # capped at the signature's width
+            f.SERVING_EXCLUDE: np.array([[7777]], np.int64),  # not in the catalog: ignored
+        },
+    ),
+]
+
+
+def _assert_same(got: dict, expected: dict, what: str) -> None:
+    for key, value in expected.items():
+        value = value.numpy() if hasattr(value, "numpy") else value
+        assert got[key].shape == value.shape, (what, key)
+        if key == f.OUTPUT_SCORES:
+            np.testing.assert_allclose(got[key], value, rtol=1e-5, err_msg=f"{what} {key}")
+        else:
+            np.testing.assert_array_equal(got[key], value, err_msg=f"{what} {key}")
+
+
+@pytest.fixture(scope="module")
+def exported_model(tmp_path_factory):
+    return export_small_model(str(tmp_path_factory.mktemp("exported")))
+
+
+def test_scann_server_answers_as_the_savedmodel(exported_model, tmp_path):
+    serving_dir = str(tmp_path / "serving")
+    push(exported_model, serving_dir, 1)
+    srv = server.start_server(serving_dir, port=0, batching=BATCHING, index="scann")
+    try:
+        assert isinstance(srv.manager.current.index, scann_index.ScannRetrieval)
+        signatures = tf.saved_model.load(exported_model).signatures
+        stub = _stub(srv)
+        for name, inputs in REQUESTS:
+            expected = signatures[name](**{k: tf.constant(v) for k, v in inputs.items()})
+            response = stub.Predict(_request(name, **inputs), timeout=30)
+            got = {key: tf.make_ndarray(proto) for key, proto in response.outputs.items()}
+            _assert_same(got, expected, name)
+        # The other signatures still run on the Session.
+        liked = _request(
+            f.FROM_LIKED_SIGNATURE,
+            **{
+                f.SERVING_LIKED: np.array([[10, 20]], np.int64),
+                f.SERVING_K: np.array([2], np.int32),
+                f.SERVING_EXCLUDE: np.array([[-1]], np.int64),
+            },
+        )
+        assert tf.make_ndarray(stub.Predict(liked, timeout=30).outputs[f.OUTPUT_ANIME_IDS]).shape[0] == 1
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def partitioned_model(tmp_path_factory):
+    """A retrieval-only model over more titles than scann_index.EXACT_BELOW (untrained towers:
+    nearly uniform directions, the hardest case for an index)."""
+    path = build_serving_model(
+        str(tmp_path_factory.mktemp("partitioned")),
+        users=600,
+        anime=6000,
+        dim=16,
+        history=20,
+        seen=40,
+        second_stage=False,
+    )
+    return path
+
+
+def test_partitioned_index_finds_the_brute_force_top_titles(partitioned_model):
+    index = scann_index.ScannRetrieval(partitioned_model)
+    assert index.catalog_size >= scann_index.EXACT_BELOW, "this test is about hashing and rescoring"
+    model = tf.saved_model.load(partitioned_model)
+    users = model.known_user_ids.numpy()[:300]
+    k = 50
+    exclude = np.full((len(users), 1), -1, np.int64)
+    exclude[::2, 0] = index.anime_ids[0]  # half of the users also exclude the first title
+    expected = model.signatures[f.RECOMMEND_SIGNATURE](
+        user_id=tf.constant(users), k=tf.fill([len(users)], k), exclude_anime_ids=tf.constant(exclude)
+    )
+    want = expected[f.OUTPUT_ANIME_IDS].numpy()[:, :k]
+    got = index.top(users, np.full(len(users), k), k, exclude)
+    overlap = np.mean([len(set(a) & set(b)) / k for a, b in zip(got[f.OUTPUT_ANIME_IDS], want)])
+    assert overlap >= 0.95, overlap
+    # Returned scores are exact (rescored), in order, and nothing excluded comes back.
+    scores = got[f.OUTPUT_SCORES]
+    assert np.all(np.diff(scores, axis=1) <= 1e-6)
+    rows = index.user_rows(users)
+    positions = index.positions(got[f.OUTPUT_ANIME_IDS])
+    exact = np.einsum("bd,bkd->bk", index.user_embeddings[rows], index.catalog[positions]) + index.bias[positions]
+    np.testing.assert_allclose(scores, exact, rtol=1e-4, atol=1e-4)
+    for b, row in enumerate(rows):
+        seen = index.seen[1][index.seen[0][row] : index.seen[0][row + 1]]
+        assert not set(positions[b]) & set(seen)
+        if b % 2 == 0:
+            assert 0 not in positions[b]
+
+
+def test_a_two_stage_model_is_refused_with_one_clear_error(tmp_path):
+    serving_dir = str(tmp_path / "serving")
+    build_serving_model(serving_dir, users=20, anime=100, dim=4, history=3, seen=4, second_stage=True)
+    with pytest.raises(FileNotFoundError, match="second stage"):
+        server.start_server(serving_dir, port=0, batching=BATCHING, index="scann")
+
+
+def test_a_partitioned_searcher_finds_the_nearest_titles_of_a_clustered_catalog():
+    """From scann_index.PARTITION_FROM titles a tree narrows the scan (catalogs are clustered:
+    by genre, by audience)."""
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(200, 16))
+    n = scann_index.PARTITION_FROM + 5000
+    database = (centers[rng.integers(0, 200, n)] + 0.3 * rng.normal(size=(n, 16))).astype(np.float32)
+    queries = (centers[rng.integers(0, 200, 100)] + 0.3 * rng.normal(size=(100, 16))).astype(np.float32)
+    searcher = scann_index.build_searcher(database)
+    found, scores = scann_index.search(searcher, queries, 50, n)
+    exact = np.argsort(-(queries @ database.T), axis=1)[:, :50]
+    overlap = np.mean([len(set(a) & set(b)) / 50 for a, b in zip(found, exact)])
+    assert overlap >= 0.95, overlap
+    np.testing.assert_allclose(scores, np.take_along_axis(queries @ database.T, found.astype(np.int64), 1), rtol=1e-4)
