@@ -30,7 +30,7 @@ from animerec.serving.batching import RequestError
 SIGNATURES = (f.DEFAULT_SIGNATURE, f.RECOMMEND_SIGNATURE)
 # Below EXACT_BELOW titles ScaNN scores every title exactly. Up to PARTITION_FROM (ScaNN's
 # own advice: no partitioning below about 20k points) it scans them all with asymmetric
-# hashing, then rescores the best REORDER_FACTOR x asked exactly; from there a tree
+# hashing, then rescores the best REORDER_FACTOR x asked (and the excluded) exactly; from there a tree
 # first narrows the scan to LEAVES_SEARCHED of its leaves. `animerec bench serve`
 # reports the top-50 overlap with brute force these give.
 EXACT_BELOW = 2048
@@ -61,11 +61,18 @@ def build_searcher(database: np.ndarray):
     return builder.score_ah(2, anisotropic_quantization_threshold=0.2).reorder(100).build()
 
 
-def search(searcher, queries: np.ndarray, wanted: int, catalog_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """The `wanted` best titles of each query ([batch, wanted] positions, exact scores)."""
-    wanted = min(wanted, catalog_size)
+def search(
+    searcher, queries: np.ndarray, wanted: int, catalog_size: int, excluded: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """The `wanted` + `excluded` best titles of each query ([batch, wanted + excluded]
+    positions, exact scores), for the `wanted` best once up to `excluded` are dropped. The
+    rescoring covers REORDER_FACTOR x wanted beyond the excluded: those are among the
+    candidates anyway, and what rescoring corrects is the hashing's order of the rest."""
+    final = min(wanted + excluded, catalog_size)
     return searcher.search_batched(
-        queries, final_num_neighbors=wanted, pre_reorder_num_neighbors=min(catalog_size, REORDER_FACTOR * wanted)
+        queries,
+        final_num_neighbors=final,
+        pre_reorder_num_neighbors=min(catalog_size, excluded + REORDER_FACTOR * wanted),
     )
 
 
@@ -131,27 +138,30 @@ class ScannRetrieval:
         rows = np.where(rows >= 0, rows, self.empty_row)
         use_model = self.has_history[rows]
         asked = self.positions(np.asarray(exclude_anime_ids, np.int64)) if exclude_anime_ids is not None else None
-        excluded = []
+        # Row b's excluded titles, marked on a [batch, catalog] map (a title given twice is marked once).
+        excluded = np.zeros((batch, self.catalog_size), bool)
         for b, row in enumerate(rows):
-            parts = [values[splits[row] : splits[row + 1]] for splits, values in (self.seen, self.heldout)]
+            for splits, values in (self.seen, self.heldout):
+                excluded[b, values[splits[row] : splits[row + 1]]] = True
             if asked is not None:
-                parts.append(asked[b][asked[b] >= 0])
-            excluded.append(np.unique(np.concatenate(parts).astype(np.int64)))
+                excluded[b, asked[b][asked[b] >= 0]] = True
+        counts = excluded.sum(axis=1)
         positions = np.full((batch, width), -1, np.int64)
         scores = np.full((batch, width), -np.inf, np.float32)
         model_rows = np.flatnonzero(use_model)
         if len(model_rows):
-            wanted = width + max(len(excluded[b]) for b in model_rows)
             queries = np.concatenate(
                 [self.user_embeddings[rows[model_rows]], np.ones((len(model_rows), 1), np.float32)], axis=1
             )
-            found, found_scores = search(self.searcher, queries, wanted, self.catalog_size)
+            found, found_scores = search(
+                self.searcher, queries, width, self.catalog_size, int(counts[model_rows].max())
+            )
             for i, b in enumerate(model_rows):
-                keep = ~np.isin(found[i], excluded[b])
+                keep = ~excluded[b, found[i]]
                 top = found[i][keep][:width]
                 positions[b, : len(top)], scores[b, : len(top)] = top, found_scores[i][keep][:width]
         for b in np.flatnonzero(~use_model):
-            top = self.popular[~np.isin(self.popular, excluded[b])][:width]
+            top = self.popular[~excluded[b, self.popular]][:width]
             positions[b, : len(top)], scores[b, : len(top)] = top, self.popularity[top]
         valid = (positions >= 0) & (np.arange(width)[None, :] < k[:, None])
         at = np.maximum(positions, 0)
