@@ -263,10 +263,12 @@ def bench_serve(
         for name, figures in model_only_ms(model_dirs, users).items():
             out[name].update(figures)
             one_client = out[name]["levels"][0]["p50_ms"] if out[name]["levels"] else float("nan")
+            rest = one_client - figures["session_ms"]
+            floor = out[name]["grpc_floor"]["p50_ms"]
             progress(
                 f"{name}: {figures['in_process_ms']:.2f} ms in-process, {figures['session_ms']:.2f} ms in the "
-                f"server's Session; the rest of a served request at 1 client (p50): "
-                f"{one_client - figures['session_ms']:.2f} ms"
+                f"server's Session; the rest of a served request at 1 client (p50): {rest:.2f} ms, of which "
+                f"{floor:.2f} ms the gRPC floor and {rest - floor:.2f} ms the stand-in's own work"
             )
     return out
 
@@ -279,22 +281,58 @@ def _bench_one_model(serving_dir, users, anime, dim, history, seen, seconds, lev
     progress(
         f"Built a {users:,}-user, {anime:,}-anime, dim-{dim} model ({size_mb:,.0f} MB) in {time.time() - start:.0f}s"
     )
-    return model_dir, {
-        "levels": serve_and_drive(serving_dir, users, seconds, levels, progress),
-        "size_mb": round(size_mb),
-    }
+    responses: list = []
+    results = serve_and_drive(serving_dir, users, seconds, levels, progress, responses=responses)
+    progress("  the gRPC floor (a server answering with the same response's bytes, no model):")
+    floor = grpc_floor(responses[0], users, seconds, progress)
+    return model_dir, {"levels": results, "grpc_floor": floor, "size_mb": round(size_mb)}
 
 
-def serve_and_drive(serving_dir, users, seconds, levels, progress, serve_args=()) -> list:
-    """`animerec serve` on serving_dir in its own process, driven by each level of clients."""
+def serve_and_drive(serving_dir, users, seconds, levels, progress, serve_args=(), responses=None) -> list:
+    """`animerec serve` on serving_dir in its own process, driven by each level of clients
+    (one serialized response, to a request for one user, is appended to `responses`)."""
+    command = [sys.executable, "-m", "animerec.cli", "serve", "--model-dir", serving_dir, "--rest-port", "0"]
+    return _drive_server(command + list(serve_args), users, seconds, levels, progress, responses)
+
+
+def canned_server(port: int, response_path: str, workers: int = 8) -> None:
+    """A gRPC server that answers every Predict with the bytes in response_path: Python's
+    gRPC on both sides and the response's size, without validation, batching or a model
+    (the transport's floor under the stand-in)."""
+    import concurrent.futures
+
+    import grpc
+
+    with open(response_path, "rb") as fh:
+        body = fh.read()
+    handler = grpc.method_handlers_generic_handler(
+        "tensorflow.serving.PredictionService", {"Predict": grpc.unary_unary_rpc_method_handler(lambda *_: body)}
+    )
+    server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=workers))
+    server.add_generic_rpc_handlers((handler,))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    server.wait_for_termination()
+
+
+def grpc_floor(response: bytes, users: int, seconds: float, progress) -> dict:
+    """One client, as `drive` runs it, against canned_server answering with `response`."""
+    with tempfile.NamedTemporaryFile(suffix=".pb") as fh:
+        fh.write(response)
+        fh.flush()
+        code = (
+            f"import sys; from animerec.bench.serve import canned_server; canned_server(int(sys.argv[2]), {fh.name!r})"
+        )
+        (result,) = _drive_server([sys.executable, "-c", code], users, seconds, (1,), progress, None)
+    return result
+
+
+def _drive_server(command: list, users, seconds, levels, progress, responses) -> list:
+    """Starts `command` + ["--port", PORT] and drives it with each level of clients."""
     port = _free_port()
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONWARNINGS="ignore")
     server = subprocess.Popen(
-        [sys.executable, "-m", "animerec.cli", "serve", "--model-dir", serving_dir, "--port", str(port)]
-        + ["--rest-port", "0", *serve_args],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        command + ["--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
         target = f"localhost:{port}"
@@ -308,6 +346,12 @@ def serve_and_drive(serving_dir, users, seconds, levels, progress, serve_args=()
                 f"{clients:>3} clients: {result['qps']:>8.1f} req/s  p50 {result['p50_ms']:.2f} ms  "
                 f"p95 {result['p95_ms']:.2f} ms  p99 {result['p99_ms']:.2f} ms  errors {result['errors']}"
             )
+        if responses is not None:
+            from animerec.serving.client import RecommenderClient
+
+            client = RecommenderClient(target)
+            responses.append(client.stub.Predict(client.request([0]), timeout=10).SerializeToString())
+            client.close()
     finally:
         server.terminate()
         server.wait(timeout=30)
