@@ -28,13 +28,13 @@ from animerec.serving.batching import RequestError
 
 # The signatures an index answers; width: their outputs' columns.
 SIGNATURES = (f.DEFAULT_SIGNATURE, f.RECOMMEND_SIGNATURE)
-# Below EXACT_BELOW titles ScaNN scores every title exactly. Up to PARTITION_FROM (ScaNN's
-# own advice: no partitioning below about 20k points) it scans them all with asymmetric
-# hashing, then rescores the best REORDER_FACTOR x asked (and the excluded) exactly; from there a tree
-# first narrows the scan to LEAVES_SEARCHED of its leaves. `animerec bench serve`
-# reports the top-50 overlap with brute force these give.
-EXACT_BELOW = 2048
-PARTITION_FROM = 20_000
+# ScaNN's rules of thumb (scann/docs/algorithms.md): below about 20k points, score every
+# point exactly; below about 100k, score them all with asymmetric hashing (AH), then
+# rescore the best exactly; above, a tree first narrows the scan to some of its leaves
+# (about sqrt(n) of them). Rescoring covers REORDER_FACTOR x asked, and
+# `animerec bench serve` reports the top-50 overlap with brute force these give.
+EXACT_BELOW = 20_000
+PARTITION_FROM = 100_000
 LEAVES_SEARCHED = 0.1
 REORDER_FACTOR = 10
 
@@ -43,15 +43,15 @@ def _variable(reader, name: str) -> np.ndarray:
     return reader.get_tensor(f"{name}/.ATTRIBUTES/VARIABLE_VALUE")
 
 
-def build_searcher(database: np.ndarray):
+def build_searcher(database: np.ndarray, exact_below: int = EXACT_BELOW, partition_from: int = PARTITION_FROM):
     """A ScaNN dot-product searcher over `database` ([n, dim] float32)."""
     from scann.scann_ops.py import scann_ops_pybind
 
     n = len(database)
     builder = scann_ops_pybind.builder(database, 10, "dot_product")
-    if n < EXACT_BELOW:
+    if n < exact_below:
         return builder.score_brute_force().build()
-    if n >= PARTITION_FROM:
+    if n >= partition_from:
         leaves = int(np.sqrt(n))
         builder = builder.tree(
             num_leaves=leaves,
@@ -79,7 +79,8 @@ def search(
 class ScannRetrieval:
     """A retrieval-only SavedModel's known-user recommendations from a ScaNN index."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, **searcher_options):
+        """searcher_options: build_searcher's thresholds (tests reach its paths on small catalogs)."""
         reader = tf.train.load_checkpoint(os.path.join(path, "variables", "variables"))
         if reader.has_tensor("liked_splits/.ATTRIBUTES/VARIABLE_VALUE"):
             raise ValueError(
@@ -105,7 +106,8 @@ class ScannRetrieval:
         self._anime_ids_sorted, self._anime_positions = self.anime_ids[order], order.astype(np.int64)
         self.popularity = _variable(reader, "popularity")
         self.popular = np.argsort(-self.popularity, kind="stable")
-        self.searcher = build_searcher(np.concatenate([self.catalog, self.bias[:, None]], axis=1).astype(np.float32))
+        database = np.concatenate([self.catalog, self.bias[:, None]], axis=1).astype(np.float32)
+        self.searcher = build_searcher(database, **searcher_options)
 
     @property
     def catalog_size(self) -> int:

@@ -80,8 +80,8 @@ def test_scann_server_answers_as_the_savedmodel(exported_model, tmp_path):
 
 @pytest.fixture(scope="module")
 def partitioned_model(tmp_path_factory):
-    """A retrieval-only model over more titles than scann_index.EXACT_BELOW (untrained towers:
-    nearly uniform directions, the hardest case for an index)."""
+    """A retrieval-only model of 6,000 titles (untrained towers: nearly uniform directions,
+    the hardest case for an index)."""
     path = build_serving_model(
         str(tmp_path_factory.mktemp("partitioned")),
         users=600,
@@ -95,8 +95,8 @@ def partitioned_model(tmp_path_factory):
 
 
 def test_partitioned_index_finds_the_brute_force_top_titles(partitioned_model):
-    index = scann_index.ScannRetrieval(partitioned_model)
-    assert index.catalog_size >= scann_index.EXACT_BELOW, "this test is about hashing and rescoring"
+    # Hashing and rescoring, as ScaNN's rules of thumb have it from 20,000 titles.
+    index = scann_index.ScannRetrieval(partitioned_model, exact_below=2048)
     model = tf.saved_model.load(partitioned_model)
     users = model.known_user_ids.numpy()[:300]
     k = 50
@@ -131,14 +131,14 @@ def test_a_two_stage_model_is_refused_with_one_clear_error(tmp_path):
 
 
 def test_a_partitioned_searcher_finds_the_nearest_titles_of_a_clustered_catalog():
-    """From scann_index.PARTITION_FROM titles a tree narrows the scan (catalogs are clustered:
-    by genre, by audience)."""
+    """Past scann_index.PARTITION_FROM titles a tree narrows the scan (catalogs are clustered:
+    by genre, by audience); here from 20,000, on 25,000."""
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(200, 16))
-    n = scann_index.PARTITION_FROM + 5000
+    n = 25_000
     database = (centers[rng.integers(0, 200, n)] + 0.3 * rng.normal(size=(n, 16))).astype(np.float32)
     queries = (centers[rng.integers(0, 200, 100)] + 0.3 * rng.normal(size=(100, 16))).astype(np.float32)
-    searcher = scann_index.build_searcher(database)
+    searcher = scann_index.build_searcher(database, exact_below=2048, partition_from=20_000)
     found, scores = scann_index.search(searcher, queries, 50, n)
     exact = np.argsort(-(queries @ database.T), axis=1)[:, :50]
     overlap = np.mean([len(set(a) & set(b)) / 50 for a, b in zip(found, exact)])
