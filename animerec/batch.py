@@ -73,14 +73,14 @@ class _ScannRecommender:
         return self._index.top(np.asarray(users, np.int64), np.full(len(users), k), k, None)
 
 
-RECOMMENDERS = {"brute_force": _SavedModelRecommender, "scann": _ScannRecommender}
+RECOMMENDERS = {f.BRUTE_FORCE_INDEX: _SavedModelRecommender, f.SCANN_INDEX: _ScannRecommender}
 
 
 class RecommendChunk(beam.DoFn):
     """One chunk of user ids in, one row per (user, rank) out. The model (or index) is
     loaded once per worker process and shared by its DoFn instances (Beam's Shared)."""
 
-    def __init__(self, model_dir: str, k: int, index: str = "brute_force"):
+    def __init__(self, model_dir: str, k: int, index: str = f.BRUTE_FORCE_INDEX):
         from apache_beam.utils import shared
 
         if index not in RECOMMENDERS:
@@ -120,7 +120,7 @@ def batch_recommend(
     k: int = 50,
     beam_args: list[str] | None = None,
     users=None,
-    index: str = "brute_force",
+    index: str = f.BRUTE_FORCE_INDEX,
 ) -> int:
     """Writes <output_prefix>-SSSSS-of-NNNNN.parquet; returns the number of users. `index`:
     one of features.RETRIEVAL_INDEXES (ScaNN for retrieval-only models)."""

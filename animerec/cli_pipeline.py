@@ -471,7 +471,7 @@ def _add_batch_command(commands) -> None:
     batch.add_argument(
         "--index",
         choices=f.RETRIEVAL_INDEXES,
-        default="brute_force",
+        default=f.BRUTE_FORCE_INDEX,
         help="known users' retrieval, as `serve --index` (default %(default)s)",
     )
     batch.add_argument(
@@ -563,7 +563,7 @@ def _add_serving_commands(commands) -> None:
     serve.add_argument(
         "--index",
         choices=f.RETRIEVAL_INDEXES,
-        default="brute_force",
+        default=f.BRUTE_FORCE_INDEX,
         help="known users' retrieval: the SavedModel's brute-force product, as TF Serving runs it, or a "
         "ScaNN index over the same arrays (retrieval-only models; default %(default)s)",
     )

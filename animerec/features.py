@@ -55,7 +55,9 @@ TEXT_VOCAB = {NAME_TOKENS: "name_vocab", GENRE_TOKENS: "genre_vocab", SYNOPSIS_T
 MODEL_NAME = "animerec"
 # How known users' top titles are found: the SavedModel's brute-force product (what stock
 # TF Serving runs), or a ScaNN index over the same arrays (animerec.serving.scann_index).
-RETRIEVAL_INDEXES = ("brute_force", "scann")
+BRUTE_FORCE_INDEX = "brute_force"
+SCANN_INDEX = "scann"
+RETRIEVAL_INDEXES = (BRUTE_FORCE_INDEX, SCANN_INDEX)
 DEFAULT_SIGNATURE = "serving_default"
 # TF Serving replays these PredictionLog records when it loads a version (SavedModel warmup).
 WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"

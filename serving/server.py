@@ -113,7 +113,7 @@ def start_server(
     batching: BatchingConfig | None = None,
     rest_port: int | None = None,
     intra_op_threads: int = INTRA_OP_THREADS,
-    index: str = "brute_force",
+    index: str = f.BRUTE_FORCE_INDEX,
 ) -> RunningServer:
     """Starts serving; port 0 picks a free port. Fails if no complete version exists.
     Every signature is batched as TF Serving's --enable_batching does, with `batching`
@@ -155,7 +155,7 @@ def serve_forever(
     host: str = "127.0.0.1",
     rest_port: int | None = None,
     intra_op_threads: int = INTRA_OP_THREADS,
-    index: str = "brute_force",
+    index: str = f.BRUTE_FORCE_INDEX,
 ) -> None:
     """Serves until Ctrl-C or SIGTERM (as Kubernetes stops a pod), then drains requests in flight."""
     running = start_server(

@@ -87,7 +87,7 @@ def session_config(inter_op_threads: int = INTER_OP_THREADS, intra_op_threads: i
     return config
 
 
-def load_version(base_path: str, version: int, config=None, index: str = "brute_force") -> LoadedVersion:
+def load_version(base_path: str, version: int, config=None, index: str = f.BRUTE_FORCE_INDEX) -> LoadedVersion:
     """Version `version` in a Session; with index "scann", known users' retrieval from a
     ScaNN index over its arrays (scann_index)."""
     if index not in f.RETRIEVAL_INDEXES:
@@ -102,7 +102,7 @@ def load_version(base_path: str, version: int, config=None, index: str = "brute_
     signature_defs = dict(meta_graph.signature_def)
     signature_defs.pop("__saved_model_init_op", None)
     return LoadedVersion(
-        version, path, session, signature_defs, scann_index.ScannRetrieval(path) if index == "scann" else None
+        version, path, session, signature_defs, scann_index.ScannRetrieval(path) if index == f.SCANN_INDEX else None
     )
 
 
@@ -144,7 +144,12 @@ class ModelManager:
     deleted, the newest remaining version takes over."""
 
     def __init__(
-        self, name: str, base_path: str, poll_seconds: float = POLL_SECONDS, config=None, index: str = "brute_force"
+        self,
+        name: str,
+        base_path: str,
+        poll_seconds: float = POLL_SECONDS,
+        config=None,
+        index: str = f.BRUTE_FORCE_INDEX,
     ):
         self.name = name
         self.base_path = base_path

@@ -146,6 +146,20 @@ def _median_ms(call, args: list) -> float:
     return round(float(np.median(times)) * 1000, 3)
 
 
+def _scann_row(titles, build_s, k, overlap, scann_ms, brute_ms, what, brute_what, progress) -> dict:
+    progress(
+        f"{titles:,} titles ({what}): top-{k} overlap {overlap:.4f}; one call {scann_ms:.3f} ms with ScaNN, "
+        f"{brute_ms:.3f} ms brute force ({brute_what}, in-process); index built in {build_s:.1f}s"
+    )
+    return {
+        "titles": titles,
+        "build_s": round(build_s, 1),
+        f"overlap@{k}": overlap,
+        "scann_ms": scann_ms,
+        "brute_force_ms": brute_ms,
+    }
+
+
 def bench_scann(
     model_dir: str, users: int, k: int = 50, sample: int = 1000, big_catalog: int = 1_000_000, progress=print
 ) -> dict:
@@ -174,17 +188,16 @@ def bench_scann(
     brute_ms = _median_ms(
         lambda a: signature(user_id=tf.constant(a[0]), k=tf.constant(a[1]), exclude_anime_ids=tf.constant(a[2])), one
     )
-    out[str(index.catalog_size)] = {
-        "titles": index.catalog_size,
-        "build_s": round(build_s, 1),
-        f"overlap@{k}": overlap,
-        "scann_ms": scann_ms,
-        "brute_force_ms": brute_ms,
-    }
-    progress(
-        f"{index.catalog_size:,} titles (the model, seen excluded): top-{k} overlap {overlap:.4f}; one user "
-        f"{scann_ms:.3f} ms with ScaNN, {brute_ms:.3f} ms brute force (the SavedModel in-process); "
-        f"index built in {build_s:.1f}s"
+    out[str(index.catalog_size)] = _scann_row(
+        index.catalog_size,
+        build_s,
+        k,
+        overlap,
+        scann_ms,
+        brute_ms,
+        "the model, seen excluded",
+        "the SavedModel",
+        progress,
     )
     if not big_catalog:
         return out
@@ -207,16 +220,8 @@ def bench_scann(
     overlap = _overlap(found, exact)
     scann_ms = _median_ms(lambda q: scann_index.search(searcher, q[None, :], k, big_catalog), list(queries))
     brute_ms = _median_ms(brute, list(queries[:100]))
-    out[str(big_catalog)] = {
-        "titles": big_catalog,
-        "build_s": round(build_s, 1),
-        f"overlap@{k}": overlap,
-        "scann_ms": scann_ms,
-        "brute_force_ms": brute_ms,
-    }
-    progress(
-        f"{big_catalog:,} generated titles (clustered): top-{k} overlap {overlap:.4f}; one query {scann_ms:.3f} ms "
-        f"with ScaNN, {brute_ms:.3f} ms brute force (numpy); index built in {build_s:.0f}s"
+    out[str(big_catalog)] = _scann_row(
+        big_catalog, build_s, k, overlap, scann_ms, brute_ms, "generated, clustered", "numpy", progress
     )
     return out
 
@@ -255,7 +260,7 @@ def bench_serve(
         progress("== retrieval only, served with --index scann")
         retrieval_dir = os.path.dirname(model_dirs["retrieval only"])
         out["retrieval only, ScaNN"] = {
-            "levels": serve_and_drive(retrieval_dir, users, seconds, levels, progress, ("--index", "scann"))
+            "levels": serve_and_drive(retrieval_dir, users, seconds, levels, progress, ("--index", f.SCANN_INDEX))
         }
         progress("== ScaNN against brute force")
         out["scann"] = bench_scann(model_dirs["retrieval only"], users, big_catalog=scann_titles, progress=progress)
