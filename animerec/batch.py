@@ -123,7 +123,7 @@ def batch_recommend(
     index: str = f.BRUTE_FORCE_INDEX,
 ) -> int:
     """Writes <output_prefix>-SSSSS-of-NNNNN.parquet; returns the number of users. `index`:
-    one of features.RETRIEVAL_INDEXES (ScaNN for retrieval-only models)."""
+    one of features.RETRIEVAL_INDEXES."""
     users = known_users(model_dir) if users is None else np.asarray(users, np.int64)
     chunks = [users[i : i + CHUNK].tolist() for i in range(0, len(users), CHUNK)]
     options = beam.options.pipeline_options.PipelineOptions(beam_args or ["--runner=DirectRunner"])

@@ -565,7 +565,7 @@ def _add_serving_commands(commands) -> None:
         choices=f.RETRIEVAL_INDEXES,
         default=f.BRUTE_FORCE_INDEX,
         help="known users' retrieval: the SavedModel's brute-force product, as TF Serving runs it, or a "
-        "ScaNN index over the same arrays (retrieval-only models; default %(default)s)",
+        "ScaNN index over the same arrays (default %(default)s)",
     )
     serve.set_defaults(func=_serve)
 

@@ -10,9 +10,12 @@ rescored exactly, and the excluded ones (seen, held out, asked) are dropped. Use
 without a history get the popularity order, as in the SavedModel. The other signatures
 (new users from their liked list, tf.Examples, the Evaluator's) stay on the Session.
 
-Only retrieval-only models qualify: a second stage's ranker reads every title's
-retrieval score (its item-item candidates are checked against them), which an index
-does not compute.
+For a model with a second stage, the index finds each user's best max(width, N) unseen
+titles and the SavedModel's `rank_retrieved` (a saved function, not a signature: stock
+TF Serving neither sees nor needs it) runs the second stage on them: the same item-item
+candidates, features and ranker as `recommend`, without the product with the whole
+catalog. That function runs in-process (the model is loaded a second time, with
+tf.saved_model.load, beside the server's Session).
 """
 
 from __future__ import annotations
@@ -82,13 +85,21 @@ class ScannRetrieval:
     def __init__(self, path: str, **searcher_options):
         """searcher_options: build_searcher's thresholds (tests reach its paths on small catalogs)."""
         reader = tf.train.load_checkpoint(os.path.join(path, "variables", "variables"))
-        if reader.has_tensor("liked_splits/.ATTRIBUTES/VARIABLE_VALUE"):
-            raise ValueError(
-                f"{path}: this model has a second stage, whose ranker reads every title's retrieval "
-                "score; --index scann serves retrieval-only models (serve it with --index brute_force)"
-            )
         if not reader.has_tensor("known_user_rows/.ATTRIBUTES/VARIABLE_VALUE"):
             raise ValueError(f"{path}: this model does not list its users' rows (exported before ScaNN); retrain it")
+        # A second stage: N, and the function that ranks what the index retrieves.
+        self.ranking_candidates, self.rank_retrieved, self._model = 0, None, None
+        if reader.has_tensor("liked_splits/.ATTRIBUTES/VARIABLE_VALUE"):
+            if not reader.has_tensor("ranking_candidates/.ATTRIBUTES/VARIABLE_VALUE"):
+                raise ValueError(
+                    f"{path}: this two-stage model was exported before ScaNN could serve its second stage; "
+                    "retrain it, or serve it with --index brute_force"
+                )
+            self.ranking_candidates = int(_variable(reader, "ranking_candidates"))
+            self._model = tf.saved_model.load(path)  # the function's variables live as long as it does
+            # The traced function itself: the restored wrapper's matching of Python arguments
+            # costs about 0.4 ms a call.
+            self.rank_retrieved = self._model.rank_retrieved.get_concrete_function()
         self.catalog = np.ascontiguousarray(_variable(reader, "catalog_embeddings_t").T)
         self.bias = _variable(reader, "catalog_bias")
         self.anime_ids = _variable(reader, "catalog_anime_ids")
@@ -126,7 +137,8 @@ class ScannRetrieval:
 
     def top(self, user_ids: np.ndarray, k: np.ndarray, width: int, exclude_anime_ids: np.ndarray | None) -> dict:
         """The outputs of the `recommend` signature (row b: the top k[b] unseen titles of
-        user_ids[b] in `width` columns, -1 / -inf / "" beyond), from the index."""
+        user_ids[b] in `width` columns, -1 / -inf / "" beyond), from the index (and, for a
+        two-stage model, the SavedModel's second stage on what it retrieves)."""
         user_ids = np.asarray(user_ids, np.int64).reshape(-1)
         batch = len(user_ids)
         if batch == 0:
@@ -139,6 +151,36 @@ class ScannRetrieval:
         rows = self.user_rows(user_ids)
         rows = np.where(rows >= 0, rows, self.empty_row)
         use_model = self.has_history[rows]
+        if self.rank_retrieved is None:
+            positions, scores = self._retrieve(rows, use_model, exclude_anime_ids, width)
+            valid = (positions >= 0) & (np.arange(width)[None, :] < k[:, None])
+            at = np.maximum(positions, 0)
+            return {
+                f.OUTPUT_ANIME_IDS: np.where(valid, self.anime_ids[at], -1),
+                f.OUTPUT_SCORES: np.where(valid, scores, -np.inf).astype(np.float32),
+                f.OUTPUT_TITLES: np.where(valid, self.titles[at], b"").astype(object),
+                f.OUTPUT_GENRES: np.where(valid, self.genres[at], b"").astype(object),
+                f.OUTPUT_IS_FALLBACK: ~use_model,
+            }
+        retrieved, _ = self._retrieve(rows, use_model, exclude_anime_ids, max(width, self.ranking_candidates))
+        if exclude_anime_ids is None:
+            exclude_anime_ids = np.full((batch, 1), -1, np.int64)
+        out = self.rank_retrieved(
+            tf.constant(user_ids),
+            tf.constant(k, tf.int32),
+            tf.constant(exclude_anime_ids, tf.int64),
+            tf.constant(retrieved, tf.int32),
+            tf.constant(width, tf.int32),
+        )
+        return {key: value.numpy() for key, value in out.items()}
+
+    def _retrieve(
+        self, rows: np.ndarray, use_model: np.ndarray, exclude_anime_ids: np.ndarray | None, width: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Each user's best `width` titles not excluded (seen, held out, asked): catalog
+        positions and scores, -1 / -inf padded; from the index for users with a query
+        embedding, by popularity for the others."""
+        batch = len(rows)
         asked = self.positions(np.asarray(exclude_anime_ids, np.int64)) if exclude_anime_ids is not None else None
         # Row b's excluded titles, marked on a [batch, catalog] map (a title given twice is marked once).
         excluded = np.zeros((batch, self.catalog_size), bool)
@@ -165,15 +207,7 @@ class ScannRetrieval:
         for b in np.flatnonzero(~use_model):
             top = self.popular[~excluded[b, self.popular]][:width]
             positions[b, : len(top)], scores[b, : len(top)] = top, self.popularity[top]
-        valid = (positions >= 0) & (np.arange(width)[None, :] < k[:, None])
-        at = np.maximum(positions, 0)
-        return {
-            f.OUTPUT_ANIME_IDS: np.where(valid, self.anime_ids[at], -1),
-            f.OUTPUT_SCORES: np.where(valid, scores, -np.inf).astype(np.float32),
-            f.OUTPUT_TITLES: np.where(valid, self.titles[at], b"").astype(object),
-            f.OUTPUT_GENRES: np.where(valid, self.genres[at], b"").astype(object),
-            f.OUTPUT_IS_FALLBACK: ~use_model,
-        }
+        return positions, scores
 
     def run(self, name: str, inputs: dict, width: int) -> dict:
         """Signature `name` (one of SIGNATURES) on its input arrays, in `width` columns."""

@@ -123,11 +123,36 @@ def test_partitioned_index_finds_the_brute_force_top_titles(partitioned_model):
             assert 0 not in positions[b]
 
 
-def test_a_two_stage_model_is_refused_with_one_clear_error(tmp_path):
+def test_two_stages_from_the_index_answer_as_the_savedmodel(tmp_path):
+    """A two-stage model (random second stage of the default shape: N = 200 of 400 titles,
+    100 item-item candidates): the index retrieves, the SavedModel's rank_retrieved ranks,
+    and the answers are the SavedModel's own, through the server over real gRPC."""
     serving_dir = str(tmp_path / "serving")
-    build_serving_model(serving_dir, users=20, anime=100, dim=4, history=3, seen=4, second_stage=True)
-    with pytest.raises(FileNotFoundError, match="second stage"):
-        server.start_server(serving_dir, port=0, batching=BATCHING, index="scann")
+    path = build_serving_model(serving_dir, users=60, anime=400, dim=8, history=12, seen=30, second_stage=True)
+    model = tf.saved_model.load(path)
+    users = model.known_user_ids.numpy()
+    # Known users and an unknown one (popularity); k from 0 to beyond the width.
+    users = np.concatenate([users[:7], [10**9]])  # BATCHING allows 8 a request
+    k = np.arange(len(users), dtype=np.int32) * 15
+    exclude = np.full((len(users), 3), -1, np.int64)
+    exclude[::3, 1:] = model.catalog_anime_ids.numpy()[[5, 77]]
+    requests = [
+        (f.DEFAULT_SIGNATURE, {f.SERVING_USER_ID: users}),
+        (f.RECOMMEND_SIGNATURE, {f.SERVING_USER_ID: users, f.SERVING_K: k, f.SERVING_EXCLUDE: exclude}),
+    ]
+    srv = server.start_server(serving_dir, port=0, batching=BATCHING, index="scann")
+    try:
+        index = srv.manager.current.index
+        assert index.rank_retrieved is not None and index.ranking_candidates == 200
+        stub = _stub(srv)
+        for name, inputs in requests:
+            expected = model.signatures[name](**{key: tf.constant(v) for key, v in inputs.items()})
+            response = stub.Predict(_request(name, **inputs), timeout=60)
+            got = {key: tf.make_ndarray(proto) for key, proto in response.outputs.items()}
+            _assert_same(got, expected, name)
+        assert got[f.OUTPUT_IS_FALLBACK].any() and not got[f.OUTPUT_IS_FALLBACK].all()
+    finally:
+        srv.stop()
 
 
 def test_a_partitioned_searcher_finds_the_nearest_titles_of_a_clustered_catalog():

@@ -16,6 +16,9 @@ returned; `scores` are the ranker's logits. Signatures (names in animerec.featur
   serving_tf_example(examples[B] string: serialized tf.Example with user_id) -> the same as serving_default
   recommend_for_eval: as recommend, but titles held out for evaluation are not excluded (the Evaluator's view)
   retrieve_for_eval: as recommend_for_eval, retrieval alone (the first stage, for the Evaluator's ablation)
+A two-stage model also saves `rank_retrieved` (recommend's inputs, each user's retrieved
+catalog positions and the output width): the second stage on the titles an index found
+(animerec.serving.scann_index), as a function, not a signature, so TF Serving does not see it.
 Every input has a leading batch dimension and every output's width is fixed, so
 TF Serving's batching session (--enable_batching) can merge any requests of a
 signature: it concatenates inputs along dim 0, pads variable-length ones with the
@@ -53,6 +56,14 @@ FROM_LIKED_INPUTS = [
     tf.TensorSpec([None, None], tf.int64, name=f.SERVING_LIKED),
     tf.TensorSpec([None], tf.int32, name=f.SERVING_K),
     tf.TensorSpec([None, None], tf.int64, name=f.SERVING_EXCLUDE),
+]
+
+
+# recommend's inputs, each user's retrieved catalog positions (-1 padded) and the output
+# width: the inputs of the second stage run on an index's retrieved titles (rank_retrieved).
+RANK_RETRIEVED_INPUTS = RECOMMEND_INPUTS + [
+    tf.TensorSpec([None, None], tf.int32, name="retrieved"),
+    tf.TensorSpec([], tf.int32, name="width"),
 ]
 
 
@@ -130,6 +141,17 @@ class RecommenderModule(tf.Module):
             liked_splits, liked_values = _csr_int32(*liked_positions(data))
             self.liked_splits = tf.Variable(liked_splits, trainable=False, name="liked_splits")
             self.liked_values = tf.Variable(liked_values, trainable=False, name="liked_values")
+            # For a ScaNN index serving both stages (animerec.serving.scann_index): N, and
+            # the second stage from an index's retrieved titles, a saved function that is
+            # not a signature (TF Serving does not see it).
+            self.ranking_candidates = tf.Variable(self.candidates, trainable=False, name="ranking_candidates")
+            # By rows: rank_retrieved gathers its candidates' embeddings, never the whole matrix.
+            self.catalog_embeddings = tf.Variable(
+                np.asarray(catalog_embeddings, np.float32), trainable=False, name="catalog_embeddings"
+            )
+            self.rank_retrieved = tf.function(
+                self._rank_retrieved, input_signature=RANK_RETRIEVED_INPUTS, autograph=False
+            )
         self.top_k = min(top_k, len(catalog.anime_id))
         # The fixed width of `recommend`'s outputs: the largest k a request may ask for
         # (at least what the Evaluator asks for).
@@ -201,6 +223,17 @@ class RecommenderModule(tf.Module):
         two_stage: bool = True,
     ) -> dict:
         """Row b: the top k[b] unseen titles of user_id[b], in `width` columns."""
+        k, row, excluded = self._known_users(user_id, k, width, exclude_anime_ids, exclude_heldout)
+        history = None
+        if two_stage and self.second_stage is not None:
+            history = _padded_rows(self.liked_values, self.liked_splits, row)
+        return self._top(
+            tf.gather(self.user_embeddings, row), tf.gather(self.has_history, row), excluded, history, k, width
+        )
+
+    def _known_users(self, user_id: tf.Tensor, k: tf.Tensor, width, exclude_anime_ids, exclude_heldout: bool):
+        """k capped to 0..width, each user's row (the empty row for unknown users) and the
+        titles to exclude (catalog positions, -1 padded: seen, held out, asked)."""
         # Capped, not refused: TF Serving's batching fails every request of a merged
         # batch when the model call fails, so one client's bad k must not be an error.
         k = tf.clip_by_value(tf.cast(k, tf.int32), 0, width)
@@ -214,28 +247,34 @@ class RecommenderModule(tf.Module):
             excluded.append(_padded_rows(self.heldout_values, self.heldout_splits, row))
         if exclude_anime_ids is not None:
             excluded.append(self.anime_table.lookup(exclude_anime_ids))
-        history = None
-        if two_stage and self.second_stage is not None:
-            history = _padded_rows(self.liked_values, self.liked_splits, row)
-        return self._top(
-            tf.gather(self.user_embeddings, row), tf.gather(self.has_history, row), excluded, history, k, width
-        )
+        return k, row, excluded
+
+    def _scores(self, query: tf.Tensor, use_model: tf.Tensor, positions: tf.Tensor | None = None) -> tf.Tensor:
+        """Retrieval scores of every title ([batch, catalog]) or of `positions` ([batch, M]):
+        the model's for users with a query embedding, popularity for the others."""
+        if positions is None:
+            model = tf.matmul(query, self.catalog_embeddings_t) + self.catalog_bias[None, :]
+            return tf.where(use_model[:, None], model, self.popularity[None, :])
+        model = tf.reduce_sum(tf.gather(self.catalog_embeddings, positions) * query[:, None, :], axis=-1)
+        model += tf.gather(self.catalog_bias, positions)
+        return tf.where(use_model[:, None], model, tf.gather(self.popularity, positions))
 
     def _top(self, query, use_model, excluded: list, history, k: tf.Tensor, width: int) -> dict:
         """The outputs for users with query embeddings `query` ([batch, dim]; popularity where
         not `use_model`), titles `excluded` (catalog positions, -1 padded) left out, reranked
         from their liked `history` (catalog positions) when it is given."""
-        scores = tf.where(
-            use_model[:, None],
-            tf.matmul(query, self.catalog_embeddings_t) + self.catalog_bias[None, :],
-            self.popularity[None, :],
-        )
-        scores = _mask_columns(scores, tf.concat(excluded, axis=1))
+        scores = _mask_columns(self._scores(query, use_model), tf.concat(excluded, axis=1))
         if history is not None:
-            positions, values = self._rerank(history, use_model, scores, width)
+            candidates, features, present = self.ranking_features(
+                history, scores, max(width, self.candidates), self.item_item_candidates
+            )
+            positions, values = self._rank(candidates, features, present, use_model, width)
         else:
             top = tf.math.top_k(scores, k=width)
             positions, values = top.indices, top.values
+        return self._outputs(positions, values, use_model, k, width)
+
+    def _outputs(self, positions: tf.Tensor, values: tf.Tensor, use_model: tf.Tensor, k: tf.Tensor, width) -> dict:
         # Beyond k[b], or when fewer titles are left unseen, the row is padding
         # (id -1, empty title), never a title the user has seen.
         valid = tf.math.is_finite(values) & (tf.range(width)[None, :] < k[:, None])
@@ -249,18 +288,43 @@ class RecommenderModule(tf.Module):
             f.OUTPUT_IS_FALLBACK: tf.logical_not(use_model),
         }
 
-    def _rerank(self, history: tf.Tensor, use_model: tf.Tensor, scores: tf.Tensor, width: int):
-        """The ranker's top `width` of the candidates (retrieval's top max(N, width) and the
-        item-item top M); fallback rows keep retrieval's (popularity) order."""
-        candidates, features, present = self.ranking_features(
-            history, scores, max(width, self.candidates), self.item_item_candidates
-        )
+    def _rank(self, candidates: tf.Tensor, features: tf.Tensor, present: tf.Tensor, use_model: tf.Tensor, width):
+        """The ranker's top `width` of the candidates; fallback rows keep retrieval's
+        (popularity) order."""
         ranked = self.ranker(features)
         # Fallback rows: the candidates' retrieval (popularity) scores, the first feature.
         ranked = tf.where(use_model[:, None], ranked, features[..., ranking.FEATURE_NAMES.index("retrieval_score")])
         ranked = tf.where(present, ranked, float("-inf"))
         order = tf.math.top_k(ranked, k=width)
         return tf.gather(candidates, order.indices, batch_dims=1), order.values
+
+    def _rank_retrieved(self, user_id, k, exclude_anime_ids, retrieved, width):
+        """`recommend`'s outputs in `width` columns, from retrieval's top titles found by an
+        index (a ScaNN index: animerec.serving.scann_index) instead of the product with
+        the whole catalog: `retrieved` holds each user's best max(width, N) unseen catalog
+        positions, -1 padded. They are rescored here, as the item-item candidates are, and
+        the second stage runs as in `recommend`."""
+        k, row, excluded = self._known_users(user_id, k, width, exclude_anime_ids, exclude_heldout=True)
+        query, use_model = tf.gather(self.user_embeddings, row), tf.gather(self.has_history, row)
+        history = _padded_rows(self.liked_values, self.liked_splits, row)
+        exclusion = _mask_columns(tf.zeros([tf.shape(row)[0], self.catalog_size]), tf.concat(excluded, axis=1))
+
+        def score_of(positions: tf.Tensor) -> tf.Tensor:
+            at = tf.maximum(positions, 0)
+            scores = self._scores(query, use_model, at) + tf.gather(exclusion, at, batch_dims=1)
+            return tf.where(positions >= 0, scores, float("-inf"))
+
+        top = tf.math.top_k(score_of(retrieved), k=tf.shape(retrieved)[1])
+        candidates, features, present = self.ranking_features.of_retrieved(
+            history,
+            tf.gather(tf.maximum(retrieved, 0), top.indices, batch_dims=1),
+            top.values,
+            exclusion,
+            score_of,
+            self.item_item_candidates,
+        )
+        positions, values = self._rank(candidates, features, present, use_model, width)
+        return self._outputs(positions, values, use_model, k, width)
 
     def _from_liked(self, liked_anime_ids: tf.Tensor, k: tf.Tensor, exclude_anime_ids: tf.Tensor) -> dict:
         """Row b: the top k[b] for a user the model may never have seen, from their liked

@@ -188,7 +188,7 @@ class RankingFeatures(tf.Module):
         return tf.gather(columns, self.item_column, axis=1)
 
     def __call__(
-        self, history: tf.Tensor, retrieval_scores: tf.Tensor, retrieved: tf.Tensor, item_item_candidates: int
+        self, history: tf.Tensor, retrieval_scores: tf.Tensor, retrieved: int, item_item_candidates: int
     ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """The candidates, their features and which are present.
 
@@ -200,10 +200,33 @@ class RankingFeatures(tf.Module):
         features) on padding when the union is smaller. Only the candidates' lists
         are sorted, never the catalog again.
         """
+        top = tf.math.top_k(retrieval_scores, k=retrieved)
+        return self.of_retrieved(
+            history,
+            top.indices,
+            top.values,
+            retrieval_scores,
+            lambda positions: tf.gather(retrieval_scores, positions, batch_dims=1),
+            item_item_candidates,
+        )
+
+    def of_retrieved(
+        self,
+        history: tf.Tensor,
+        retrieved: tf.Tensor,
+        retrieved_scores: tf.Tensor,
+        exclusion: tf.Tensor,
+        retrieval_score_of,
+        item_item_candidates: int,
+    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """As __call__, from retrieval's top titles found elsewhere (a ScaNN index):
+        `retrieved` [batch, N] catalog positions with their `retrieved_scores`, best first
+        (-inf on padding); `exclusion` [batch, catalog], -inf where a title is excluded
+        and finite elsewhere; `retrieval_score_of` maps [batch, M] catalog positions to
+        their retrieval scores (-inf where excluded), computed as `retrieved_scores` are."""
         user = self.item_item_user(history)
-        by_retrieval = tf.math.top_k(retrieval_scores, k=retrieved)
         # Item-item's top unseen titles, found among EASE's columns.
-        unseen = tf.math.is_finite(tf.gather(retrieval_scores, self.ease_items, axis=1))
+        unseen = tf.math.is_finite(tf.gather(exclusion, self.ease_items, axis=1))
         by_item_item = tf.gather(
             self.ease_items,
             tf.math.top_k(
@@ -214,10 +237,10 @@ class RankingFeatures(tf.Module):
         # A title both retrievers propose counts once: retrieval proposed every title scoring
         # above its last one's score (and, of those tied with it, some: the rest are dropped
         # too). A seen one (fewer unseen than asked) counts not at all.
-        item_item_scores = tf.gather(retrieval_scores, by_item_item, batch_dims=1)
-        twice = item_item_scores >= by_retrieval.values[:, -1:]
-        union = tf.concat([by_retrieval.indices, by_item_item], axis=1)
-        union_scores = tf.concat([by_retrieval.values, tf.where(twice, float("-inf"), item_item_scores)], axis=1)
+        item_item_scores = retrieval_score_of(by_item_item)
+        twice = item_item_scores >= retrieved_scores[:, -1:]
+        union = tf.concat([retrieved, by_item_item], axis=1)
+        union_scores = tf.concat([retrieved_scores, tf.where(twice, float("-inf"), item_item_scores)], axis=1)
         top = tf.math.top_k(union_scores, k=tf.shape(union)[1])
         candidates, present = tf.gather(union, top.indices, batch_dims=1), tf.math.is_finite(top.values)
         item_item = self.item_item_of(user, candidates)
