@@ -80,7 +80,7 @@ def search(
 
 
 class ScannRetrieval:
-    """A retrieval-only SavedModel's known-user recommendations from a ScaNN index."""
+    """A SavedModel's known-user recommendations from a ScaNN index (and its second stage, if it has one)."""
 
     def __init__(self, path: str, **searcher_options):
         """searcher_options: build_searcher's thresholds (tests reach its paths on small catalogs)."""
