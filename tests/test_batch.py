@@ -42,9 +42,20 @@ def _table(prefix: str):
     return pq.ParquetDataset(glob.glob(prefix + "*.parquet")).read().to_pandas().sort_values(["user_id", "rank"])
 
 
-def test_scann_index_writes_what_brute_force_writes(model_dir, tmp_path):
-    batch.batch_recommend(model_dir, str(tmp_path / "brute"), k=4, beam_args=["--runner=DirectRunner"])
-    batch.batch_recommend(model_dir, str(tmp_path / "scann"), k=4, beam_args=["--runner=DirectRunner"], index="scann")
+@pytest.fixture(scope="module")
+def two_stage_model_dir(tmp_path_factory):
+    """A two-stage model of the default shape (random second stage), 400 titles."""
+    from animerec.bench.serve import build_serving_model
+
+    serving_dir = str(tmp_path_factory.mktemp("two_stage"))
+    return build_serving_model(serving_dir, users=30, anime=400, dim=8, history=12, seen=30, second_stage=True)
+
+
+@pytest.mark.parametrize("model", ["retrieval only", "two stages"])
+def test_scann_index_writes_what_brute_force_writes(model, model_dir, two_stage_model_dir, tmp_path):
+    path, k = (model_dir, 4) if model == "retrieval only" else (two_stage_model_dir, 50)
+    batch.batch_recommend(path, str(tmp_path / "brute"), k=k, beam_args=["--runner=DirectRunner"])
+    batch.batch_recommend(path, str(tmp_path / "scann"), k=k, beam_args=["--runner=DirectRunner"], index="scann")
     brute, scann = _table(str(tmp_path / "brute")), _table(str(tmp_path / "scann"))
     assert len(brute) == len(scann) > 0
     for column in ("user_id", "rank", "anime_id", "title", "is_fallback"):

@@ -130,6 +130,9 @@ def test_two_stages_from_the_index_answer_as_the_savedmodel(tmp_path):
     serving_dir = str(tmp_path / "serving")
     path = build_serving_model(serving_dir, users=60, anime=400, dim=8, history=12, seen=30, second_stage=True)
     model = tf.saved_model.load(path)
+    # rank_retrieved is a saved function, not a signature: what TF Serving sees is unchanged.
+    assert callable(model.rank_retrieved) and "rank_retrieved" not in model.signatures
+    assert len(model.signatures) == 6
     users = model.known_user_ids.numpy()
     # Known users and an unknown one (popularity); k from 0 to beyond the width.
     users = np.concatenate([users[:7], [10**9]])  # BATCHING allows 8 a request
