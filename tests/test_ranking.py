@@ -314,11 +314,11 @@ def served(fitted, tmp_path_factory):
     bias = retrieval.popularity_bias(full, stage.popularity_prior, CONFIG.temperature)
     embeddings = retrieval.catalog_embeddings(model, full)
     export.export_serving_model(model, full, embeddings, CONFIG.top_k, path, bias, stage)
-    return full, model, stage, tf.saved_model.load(path), embeddings, bias
+    return full, model, stage, tf.saved_model.load(path), embeddings, bias, path
 
 
 def test_served_two_stages_rank_the_candidates_as_the_ranker_does(served):
-    full, model, stage, loaded, embeddings, bias = served
+    full, model, stage, loaded, embeddings, bias, _ = served
     users = np.arange(0, 80, 7)
     out = loaded.signatures[f.RECOMMEND_SIGNATURE](
         user_id=tf.constant(users + 1000, tf.int64),
@@ -348,7 +348,7 @@ def test_served_two_stages_rank_the_candidates_as_the_ranker_does(served):
 
 
 def test_k_above_the_candidates_and_fallbacks_and_the_retrieval_ablation(served):
-    full, _, stage, loaded, _, _ = served
+    full, _, stage, loaded, _, _, _ = served
     recommend = loaded.signatures[f.RECOMMEND_SIGNATURE]
     # k above N: every unseen title comes back (24 titles, 10 seen), then padding.
     out = recommend(
@@ -370,3 +370,33 @@ def test_k_above_the_candidates_and_fallbacks_and_the_retrieval_ablation(served)
     assert np.all(np.diff(alone[f.OUTPUT_SCORES].numpy()[:, :5], axis=1) <= 0)
     both = loaded.signatures[f.EVAL_SIGNATURE](**request)
     assert not np.array_equal(alone[f.OUTPUT_SCORES].numpy(), both[f.OUTPUT_SCORES].numpy())
+
+
+def test_a_scann_index_serves_the_trained_two_stages_as_the_savedmodel(served):
+    """On the trained model: the index's retrieved titles (max(k, N), here N = 6 of 24, then
+    the whole catalog for recommend's width) through rank_retrieved give the signatures' answers,
+    unknown users' popularity order included."""
+    from animerec.serving import scann_index
+
+    full, _, _, loaded, _, _, path = served
+    index = scann_index.ScannRetrieval(path)
+    users = np.array([1000, 1003, 1010, 1041, 5], np.int64)  # 5: unknown
+    exclude = np.full((len(users), 2), -1, np.int64)
+    exclude[1:3, 1] = [101, 113]
+    k = np.array([0, 3, 5, 24, 7], np.int32)
+    cases = [
+        (f.DEFAULT_SIGNATURE, index.top(users, np.full(len(users), 5), 5, None), {"user_id": users}),
+        (
+            f.RECOMMEND_SIGNATURE,
+            index.top(users, k, 24, exclude),
+            {"user_id": users, "k": k, "exclude_anime_ids": exclude},
+        ),
+    ]
+    for name, got, inputs in cases:
+        expected = loaded.signatures[name](**{key: tf.constant(v) for key, v in inputs.items()})
+        for key, value in expected.items():
+            if key == f.OUTPUT_SCORES:
+                np.testing.assert_allclose(got[key], value.numpy(), rtol=1e-5, err_msg=name)
+            else:
+                np.testing.assert_array_equal(got[key], value.numpy(), err_msg=f"{name} {key}")
+    assert got[f.OUTPUT_IS_FALLBACK].tolist() == [False] * 4 + [True]
