@@ -70,7 +70,10 @@ class _ScannRecommender:
         self._index = ScannRetrieval(model_dir)
 
     def top(self, users: list, k: int) -> dict:
-        return self._index.top(np.asarray(users, np.int64), np.full(len(users), k), k, None)
+        # In recommend's width (k capped to it), as the SavedModel answers: a two-stage model
+        # ranks max(width, N) titles whatever k is.
+        width = self._index.recommend_width
+        return self._index.top(np.asarray(users, np.int64), np.full(len(users), k), width, None)
 
 
 RECOMMENDERS = {f.BRUTE_FORCE_INDEX: _SavedModelRecommender, f.SCANN_INDEX: _ScannRecommender}

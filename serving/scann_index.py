@@ -25,6 +25,7 @@ import os
 import grpc
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.saved_model import loader_impl
 
 from animerec import features as f
 from animerec.serving.batching import RequestError
@@ -46,13 +47,18 @@ def _variable(reader, name: str) -> np.ndarray:
     return reader.get_tensor(f"{name}/.ATTRIBUTES/VARIABLE_VALUE")
 
 
+def is_exact(n: int, exact_below: int = EXACT_BELOW) -> bool:
+    """Whether build_searcher scores all of `n` titles exactly."""
+    return n < exact_below
+
+
 def build_searcher(database: np.ndarray, exact_below: int = EXACT_BELOW, partition_from: int = PARTITION_FROM):
     """A ScaNN dot-product searcher over `database` ([n, dim] float32)."""
     from scann.scann_ops.py import scann_ops_pybind
 
     n = len(database)
     builder = scann_ops_pybind.builder(database, 10, "dot_product")
-    if n < exact_below:
+    if is_exact(n, exact_below):
         return builder.score_brute_force().build()
     if n >= partition_from:
         leaves = int(np.sqrt(n))
@@ -119,6 +125,10 @@ class ScannRetrieval:
         self.popular = np.argsort(-self.popularity, kind="stable")
         database = np.concatenate([self.catalog, self.bias[:, None]], axis=1).astype(np.float32)
         self.searcher = build_searcher(database, **searcher_options)
+        self.exact = is_exact(len(database), searcher_options.get("exact_below", EXACT_BELOW))
+        # recommend's width (its largest k), from the SavedModel's signature definitions.
+        signature = loader_impl.parse_saved_model(path).meta_graphs[0].signature_def[f.RECOMMEND_SIGNATURE]
+        self.recommend_width = signature.outputs[f.OUTPUT_ANIME_IDS].tensor_shape.dim[1].size
 
     @property
     def catalog_size(self) -> int:
@@ -171,6 +181,7 @@ class ScannRetrieval:
             tf.constant(exclude_anime_ids, tf.int64),
             tf.constant(retrieved, tf.int32),
             tf.constant(width, tf.int32),
+            tf.constant(self.exact),
         )
         return {key: value.numpy() for key, value in out.items()}
 

@@ -17,6 +17,9 @@ def test_benchmarks_run_and_report_their_figures():
         assert level["clients"] == 1 and level["requests"] > 0 and level["errors"] == 0
     for model in ("retrieval only", "two stages"):
         assert serve[model]["in_process_ms"] > 0 and serve[model]["session_ms"] > 0
+        # One client alternating between both models' servers, both up.
+        alternating = serve["one client, alternating"][model]
+        assert alternating["requests"] > 0 and alternating["p99_ms"] >= alternating["p50_ms"] > 0
         # The transport's floor: the same client against a server that answers with canned bytes.
         assert serve[model]["grpc_floor"]["requests"] > 0 and serve[model]["grpc_floor"]["errors"] == 0
     # The model's 300 titles: ScaNN scores every one, so it finds exactly what brute force finds.

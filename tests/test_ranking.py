@@ -111,6 +111,45 @@ def test_candidates_are_both_retrievers_top_titles_unseen_and_ordered_by_retriev
         )
 
 
+def test_an_approximate_index_keeps_the_item_item_titles_it_missed():
+    """of_retrieved with an index's top titles: exact, a title scoring above the last one
+    retrieved counts as retrieved; approximate, one the index missed is kept as an
+    item-item candidate, and one it found is still listed once."""
+    rng = np.random.default_rng(2)
+    users, positions = _liked(rng, items=40, rows=600)
+    index = evaluation.EaseIndex(users, positions, 40)
+    module = _features_module(*ranking.ease_factors(index.eigen, index.items, 40, 5.0, rank=32), 40)
+    history = tf.constant([[1, 2, 3, -1]], tf.int32)
+    scores = rng.normal(size=(1, 40)).astype(np.float32)
+    scores[0, [1, 2, 3]] = -np.inf
+    exclusion = tf.constant(np.where(np.isfinite(scores), 0.0, -np.inf).astype(np.float32))
+    item_item = module.item_item_scores(history).numpy()[0]
+    proposed = [p for p in np.argsort(-np.where(np.isfinite(scores[0]), item_item, -np.inf)) if p in index.items][:4]
+    # An index that missed the first item-item title, though it scores above all it returned.
+    missed = int(proposed[0])
+    scores[0, missed] = scores[0][np.isfinite(scores[0])].max() + 1.0
+    found = [int(p) for p in np.argsort(-scores[0], kind="stable") if p != missed][:5]
+    exact_top = np.argsort(-scores[0], kind="stable")[:5]
+    assert missed in exact_top
+
+    def candidates(exact: bool) -> set:
+        c, _, present = module.of_retrieved(
+            history,
+            tf.constant([found], tf.int32),
+            tf.constant(scores[:, found]),
+            exclusion,
+            lambda p: tf.gather(tf.constant(scores), p, batch_dims=1),
+            4,
+            exact=exact,
+        )
+        listed = c.numpy()[0][present.numpy()[0]].tolist()
+        assert len(listed) == len(set(listed)), f"a title listed twice: {listed}"
+        return set(listed)
+
+    assert missed not in candidates(exact=True)
+    assert candidates(exact=False) == set(found) | {int(p) for p in proposed}
+
+
 def _cosine(users, positions, catalog_size):
     x = np.zeros((users.max() + 1, catalog_size))
     x[users, positions] = 1.0

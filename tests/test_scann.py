@@ -172,3 +172,28 @@ def test_a_partitioned_searcher_finds_the_nearest_titles_of_a_clustered_catalog(
     overlap = np.mean([len(set(a) & set(b)) / 50 for a, b in zip(found, exact)])
     assert overlap >= 0.95, overlap
     np.testing.assert_allclose(scores, np.take_along_axis(queries @ database.T, found.astype(np.int64), 1), rtol=1e-4)
+
+
+def test_two_stages_from_an_approximate_index_keep_every_title_once(tmp_path):
+    """With hashing instead of exact scoring (ScaNN's path from 20,000 titles; here forced on
+    400), an item-item title the index missed is added, not taken for one it retrieved: no
+    title comes back twice or seen, and the top 50 stay close to the SavedModel's."""
+    path = build_serving_model(
+        str(tmp_path / "serving"), users=60, anime=400, dim=8, history=12, seen=30, second_stage=True
+    )
+    index = scann_index.ScannRetrieval(path, exact_below=64)
+    assert not index.exact
+    model = tf.saved_model.load(path)
+    users = model.known_user_ids.numpy()[:40]
+    none = np.full((len(users), 1), -1, np.int64)
+    got = index.top(users, np.full(len(users), 50), index.recommend_width, none)[f.OUTPUT_ANIME_IDS][:, :50]
+    want = model.signatures[f.RECOMMEND_SIGNATURE](
+        user_id=tf.constant(users), k=tf.fill([len(users)], 50), exclude_anime_ids=tf.constant(none)
+    )[f.OUTPUT_ANIME_IDS].numpy()[:, :50]
+    rows = index.user_rows(users)
+    for b, row in enumerate(rows):
+        assert len(set(got[b])) == 50 and -1 not in got[b]
+        seen = index.anime_ids[index.seen[1][index.seen[0][row] : index.seen[0][row + 1]]]
+        assert not set(got[b]) & set(seen)
+    overlap = np.mean([len(set(a) & set(b)) / 50 for a, b in zip(got, want)])
+    assert overlap >= 0.9, overlap

@@ -239,7 +239,8 @@ def bench_serve(
 ) -> dict:
     """Both serving models, back to back in one run: retrieval alone, then the two stages,
     each served and driven by 1, 4 and 16 clients; each served with a ScaNN index for
-    retrieval, and ScaNN against brute force (bench_scann); then both models alone, called in turn."""
+    retrieval, and ScaNN against brute force (bench_scann); one client alternating between
+    both models' servers; then both models alone, called in turn."""
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         model_dirs = {}
@@ -266,6 +267,17 @@ def bench_serve(
             }
         progress("== ScaNN against brute force")
         out["scann"] = bench_scann(model_dirs["retrieval only"], users, big_catalog=scann_titles, progress=progress)
+        progress("== one client, both models served at once, alternating blocks of 1 s")
+        both = alternating(
+            {name: os.path.dirname(path) for name, path in model_dirs.items()}, users, 2 * seconds, progress
+        )
+        out["one client, alternating"] = both
+        progress(
+            "the second stage adds "
+            + ", ".join(
+                f"{both['two stages'][q] - both['retrieval only'][q]:.2f} ms at {q[:3]}" for q in ("p50_ms", "p99_ms")
+            )
+        )
         progress("== each model alone, one user a call, the models in turns of 250 calls")
         for name, figures in model_only_ms(model_dirs, users).items():
             out[name].update(figures)
@@ -295,11 +307,55 @@ def _bench_one_model(serving_dir, users, anime, dim, history, seen, seconds, lev
     return model_dir, {"levels": results, "grpc_floor": floor, "size_mb": round(size_mb)}
 
 
+def alternating(serving_dirs: dict[str, str], users: int, seconds: float, progress, block: float = 1.0) -> dict:
+    """One client against each model's server, both running, in alternating blocks of
+    `block` seconds for `seconds` in all: the machine's drift over a run reaches both
+    alike, so their difference at p50 and p99 is the second stage's (bench serve's levels
+    run one model after the other)."""
+    from animerec.serving.client import RecommenderClient
+
+    servers, clients = [], {}
+    try:
+        for name, serving_dir in serving_dirs.items():
+            server, target = _start_server(_serve_command(serving_dir), users)
+            servers.append(server)
+            clients[name] = RecommenderClient(target, timeout=10)
+        rng = np.random.default_rng(3)
+        latencies: dict[str, list[float]] = {name: [] for name in clients}
+        for _ in range(max(1, int(seconds / block / len(clients)))):
+            for name, client in clients.items():
+                end = time.perf_counter() + block
+                while time.perf_counter() < end:
+                    request = client.request([int(rng.integers(0, users))])
+                    start = time.perf_counter()
+                    client.stub.Predict(request, timeout=10)
+                    latencies[name].append(time.perf_counter() - start)
+    finally:
+        for client in clients.values():
+            client.close()
+        for server in servers:
+            server.terminate()
+            server.wait(timeout=30)
+    out = {}
+    for name, values in latencies.items():
+        ms = np.array(values) * 1000
+        out[name] = {
+            "requests": len(ms),
+            "p50_ms": round(float(np.percentile(ms, 50)), 3),
+            "p99_ms": round(float(np.percentile(ms, 99)), 3),
+        }
+        progress(f"{name}: {len(ms)} requests, p50 {out[name]['p50_ms']:.2f} ms, p99 {out[name]['p99_ms']:.2f} ms")
+    return out
+
+
+def _serve_command(serving_dir: str) -> list:
+    return [sys.executable, "-m", "animerec.cli", "serve", "--model-dir", serving_dir, "--rest-port", "0"]
+
+
 def serve_and_drive(serving_dir, users, seconds, levels, progress, serve_args=(), responses=None) -> list:
     """`animerec serve` on serving_dir in its own process, driven by each level of clients
     (one serialized response, to a request for one user, is appended to `responses`)."""
-    command = [sys.executable, "-m", "animerec.cli", "serve", "--model-dir", serving_dir, "--rest-port", "0"]
-    return _drive_server(command + list(serve_args), users, seconds, levels, progress, responses)
+    return _drive_server(_serve_command(serving_dir) + list(serve_args), users, seconds, levels, progress, responses)
 
 
 def canned_server(port: int, response_path: str, workers: int = 8) -> None:
@@ -334,17 +390,28 @@ def grpc_floor(response: bytes, users: int, seconds: float, progress) -> dict:
     return result
 
 
-def _drive_server(command: list, users, seconds, levels, progress, responses) -> list:
-    """Starts `command` + ["--port", PORT] and drives it with each level of clients."""
+def _start_server(command: list, users: int) -> tuple[subprocess.Popen, str]:
+    """Starts `command` + ["--port", PORT], waits until it answers and warms it up."""
     port = _free_port()
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONWARNINGS="ignore")
     server = subprocess.Popen(
         command + ["--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
+    target = f"localhost:{port}"
     try:
-        target = f"localhost:{port}"
         _wait_for_server(target)
         drive(target, 1, 2.0, users)  # warm-up
+    except BaseException:
+        server.terminate()
+        server.wait(timeout=30)
+        raise
+    return server, target
+
+
+def _drive_server(command: list, users, seconds, levels, progress, responses) -> list:
+    """Starts `command` + ["--port", PORT] and drives it with each level of clients."""
+    server, target = _start_server(command, users)
+    try:
         results = []
         for clients in levels:
             result = drive(target, clients, seconds, users)

@@ -59,11 +59,13 @@ FROM_LIKED_INPUTS = [
 ]
 
 
-# recommend's inputs, each user's retrieved catalog positions (-1 padded) and the output
-# width: the inputs of the second stage run on an index's retrieved titles (rank_retrieved).
+# recommend's inputs, each user's retrieved catalog positions (-1 padded), the output
+# width and whether the index was exact: the inputs of the second stage run on an index's
+# retrieved titles (rank_retrieved).
 RANK_RETRIEVED_INPUTS = RECOMMEND_INPUTS + [
     tf.TensorSpec([None, None], tf.int32, name="retrieved"),
     tf.TensorSpec([], tf.int32, name="width"),
+    tf.TensorSpec([], tf.bool, name="exact"),
 ]
 
 
@@ -298,12 +300,22 @@ class RecommenderModule(tf.Module):
         order = tf.math.top_k(ranked, k=width)
         return tf.gather(candidates, order.indices, batch_dims=1), order.values
 
-    def _rank_retrieved(self, user_id, k, exclude_anime_ids, retrieved, width):
+    def _rank_retrieved(self, user_id, k, exclude_anime_ids, retrieved, width, exact):
         """`recommend`'s outputs in `width` columns, from retrieval's top titles found by an
         index (a ScaNN index: animerec.serving.scann_index) instead of the product with
         the whole catalog: `retrieved` holds each user's best max(width, N) unseen catalog
-        positions, -1 padded. They are rescored here, as the item-item candidates are, and
-        the second stage runs as in `recommend`."""
+        positions, -1 padded; `exact`: whether the index scored every title exactly. They
+        are rescored here, as the item-item candidates are, and the second stage runs as in
+        `recommend`."""
+        enough = tf.debugging.assert_greater_equal(
+            tf.shape(retrieved)[1],
+            tf.maximum(width, self.candidates),
+            message="retrieved must hold max(width, N) titles a user",
+        )
+        with tf.control_dependencies([enough]):
+            # In catalog order: among equal scores the top-k below then keeps catalog order,
+            # as `recommend`'s top-k over the whole catalog does.
+            retrieved = tf.sort(retrieved, axis=1)
         k, row, excluded = self._known_users(user_id, k, width, exclude_anime_ids, exclude_heldout=True)
         query, use_model = tf.gather(self.user_embeddings, row), tf.gather(self.has_history, row)
         history = _padded_rows(self.liked_values, self.liked_splits, row)
@@ -322,6 +334,7 @@ class RecommenderModule(tf.Module):
             exclusion,
             score_of,
             self.item_item_candidates,
+            exact=exact,
         )
         positions, values = self._rank(candidates, features, present, use_model, width)
         return self._outputs(positions, values, use_model, k, width)

@@ -218,12 +218,16 @@ class RankingFeatures(tf.Module):
         exclusion: tf.Tensor,
         retrieval_score_of,
         item_item_candidates: int,
+        exact: bool | tf.Tensor = True,
     ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """As __call__, from retrieval's top titles found elsewhere (a ScaNN index):
         `retrieved` [batch, N] catalog positions with their `retrieved_scores`, best first
         (-inf on padding); `exclusion` [batch, catalog], -inf where a title is excluded
         and finite elsewhere; `retrieval_score_of` maps [batch, M] catalog positions to
-        their retrieval scores (-inf where excluded), computed as `retrieved_scores` are."""
+        their retrieval scores (-inf where excluded), computed as `retrieved_scores` are.
+        `exact`: `retrieved` is the exact top N, so a title scoring above its last one was
+        retrieved; otherwise (an approximate index) an item-item title counts as retrieved
+        only if it is among `retrieved`, and one the index missed is kept."""
         user = self.item_item_user(history)
         # Item-item's top unseen titles, found among EASE's columns.
         unseen = tf.math.is_finite(tf.gather(exclusion, self.ease_items, axis=1))
@@ -239,6 +243,9 @@ class RankingFeatures(tf.Module):
         # too). A seen one (fewer unseen than asked) counts not at all.
         item_item_scores = retrieval_score_of(by_item_item)
         twice = item_item_scores >= retrieved_scores[:, -1:]
+        if exact is not True:  # False, or a boolean tensor (a request's)
+            found = tf.math.is_finite(retrieved_scores)
+            twice = tf.where(exact, twice, _read_marks(retrieved, found, by_item_item, self.catalog_size) > 0)
         union = tf.concat([retrieved, by_item_item], axis=1)
         union_scores = tf.concat([retrieved_scores, tf.where(twice, float("-inf"), item_item_scores)], axis=1)
         top = tf.math.top_k(union_scores, k=tf.shape(union)[1])
