@@ -25,7 +25,7 @@ import os
 import grpc
 import numpy as np
 import tensorflow as tf
-from tensorflow.python.saved_model import loader_impl
+from tensorflow.core.protobuf import saved_model_pb2
 
 from animerec import features as f
 from animerec.serving.batching import RequestError
@@ -127,7 +127,10 @@ class ScannRetrieval:
         self.searcher = build_searcher(database, **searcher_options)
         self.exact = is_exact(len(database), searcher_options.get("exact_below", EXACT_BELOW))
         # recommend's width (its largest k), from the SavedModel's signature definitions.
-        signature = loader_impl.parse_saved_model(path).meta_graphs[0].signature_def[f.RECOMMEND_SIGNATURE]
+        saved_model = saved_model_pb2.SavedModel()
+        with tf.io.gfile.GFile(os.path.join(path, "saved_model.pb"), "rb") as fh:
+            saved_model.ParseFromString(fh.read())
+        signature = saved_model.meta_graphs[0].signature_def[f.RECOMMEND_SIGNATURE]
         self.recommend_width = signature.outputs[f.OUTPUT_ANIME_IDS].tensor_shape.dim[1].size
 
     @property
