@@ -17,7 +17,8 @@ returned; `scores` are the ranker's logits. Signatures (names in animerec.featur
   recommend_for_eval: as recommend, but titles held out for evaluation are not excluded (the Evaluator's view)
   retrieve_for_eval: as recommend_for_eval, retrieval alone (the first stage, for the Evaluator's ablation)
 A two-stage model also saves `rank_retrieved` (recommend's inputs, each user's retrieved
-catalog positions and the output width): the second stage on the titles an index found
+catalog positions, the output width and whether the index was exact): the second stage
+on the titles an index found
 (animerec.serving.scann_index), as a function, not a signature, so TF Serving does not see it.
 Every input has a leading batch dimension and every output's width is fixed, so
 TF Serving's batching session (--enable_batching) can merge any requests of a
