@@ -81,15 +81,22 @@ def drive(target: str, clients: int, seconds: float, users: int, seed: int = 0) 
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - start
-    all_ms = np.array([x for per in latencies for x in per]) * 1000
+    figures = latency_figures([x for per in latencies for x in per])
     return {
         "clients": clients,
-        "requests": int(len(all_ms)),
+        "requests": figures["requests"],
         "errors": int(sum(errors)),
-        "qps": round(len(all_ms) / elapsed, 1),
-        "p50_ms": round(float(np.percentile(all_ms, 50)), 3),
-        "p95_ms": round(float(np.percentile(all_ms, 95)), 3),
-        "p99_ms": round(float(np.percentile(all_ms, 99)), 3),
+        "qps": round(figures["requests"] / elapsed, 1),
+        **{key: value for key, value in figures.items() if key != "requests"},
+    }
+
+
+def latency_figures(seconds: list[float]) -> dict:
+    """The number of requests and the p50, p95 and p99 latency (ms) of `seconds`."""
+    ms = np.array(seconds) * 1000
+    return {
+        "requests": len(ms),
+        **{f"p{q}_ms": round(float(np.percentile(ms, q)), 3) for q in (50, 95, 99)},
     }
 
 
@@ -336,15 +343,11 @@ def alternating(serving_dirs: dict[str, str], users: int, seconds: float, progre
         for server in servers:
             server.terminate()
             server.wait(timeout=30)
-    out = {}
-    for name, values in latencies.items():
-        ms = np.array(values) * 1000
-        out[name] = {
-            "requests": len(ms),
-            "p50_ms": round(float(np.percentile(ms, 50)), 3),
-            "p99_ms": round(float(np.percentile(ms, 99)), 3),
-        }
-        progress(f"{name}: {len(ms)} requests, p50 {out[name]['p50_ms']:.2f} ms, p99 {out[name]['p99_ms']:.2f} ms")
+    out = {name: latency_figures(values) for name, values in latencies.items()}
+    for name, figures in out.items():
+        progress(
+            f"{name}: {figures['requests']} requests, p50 {figures['p50_ms']:.2f} ms, p99 {figures['p99_ms']:.2f} ms"
+        )
     return out
 
 
