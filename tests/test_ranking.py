@@ -17,7 +17,16 @@ def _liked(rng, users=30, items=12, rows=200):
 
 
 def _features_module(
-    item_in, item_out, column, catalog_size, genres=None, members=None, neighbours=None, candidate_rank=None
+    item_in,
+    item_out,
+    column,
+    catalog_size,
+    genres=None,
+    members=None,
+    neighbours=None,
+    candidate_rank=None,
+    likes=None,
+    candidate_titles=None,
 ):
     rng = np.random.default_rng(9)
     if neighbours is None:  # no title has a neighbour
@@ -27,11 +36,12 @@ def _features_module(
         item_out,
         column,
         *neighbours,
-        rng.integers(0, 50, catalog_size).astype(np.float64),
+        likes if likes is not None else rng.integers(0, 50, catalog_size).astype(np.float64),
         genres if genres is not None else ranking.genre_matrix(rng.integers(0, 4, (catalog_size, 3)), 4),
         rng.uniform(5, 9, catalog_size).astype(np.float32),
         members if members is not None else rng.integers(0, 10_000, catalog_size),
         candidate_rank,
+        candidate_titles,
     )
 
 
@@ -56,14 +66,24 @@ def test_ease_factors_give_ease_scores_on_unseen_titles(users):
         assert np.all(got[row, 12:] == 0.0)
 
 
-@pytest.mark.parametrize("candidate_rank", [None, 3])  # candidates by every EASE component, then by the 3 leading
-def test_candidates_are_both_retrievers_top_titles_unseen_and_ordered_by_retrieval(candidate_rank):
+# Item-item's candidates by every EASE component, by the 3 leading ones, then from the 10
+# most liked of EASE's titles only.
+@pytest.mark.parametrize("candidate_rank, candidate_titles", [(None, None), (3, None), (None, 10)])
+def test_candidates_are_both_retrievers_top_titles_unseen_and_ordered_by_retrieval(candidate_rank, candidate_titles):
     rng = np.random.default_rng(1)
     users, positions = _liked(rng, items=40, rows=600)
     index = evaluation.EaseIndex(users, positions, 40)
     members = rng.integers(0, 10_000, 40)
+    likes = rng.permutation(40).astype(np.float64)  # no ties: which 10 titles are the most liked is clear
     factors = ranking.ease_factors(index.eigen, index.items, 40, 5.0, rank=32)
-    module = _features_module(*factors, 40, members=members, candidate_rank=candidate_rank)
+    module = _features_module(
+        *factors,
+        40,
+        members=members,
+        candidate_rank=candidate_rank,
+        likes=likes,
+        candidate_titles=candidate_titles,
+    )
     history = np.array([[1, 2, 3, -1], [5, 6, -1, -1]], np.int32)
     retrieval_scores = rng.normal(size=(2, 40)).astype(np.float32)
     retrieval_scores[0, [1, 2, 3, 10]] = -np.inf  # seen
@@ -78,22 +98,25 @@ def test_candidates_are_both_retrievers_top_titles_unseen_and_ordered_by_retriev
     leading = leading[:, column]
     if candidate_rank is not None:
         assert not np.allclose(leading, item_item, atol=1e-3), "3 components should score differently from 32"
+    eligible = column < len(index.items)
+    if candidate_titles is not None:
+        most_liked = index.items[np.argsort(-likes[index.items], kind="stable")[:candidate_titles]]
+        eligible = np.isin(np.arange(40), most_liked)
     assert candidates.shape == present.shape == (2, 9) and features.shape == (2, 9, len(ranking.FEATURE_NAMES))
     for row in range(2):
         unseen = np.isfinite(retrieval_scores[row])
         chosen = set(candidates[row][present[row]].tolist())
         by_retrieval = np.argsort(-retrieval_scores[row], kind="stable")[:5]
-        by_item_item = np.argsort(
-            -np.where(unseen & (column < len(index.items)), leading[row], -np.inf), kind="stable"
-        )[:4]
+        by_item_item = np.argsort(-np.where(unseen & eligible, leading[row], -np.inf), kind="stable")[:4]
         assert chosen == set(by_retrieval.tolist()) | set(by_item_item.tolist())
         assert all(unseen[c] for c in chosen), "a seen title became a candidate"
         kept = retrieval_scores[row, candidates[row][present[row]]]
         assert np.all(np.diff(kept) <= 0), "candidates are in retrieval order"
         assert np.all(features[row][~present[row]] == 0.0) and np.all(np.isfinite(features[row]))
-        column = ranking.FEATURE_NAMES.index("item_item")
         np.testing.assert_allclose(
-            features[row, present[row], column], item_item[row, candidates[row][present[row]]], rtol=1e-5
+            features[row, present[row], ranking.FEATURE_NAMES.index("item_item")],
+            item_item[row, candidates[row][present[row]]],
+            rtol=1e-5,
         )
         # Each present candidate's place by item-item score (ties in list order), padding last.
         listed = np.where(present[row], item_item[row, candidates[row]], -np.inf)

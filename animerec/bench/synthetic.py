@@ -82,6 +82,7 @@ def synthetic_second_stage(data, seed: int = 0):
         data.catalog.mal_score,
         data.catalog.members,
         config.item_item_candidate_rank,
+        config.item_item_candidate_titles,
     )
     width = len(ranking.FEATURE_NAMES)
     ranker = ranking.Ranker([0.0] * width, [1.0] * width, tuple(config.ranker_hidden_units[0]), config.ranker_members)

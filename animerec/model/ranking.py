@@ -5,7 +5,7 @@ unseen). The ranker scores each (user, candidate) pair with what the two-tower
 cannot express: two item-item collaborative scores of the candidate given the user's liked history
 (EASE's score, kept as a low-rank factorization so that the SavedModel stays
 small: a request chooses item-item's candidates with one product over the leading
-components and scores only its candidates with all of them; and the candidate's highest cosine
+components and the most-liked titles, and scores only its candidates with all of them; and the candidate's highest cosine
 similarity to a liked title, from a table of each title's nearest neighbours), the genre affinity of the candidate with the history,
 the title's popularity here and on MyAnimeList (members) and its MAL score, the
 history's length, and the retrieval score and rank.
@@ -132,10 +132,12 @@ class RankingFeatures(tf.Module):
         mal_score: np.ndarray,
         members: np.ndarray,
         candidate_rank: int | None = None,
+        candidate_titles: int | None = None,
     ):
         """candidate_rank: the rank of the EASE scores that choose item-item's candidates
-        (the leading components of ease_factors'; None: all). The candidates' own scores,
-        a feature, always use every component."""
+        (the leading components of ease_factors'; None: all). candidate_titles: item-item's
+        candidates come from this many of EASE's titles, the most liked (None: all). The
+        candidates' own scores, a feature, always use every component, and any EASE title."""
         super().__init__()
         self.catalog_size = len(likes_by_position)
         self.item_in = tf.Variable(item_in, trainable=False, name="ease_item_in")
@@ -143,13 +145,19 @@ class RankingFeatures(tf.Module):
         self.item_out_rows = tf.Variable(np.ascontiguousarray(item_out.T), trainable=False, name="ease_item_out")
         # The leading components alone, by columns: one product scores every EASE title.
         self.candidate_rank = item_out.shape[0] if candidate_rank is None else min(candidate_rank, item_out.shape[0])
+        # Catalog position of each EASE column, and the columns item-item's candidates come
+        # from (in column order): the request's largest product reads only theirs.
+        ease_items = np.argsort(item_column, kind="stable")[: item_out.shape[1] - 1].astype(np.int32)
+        columns = np.arange(len(ease_items))
+        if candidate_titles is not None and candidate_titles < len(ease_items):
+            likes = np.asarray(likes_by_position, np.float64)[ease_items]
+            columns = np.sort(np.argsort(-likes, kind="stable")[:candidate_titles])
         self.candidate_out = tf.Variable(
-            np.ascontiguousarray(item_out[: self.candidate_rank, :-1]), trainable=False, name="ease_candidate_out"
+            np.ascontiguousarray(item_out[: self.candidate_rank, columns]), trainable=False, name="ease_candidate_out"
         )
         self.item_column = tf.Variable(item_column, trainable=False, name="ease_item_column")
-        # Catalog position of each EASE column.
-        ease_items = np.argsort(item_column, kind="stable")[: item_out.shape[1] - 1].astype(np.int32)
-        self.ease_items = tf.Variable(ease_items, trainable=False, name="ease_items")
+        # Catalog position of each candidate_out column.
+        self.ease_items = tf.Variable(ease_items[columns], trainable=False, name="ease_items")
         # cosine_neighbours' table: [catalog, k] positions (-1 padded) and similarities.
         # Padding points one past the catalog, a position no history marks: no test for -1 a request.
         self.neighbours = tf.Variable(

@@ -108,7 +108,7 @@ def features_module(
 ) -> ranking.RankingFeatures:
     """RankingFeatures over liked rows (`index`, EASE over them; `liked_position`, all of
     them): EASE at l2 (config.item_item_rank, candidates chosen at
-    config.item_item_candidate_rank), each title's config.item_knn_neighbours nearest
+    config.item_item_candidate_rank among config.item_item_candidate_titles), each title's config.item_knn_neighbours nearest
     titles, popularity, genres, metadata."""
     rank, neighbours = config.item_item_rank, config.item_knn_neighbours
     catalog_size = len(data.catalog.anime_id)
@@ -118,7 +118,13 @@ def features_module(
     likes = np.bincount(liked_position, minlength=catalog_size).astype(np.float64)
     genres = ranking.genre_matrix(data.catalog.tokens[f.GENRE_TOKENS], data.text_vocab_sizes[f.GENRE_TOKENS])
     return ranking.RankingFeatures(
-        *factors, likes, genres, data.catalog.mal_score, data.catalog.members, config.item_item_candidate_rank
+        *factors,
+        likes,
+        genres,
+        data.catalog.mal_score,
+        data.catalog.members,
+        config.item_item_candidate_rank,
+        config.item_item_candidate_titles,
     )
 
 
