@@ -144,6 +144,14 @@ class RecommenderModule(tf.Module):
             liked_splits, liked_values = _csr_int32(*liked_positions(data))
             self.liked_splits = tf.Variable(liked_splits, trainable=False, name="liked_splits")
             self.liked_values = tf.Variable(liked_values, trainable=False, name="liked_values")
+            # What the second stage needs of each known user's history besides the titles
+            # (RankingFeatures.user_side), stored: computed per request, it grows with the
+            # history (a gather of a rank-256 row per liked title), which made heavy users'
+            # requests the slow ones.
+            user_side = self.ranking_features.user_side_table(liked_splits, liked_values)
+            self.user_item_item = tf.Variable(user_side[0], trainable=False, name="user_item_item")
+            self.user_genre_profile = tf.Variable(user_side[1], trainable=False, name="user_genre_profile")
+            self.user_log_likes = tf.Variable(user_side[2], trainable=False, name="user_log_likes")
             # For a ScaNN index serving both stages (animerec.serving.scann_index): N, and
             # the second stage from an index's retrieved titles, a saved function that is
             # not a signature (TF Serving does not see it).
@@ -227,11 +235,26 @@ class RecommenderModule(tf.Module):
     ) -> dict:
         """Row b: the top k[b] unseen titles of user_id[b], in `width` columns."""
         k, row, excluded = self._known_users(user_id, k, width, exclude_anime_ids, exclude_heldout)
-        history = None
+        history = user_side = None
         if two_stage and self.second_stage is not None:
             history = _padded_rows(self.liked_values, self.liked_splits, row)
+            user_side = self._user_side(row)
         return self._top(
-            tf.gather(self.user_embeddings, row), tf.gather(self.has_history, row), excluded, history, k, width
+            tf.gather(self.user_embeddings, row),
+            tf.gather(self.has_history, row),
+            excluded,
+            history,
+            k,
+            width,
+            user_side,
+        )
+
+    def _user_side(self, row: tf.Tensor) -> tuple:
+        """RankingFeatures.user_side of known users' rows, as stored at export."""
+        return (
+            tf.gather(self.user_item_item, row),
+            tf.gather(self.user_genre_profile, row),
+            tf.gather(self.user_log_likes, row),
         )
 
     def _known_users(self, user_id: tf.Tensor, k: tf.Tensor, width, exclude_anime_ids, exclude_heldout: bool):
@@ -262,14 +285,15 @@ class RecommenderModule(tf.Module):
         model += tf.gather(self.catalog_bias, positions)
         return tf.where(use_model[:, None], model, tf.gather(self.popularity, positions))
 
-    def _top(self, query, use_model, excluded: list, history, k: tf.Tensor, width: int) -> dict:
+    def _top(self, query, use_model, excluded: list, history, k: tf.Tensor, width: int, user_side=None) -> dict:
         """The outputs for users with query embeddings `query` ([batch, dim]; popularity where
         not `use_model`), titles `excluded` (catalog positions, -1 padded) left out, reranked
-        from their liked `history` (catalog positions) when it is given."""
+        from their liked `history` (catalog positions) when it is given (`user_side`: its
+        RankingFeatures.user_side when stored; None: computed from it)."""
         scores = _mask_columns(self._scores(query, use_model), tf.concat(excluded, axis=1))
         if history is not None:
             candidates, features, present = self.ranking_features(
-                history, scores, max(width, self.candidates), self.item_item_candidates
+                history, scores, max(width, self.candidates), self.item_item_candidates, user_side
             )
             positions, values = self._rank(candidates, features, present, use_model, width)
         else:
@@ -336,6 +360,7 @@ class RecommenderModule(tf.Module):
             score_of,
             self.item_item_candidates,
             exact=exact,
+            user_side=self._user_side(row),
         )
         positions, values = self._rank(candidates, features, present, use_model, width)
         return self._outputs(positions, values, use_model, k, width)

@@ -195,8 +195,41 @@ class RankingFeatures(tf.Module):
         columns = tf.matmul(self.item_item_user(history), self.item_out_rows, transpose_b=True)
         return tf.gather(columns, self.item_column, axis=1)
 
+    def user_side(self, history: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """What the features need of the user's liked history ([batch, H] catalog positions,
+        -1 padded) besides the titles themselves: item_item_user's vector, the history's
+        unit-norm genre profile and log(1 + its length). Its cost grows with the history,
+        so the serving model stores it per known user (user_side_table)."""
+        valid = history >= 0
+        profile = tf.reduce_sum(
+            tf.gather(self.genres, tf.maximum(history, 0)) * tf.cast(valid, tf.float32)[..., None], axis=1
+        )
+        count = tf.reduce_sum(tf.cast(valid, tf.float32), axis=1)
+        return self.item_item_user(history), tf.math.l2_normalize(profile, axis=1), tf.math.log1p(count)
+
+    def user_side_table(self, splits: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """user_side for every row of a CSR table of liked catalog positions, as arrays
+        ([rows, rank], [rows, genres], [rows]), at the cost of one sparse product."""
+        import scipy.sparse
+
+        rows = len(splits) - 1
+        liked = scipy.sparse.csr_matrix(
+            (np.ones(len(values), np.float32), np.asarray(values, np.int64), np.asarray(splits, np.int64)),
+            shape=(rows, self.catalog_size),
+        )
+        item_item = np.asarray(liked @ self.item_in.numpy(), np.float32)
+        profile = np.asarray(liked @ self.genres.numpy(), np.float32)
+        # tf.math.l2_normalize's: x / sqrt(max(sum(x^2), 1e-12)).
+        profile /= np.sqrt(np.maximum((profile**2).sum(axis=1, keepdims=True), 1e-12))
+        return item_item, profile, np.log1p(np.diff(splits)).astype(np.float32)
+
     def __call__(
-        self, history: tf.Tensor, retrieval_scores: tf.Tensor, retrieved: int, item_item_candidates: int
+        self,
+        history: tf.Tensor,
+        retrieval_scores: tf.Tensor,
+        retrieved: int,
+        item_item_candidates: int,
+        user_side: tuple | None = None,
     ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """The candidates, their features and which are present.
 
@@ -216,6 +249,7 @@ class RankingFeatures(tf.Module):
             retrieval_scores,
             lambda positions: tf.gather(retrieval_scores, positions, batch_dims=1),
             item_item_candidates,
+            user_side=user_side,
         )
 
     def of_retrieved(
@@ -227,6 +261,7 @@ class RankingFeatures(tf.Module):
         retrieval_score_of,
         item_item_candidates: int,
         exact: bool | tf.Tensor = True,
+        user_side: tuple | None = None,
     ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """As __call__, from retrieval's top titles found elsewhere (a ScaNN index):
         `retrieved` [batch, N] catalog positions with their `retrieved_scores`, best first
@@ -235,8 +270,10 @@ class RankingFeatures(tf.Module):
         their retrieval scores (-inf where excluded), computed as `retrieved_scores` are.
         `exact`: `retrieved` is the exact top N, so a title scoring above its last one was
         retrieved; otherwise (an approximate index) an item-item title counts as retrieved
-        only if it is among `retrieved`, and one the index missed is kept."""
-        user = self.item_item_user(history)
+        only if it is among `retrieved`, and one the index missed is kept. `user_side`:
+        user_side(history), when it was computed ahead (None: computed here)."""
+        user_side = self.user_side(history) if user_side is None else user_side
+        user = user_side[0]
         # Item-item's top unseen titles, found among EASE's columns.
         unseen = tf.math.is_finite(tf.gather(exclusion, self.ease_items, axis=1))
         by_item_item = tf.gather(
@@ -259,7 +296,7 @@ class RankingFeatures(tf.Module):
         top = tf.math.top_k(union_scores, k=tf.shape(union)[1])
         candidates, present = tf.gather(union, top.indices, batch_dims=1), tf.math.is_finite(top.values)
         item_item = self.item_item_of(user, candidates)
-        return candidates, self.features(history, candidates, top.values, item_item, present), present
+        return candidates, self.features(history, candidates, top.values, item_item, present, user_side), present
 
     def features(
         self,
@@ -268,14 +305,14 @@ class RankingFeatures(tf.Module):
         retrieval_scores: tf.Tensor,
         item_item: tf.Tensor,
         present: tf.Tensor,
+        user_side: tuple | None = None,
     ) -> tf.Tensor:
         """[batch, N, len(FEATURE_NAMES)] features of the candidates ([batch, N] positions
-        with their retrieval scores and EASE's scores, item_item_of's)."""
+        with their retrieval scores and EASE's scores, item_item_of's); `user_side` as
+        of_retrieved's."""
         valid = history >= 0
         liked = tf.maximum(history, 0)
-        count = tf.reduce_sum(tf.cast(valid, tf.float32), axis=1)
-        profile = tf.reduce_sum(tf.gather(self.genres, liked) * tf.cast(valid, tf.float32)[..., None], axis=1)
-        profile = tf.math.l2_normalize(profile, axis=1)
+        _, profile, log_count = self.user_side(history) if user_side is None else user_side
         affinity = tf.reduce_sum(tf.gather(self.genres, candidates) * profile[:, None, :], axis=2)
 
         shape = tf.shape(candidates)
@@ -301,7 +338,7 @@ class RankingFeatures(tf.Module):
             tf.math.log1p(tf.cast(item_item_rank, tf.float32)),
             knn,
         ]
-        after_titles = [affinity, tf.broadcast_to(tf.math.log1p(count)[:, None], shape)]
+        after_titles = [affinity, tf.broadcast_to(log_count[:, None], shape)]
         columns = tf.concat(
             [
                 tf.stack(before_titles, axis=-1),
