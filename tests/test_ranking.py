@@ -227,16 +227,24 @@ def test_item_knn_feature_is_the_highest_similarity_to_a_liked_neighbour():
                     assert value == pytest.approx(cosine[title, liked].max(), rel=1e-5)
 
 
+def test_item_item_candidates_need_at_least_one_title():
+    rng = np.random.default_rng(1)
+    index = evaluation.EaseIndex(*_liked(rng, items=40, rows=600), 40)
+    with pytest.raises(ValueError, match="item_item_candidate_titles must be at least 1"):
+        _features_module(*ranking.ease_factors(index.eigen, index.items, 40, 5.0, rank=8), 40, candidate_titles=0)
+
+
 def test_stored_user_side_is_the_one_computed_from_the_history():
     """What the serving model stores per known user (RankingFeatures.user_side_table) equals
     what a request computes from the history (new users), empty histories included."""
     rng = np.random.default_rng(4)
     users, positions = _liked(rng, items=40, rows=600)
-    index = evaluation.EaseIndex(users, positions, 40)
-    module = _features_module(*ranking.ease_factors(index.eigen, index.items, 40, 5.0, rank=16), 40)
+    index = evaluation.EaseIndex(users, positions, 44)  # titles 40-43: nobody liked them, outside EASE
+    module = _features_module(*ranking.ease_factors(index.eigen, index.items, 44, 5.0, rank=16), 44)
     lengths = np.array([3, 0, 7, 1, 12, 0])
     splits = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     values = rng.integers(0, 40, int(splits[-1])).astype(np.int32)
+    values[[0, 5]] = [41, 43]
     stored = module.user_side_table(splits, values)
     computed = module.user_side(tf.constant(two_stage.padded_histories(splits, values, np.arange(len(lengths)))))
     assert [a.shape[0] for a in stored] == [len(lengths)] * 3
@@ -244,6 +252,8 @@ def test_stored_user_side_is_the_one_computed_from_the_history():
         np.testing.assert_allclose(table, runtime.numpy(), rtol=1e-5, atol=1e-6)
     assert np.abs(stored[0][0]).sum() > 0 and np.all(stored[0][1] == 0) and np.all(stored[1][5] == 0)
     np.testing.assert_allclose(np.linalg.norm(stored[1][lengths > 0], axis=1), 1.0, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"must lie in \[0, 44\); got -1 to"):
+        module.user_side_table(splits, np.where(np.arange(len(values)) == 2, -1, values))
 
 
 def test_ranker_learns_which_feature_marks_the_liked_title():

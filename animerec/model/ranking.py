@@ -149,6 +149,8 @@ class RankingFeatures(tf.Module):
         # from (in column order): the request's largest product reads only theirs.
         ease_items = np.argsort(item_column, kind="stable")[: item_out.shape[1] - 1].astype(np.int32)
         columns = np.arange(len(ease_items))
+        if candidate_titles is not None and candidate_titles < 1:
+            raise ValueError(f"item_item_candidate_titles must be at least 1 (or None: all); got {candidate_titles}")
         if candidate_titles is not None and candidate_titles < len(ease_items):
             likes = np.asarray(likes_by_position, np.float64)[ease_items]
             columns = np.sort(np.argsort(-likes, kind="stable")[:candidate_titles])
@@ -212,9 +214,13 @@ class RankingFeatures(tf.Module):
         ([rows, rank], [rows, genres], [rows]), at the cost of one sparse product."""
         import scipy.sparse
 
-        rows = len(splits) - 1
+        rows, values = len(splits) - 1, np.asarray(values, np.int64)
+        if len(values) and (values.min() < 0 or values.max() >= self.catalog_size):
+            raise ValueError(
+                f"liked catalog positions must lie in [0, {self.catalog_size}); got {values.min()} to {values.max()}"
+            )
         liked = scipy.sparse.csr_matrix(
-            (np.ones(len(values), np.float32), np.asarray(values, np.int64), np.asarray(splits, np.int64)),
+            (np.ones(len(values), np.float32), values, np.asarray(splits, np.int64)),
             shape=(rows, self.catalog_size),
         )
         item_item = np.asarray(liked @ self.item_in.numpy(), np.float32)
