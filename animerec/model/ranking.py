@@ -311,14 +311,14 @@ class RankingFeatures(tf.Module):
         retrieval_scores: tf.Tensor,
         item_item: tf.Tensor,
         present: tf.Tensor,
-        user_side: tuple | None = None,
+        user_side: tuple,
     ) -> tf.Tensor:
         """[batch, N, len(FEATURE_NAMES)] features of the candidates ([batch, N] positions
-        with their retrieval scores and EASE's scores, item_item_of's); `user_side` as
-        of_retrieved's."""
+        with their retrieval scores and EASE's scores, item_item_of's), with the history's
+        user_side."""
         valid = history >= 0
         liked = tf.maximum(history, 0)
-        _, profile, log_count = self.user_side(history) if user_side is None else user_side
+        _, profile, log_count = user_side
         affinity = tf.reduce_sum(tf.gather(self.genres, candidates) * profile[:, None, :], axis=2)
 
         shape = tf.shape(candidates)
