@@ -75,10 +75,12 @@ def test_candidates_are_both_retrievers_top_titles_unseen_and_ordered_by_retriev
     index = evaluation.EaseIndex(users, positions, 40)
     members = rng.integers(0, 10_000, 40)
     likes = rng.permutation(40).astype(np.float64)  # no ties: which 10 titles are the most liked is clear
+    genres = ranking.genre_matrix(rng.integers(0, 6, (40, 3)), 6)
     factors = ranking.ease_factors(index.eigen, index.items, 40, 5.0, rank=32)
     module = _features_module(
         *factors,
         40,
+        genres=genres,
         members=members,
         candidate_rank=candidate_rank,
         likes=likes,
@@ -118,19 +120,23 @@ def test_candidates_are_both_retrievers_top_titles_unseen_and_ordered_by_retriev
             item_item[row, candidates[row][present[row]]],
             rtol=1e-5,
         )
-        # Each present candidate's place by item-item score (ties in list order), padding last.
-        listed = np.where(present[row], item_item[row, candidates[row]], -np.inf)
-        place = np.argsort(np.argsort(-listed, kind="stable"), kind="stable")
-        np.testing.assert_allclose(
-            features[row, :, ranking.FEATURE_NAMES.index("log_item_item_rank")][present[row]],
-            np.log1p(place)[present[row]],
-            rtol=1e-6,
-        )
         titles = candidates[row][present[row]]
         np.testing.assert_allclose(
             features[row, present[row], ranking.FEATURE_NAMES.index("log_mal_members")],
             np.log1p(members[titles]),
             rtol=1e-6,
+        )
+        np.testing.assert_allclose(
+            features[row, present[row], ranking.FEATURE_NAMES.index("log_popularity")],
+            np.log1p(likes[titles]),
+            rtol=1e-6,
+        )
+        # The candidate's genres against the history's unit-norm genre profile.
+        profile = genres[history[row][history[row] >= 0]].sum(axis=0)
+        np.testing.assert_allclose(
+            features[row, present[row], ranking.FEATURE_NAMES.index("genre_affinity")],
+            genres[titles] @ (profile / np.linalg.norm(profile)),
+            rtol=1e-5,
         )
 
 

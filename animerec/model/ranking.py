@@ -26,8 +26,6 @@ FEATURE_NAMES = (
     "retrieval_score",
     "log_retrieval_rank",
     "item_item",
-    "item_item_share_of_best",
-    "log_item_item_rank",
     "item_knn_similarity",
     "log_popularity",
     "mal_score",
@@ -141,8 +139,11 @@ class RankingFeatures(tf.Module):
         super().__init__()
         self.catalog_size = len(likes_by_position)
         self.item_in = tf.Variable(item_in, trainable=False, name="ease_item_in")
-        # By rows: a request gathers its candidates' rows, never the whole matrix.
-        self.item_out_rows = tf.Variable(np.ascontiguousarray(item_out.T), trainable=False, name="ease_item_out")
+        # By catalog position, zeros for titles outside EASE: a request gathers its
+        # candidates' rows, never the whole matrix, and with no column lookup first.
+        self.item_out_rows = tf.Variable(
+            np.ascontiguousarray(item_out.T[item_column]), trainable=False, name="ease_item_out"
+        )
         # The leading components alone, by columns: one product scores every EASE title.
         self.candidate_rank = item_out.shape[0] if candidate_rank is None else min(candidate_rank, item_out.shape[0])
         # Catalog position of each EASE column, and the columns item-item's candidates come
@@ -157,18 +158,15 @@ class RankingFeatures(tf.Module):
         self.candidate_out = tf.Variable(
             np.ascontiguousarray(item_out[: self.candidate_rank, columns]), trainable=False, name="ease_candidate_out"
         )
-        self.item_column = tf.Variable(item_column, trainable=False, name="ease_item_column")
         # Catalog position of each candidate_out column.
         self.ease_items = tf.Variable(ease_items[columns], trainable=False, name="ease_items")
-        # cosine_neighbours' table: [catalog, k] positions (-1 padded) and similarities.
-        # Padding points one past the catalog, a position no history marks: no test for -1 a request.
-        self.neighbours = tf.Variable(
-            np.where(neighbours >= 0, neighbours, self.catalog_size).astype(np.int32),
-            trainable=False,
-            name="knn_neighbours",
-        )
-        self.neighbour_similarity = tf.Variable(neighbour_similarity, trainable=False, name="knn_similarity")
-        # The per-title features (TITLE_FEATURES, in FEATURE_NAMES' order) in one table: one gather a request.
+        # Everything else the features read of a title, one row per title (a request makes
+        # one gather of its candidates' rows, not one per table): its unit-norm genre row,
+        # TITLE_FEATURES (in FEATURE_NAMES' order), then cosine_neighbours' k similarities
+        # and k positions. The positions are stored as floats (exact below 2^24) and padding
+        # points one past the catalog, a position no history marks: no test for -1 a request.
+        if self.catalog_size + 1 >= 2**24:
+            raise ValueError(f"catalogs of 2^24 titles or more do not fit the title table; got {self.catalog_size}")
         title_features = np.stack(
             [
                 np.log1p(likes_by_position),
@@ -177,8 +175,28 @@ class RankingFeatures(tf.Module):
             ],
             axis=1,
         )
-        self.title_features = tf.Variable(title_features.astype(np.float32), trainable=False, name="title_features")
-        self.genres = tf.Variable(genres, trainable=False, name="catalog_genre_matrix")
+        neighbour_positions = np.where(neighbours >= 0, neighbours, self.catalog_size)
+        self.genre_width, self.neighbour_count = genres.shape[1], neighbours.shape[1]
+        table = np.concatenate([genres, title_features, neighbour_similarity, neighbour_positions], axis=1)
+        self.title_table = tf.Variable(table.astype(np.float32), trainable=False, name="title_table")
+
+    def _title_columns(self, rows: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+        """title_table `rows` ([..., width]) as (genre rows, TITLE_FEATURES, neighbour
+        similarities, neighbour positions)."""
+        genres, titles = self.genre_width, len(TITLE_FEATURES)
+        similarity = genres + titles
+        positions = similarity + self.neighbour_count
+        return (
+            rows[..., :genres],
+            rows[..., genres:similarity],
+            rows[..., similarity:positions],
+            tf.cast(rows[..., positions:], tf.int32),
+        )
+
+    @property
+    def title_features(self) -> tf.Tensor:
+        """[catalog, len(TITLE_FEATURES)]: the features of the title alone."""
+        return self._title_columns(self.title_table)[1]
 
     def item_item_user(self, history: tf.Tensor) -> tf.Tensor:
         """[batch, rank]: the user's side of EASE's factorization (ease_factors), from the
@@ -189,13 +207,11 @@ class RankingFeatures(tf.Module):
     def item_item_of(self, user: tf.Tensor, candidates: tf.Tensor) -> tf.Tensor:
         """[batch, N]: EASE's scores of the candidates ([batch, N] catalog positions) for
         item_item_user's `user`; 0 for titles outside EASE."""
-        rows = tf.gather(self.item_out_rows, tf.gather(self.item_column, candidates))
-        return tf.reduce_sum(rows * user[:, None, :], axis=-1)
+        return tf.reduce_sum(tf.gather(self.item_out_rows, candidates) * user[:, None, :], axis=-1)
 
     def item_item_scores(self, history: tf.Tensor) -> tf.Tensor:
         """[batch, catalog]: EASE's scores from the user's liked titles."""
-        columns = tf.matmul(self.item_item_user(history), self.item_out_rows, transpose_b=True)
-        return tf.gather(columns, self.item_column, axis=1)
+        return tf.matmul(self.item_item_user(history), self.item_out_rows, transpose_b=True)
 
     def user_side(self, history: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """What the features need of the user's liked history ([batch, H] catalog positions,
@@ -203,9 +219,8 @@ class RankingFeatures(tf.Module):
         unit-norm genre profile and log(1 + its length). Its cost grows with the history,
         so the serving model stores it per known user (user_side_table)."""
         valid = history >= 0
-        profile = tf.reduce_sum(
-            tf.gather(self.genres, tf.maximum(history, 0)) * tf.cast(valid, tf.float32)[..., None], axis=1
-        )
+        genres = self._title_columns(tf.gather(self.title_table, tf.maximum(history, 0)))[0]
+        profile = tf.reduce_sum(genres * tf.cast(valid, tf.float32)[..., None], axis=1)
         count = tf.reduce_sum(tf.cast(valid, tf.float32), axis=1)
         return self.item_item_user(history), tf.math.l2_normalize(profile, axis=1), tf.math.log1p(count)
 
@@ -224,7 +239,7 @@ class RankingFeatures(tf.Module):
             shape=(rows, self.catalog_size),
         )
         item_item = np.asarray(liked @ self.item_in.numpy(), np.float32)
-        profile = np.asarray(liked @ self.genres.numpy(), np.float32)
+        profile = np.asarray(liked @ self.title_table.numpy()[:, : self.genre_width], np.float32)
         # tf.math.l2_normalize's: x / sqrt(max(sum(x^2), 1e-12)).
         profile /= np.sqrt(np.maximum((profile**2).sum(axis=1, keepdims=True), 1e-12))
         return item_item, profile, np.log1p(np.diff(splits)).astype(np.float32)
@@ -319,36 +334,27 @@ class RankingFeatures(tf.Module):
         valid = history >= 0
         liked = tf.maximum(history, 0)
         _, profile, log_count = user_side
-        affinity = tf.reduce_sum(tf.gather(self.genres, candidates) * profile[:, None, :], axis=2)
+        genres, title_features, similarity, neighbours = self._title_columns(tf.gather(self.title_table, candidates))
+        affinity = tf.reduce_sum(genres * profile[:, None, :], axis=2)
 
         shape = tf.shape(candidates)
         positions = tf.broadcast_to(tf.range(shape[1])[None, :], shape)
-        # Relative to the user's own list: robust to how long the history is.
-        ranked_item_item = tf.where(present, item_item, float("-inf"))
-        best = tf.reduce_max(tf.where(present, item_item, 0.0), axis=1, keepdims=True)
-        # Each candidate's place in the list by item-item score: one stable sort (top_k keeps
-        # ties in index order, as a stable argsort does) and its inverse permutation.
-        order = tf.math.top_k(ranked_item_item, k=shape[1]).indices
-        rows = tf.broadcast_to(tf.range(shape[0])[:, None], shape)
-        item_item_rank = tf.scatter_nd(tf.stack([rows, order], axis=-1), positions, shape)
         # The highest similarity among the candidate's neighbours the user liked: exact
         # whenever one of its k nearest titles is in the history (the nearest liked one
         # is then among them), 0 otherwise. Liked titles are marked on a [batch, catalog] map.
-        liked_neighbour = _read_marks(liked, valid, tf.gather(self.neighbours, candidates), self.catalog_size + 1)
-        knn = tf.reduce_max(liked_neighbour * tf.gather(self.neighbour_similarity, candidates), axis=-1)
+        liked_neighbour = _read_marks(liked, valid, neighbours, self.catalog_size + 1)
+        knn = tf.reduce_max(liked_neighbour * similarity, axis=-1)
         before_titles = [
             retrieval_scores,  # -inf on padding, zeroed below with every column
             tf.math.log1p(tf.cast(positions, tf.float32)),
             item_item,
-            item_item / tf.maximum(best, 1e-6),
-            tf.math.log1p(tf.cast(item_item_rank, tf.float32)),
             knn,
         ]
         after_titles = [affinity, tf.broadcast_to(log_count[:, None], shape)]
         columns = tf.concat(
             [
                 tf.stack(before_titles, axis=-1),
-                tf.gather(self.title_features, candidates),
+                title_features,
                 tf.stack(after_titles, axis=-1),
             ],
             axis=-1,
