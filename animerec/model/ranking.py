@@ -1,14 +1,15 @@
 """The second stage: a ranking model that reorders the candidates of two retrievers.
 
 The candidates are the two-tower's top titles plus the item-item top titles (both
-unseen). The ranker scores each (user, candidate) pair with what the two-tower
-cannot express: two item-item collaborative scores of the candidate given the user's liked history
-(EASE's score, kept as a low-rank factorization so that the SavedModel stays
+unseen). The ranker scores each (user, candidate) pair with what the two-tower cannot
+express: two item-item collaborative scores of the candidate given the user's liked
+history (EASE's score, kept as a low-rank factorization so that the SavedModel stays
 small: a request chooses item-item's candidates with one product over the leading
-components and the most-liked titles, and scores only its candidates with all of them; and the candidate's highest cosine
-similarity to a liked title, from a table of each title's nearest neighbours), the genre affinity of the candidate with the history,
-the title's popularity here and on MyAnimeList (members) and its MAL score, the
-history's length, and the retrieval score and rank.
+components and the most-liked titles, and scores only its candidates with all of
+them; and the candidate's highest cosine similarity to a liked title, from a table of
+each title's nearest neighbours), the genre affinity of the candidate with the
+history, the title's popularity here and on MyAnimeList (members) and its MAL score,
+the history's length, and the retrieval score and rank.
 The same RankingFeatures module computes the features in the Trainer and in the
 serving signatures, so training and serving cannot drift apart.
 """

@@ -108,8 +108,8 @@ def features_module(
 ) -> ranking.RankingFeatures:
     """RankingFeatures over liked rows (`index`, EASE over them; `liked_position`, all of
     them): EASE at l2 (config.item_item_rank, candidates chosen at
-    config.item_item_candidate_rank among config.item_item_candidate_titles), each title's config.item_knn_neighbours nearest
-    titles, popularity, genres, metadata."""
+    config.item_item_candidate_rank among config.item_item_candidate_titles), each
+    title's config.item_knn_neighbours nearest titles, popularity, genres, metadata."""
     rank, neighbours = config.item_item_rank, config.item_knn_neighbours
     catalog_size = len(data.catalog.anime_id)
 
