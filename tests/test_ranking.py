@@ -114,7 +114,13 @@ def test_candidates_are_both_retrievers_top_titles_unseen_and_ordered_by_retriev
         assert all(unseen[c] for c in chosen), "a seen title became a candidate"
         kept = retrieval_scores[row, candidates[row][present[row]]]
         assert np.all(np.diff(kept) <= 0), "candidates are in retrieval order"
-        assert np.all(features[row][~present[row]] == 0.0) and np.all(np.isfinite(features[row]))
+        # Padding's features are finite (the ranker's moments and loss mask them out, but a
+        # -inf would turn its gradients into NaN).
+        assert np.all(np.isfinite(features[row]))
+        np.testing.assert_allclose(features[row, present[row], ranking.FEATURE_NAMES.index("retrieval_score")], kept)
+        np.testing.assert_allclose(
+            features[row, :, ranking.FEATURE_NAMES.index("log_retrieval_rank")], np.log1p(np.arange(9)), rtol=1e-6
+        )
         np.testing.assert_allclose(
             features[row, present[row], ranking.FEATURE_NAMES.index("item_item")],
             item_item[row, candidates[row][present[row]]],
