@@ -93,17 +93,27 @@ def load_version(base_path: str, version: int, config=None, index: str = f.BRUTE
     if index not in f.RETRIEVAL_INDEXES:
         raise ValueError(f"unknown index {index!r}; one of {', '.join(f.RETRIEVAL_INDEXES)}")
     path = os.path.join(base_path, str(version))
+    session, meta_graph = load_session(path, config)
+    signature_defs = dict(meta_graph.signature_def)
+    signature_defs.pop("__saved_model_init_op", None)
+    return LoadedVersion(
+        version,
+        path,
+        session,
+        signature_defs,
+        scann_index.ScannRetrieval(path, session) if index == f.SCANN_INDEX else None,
+    )
+
+
+def load_session(path: str, config=None):
+    """The SavedModel at `path` in a Session, as TF Serving loads it: (session, MetaGraphDef)."""
     graph = tf.Graph()
     session = tf.compat.v1.Session(graph=graph, config=config or session_config())
     # TF Serving's loader (a MetaGraph in a Session) is TF1 API: TensorFlow marks it
     # deprecated and warns on every load, which would end up in every CLI command's output.
     with graph.as_default(), deprecation.silence():
         meta_graph = tf.compat.v1.saved_model.loader.load(session, [tf.saved_model.SERVING], path)
-    signature_defs = dict(meta_graph.signature_def)
-    signature_defs.pop("__saved_model_init_op", None)
-    return LoadedVersion(
-        version, path, session, signature_defs, scann_index.ScannRetrieval(path) if index == f.SCANN_INDEX else None
-    )
+    return session, meta_graph
 
 
 # TF Serving replays at most this many warmup records per version.

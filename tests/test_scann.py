@@ -37,6 +37,15 @@ REQUESTS = [
 ]
 
 
+def _saved_model(path: str):
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    with open(f"{path}/saved_model.pb", "rb") as fh:
+        proto.ParseFromString(fh.read())
+    return proto
+
+
 def _assert_same(got: dict, expected: dict, what: str) -> None:
     for key, value in expected.items():
         value = value.numpy() if hasattr(value, "numpy") else value
@@ -150,6 +159,10 @@ def test_two_stages_from_the_index_answer_as_the_savedmodel(tmp_path):
         assert (
             index.rank_retrieved is not None and index.ranking_candidates == TrainingConfig().ranking_candidates > 100
         )
+        # The second stage runs in the Session that serves the signatures: no second copy of the model.
+        assert index.session is srv.manager.current.session
+        with pytest.raises(ValueError, match="no function 'rank_everything'"):
+            scann_index.saved_function(index.session, _saved_model(path), "rank_everything")
         stub = _stub(srv)
         for name, inputs in requests:
             expected = model.signatures[name](**{key: tf.constant(v) for key, v in inputs.items()})
