@@ -90,6 +90,14 @@ def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def read_saved_model(path: str) -> saved_model_pb2.SavedModel:
+    """The SavedModel proto (saved_model.pb) of the SavedModel at `path`."""
+    saved_model = saved_model_pb2.SavedModel()
+    with tf.io.gfile.GFile(os.path.join(path, "saved_model.pb"), "rb") as fh:
+        saved_model.ParseFromString(fh.read())
+    return saved_model
+
+
 def saved_function(session, saved_model: saved_model_pb2.SavedModel, name: str):
     """The function a SavedModel saves as its root's attribute `name` (a tf.function with
     an input signature, not a serving signature), run in `session`, which holds that
@@ -167,9 +175,7 @@ class ScannRetrieval:
         reader = tf.train.load_checkpoint(os.path.join(path, "variables", "variables"))
         if not reader.has_tensor("known_user_rows/.ATTRIBUTES/VARIABLE_VALUE"):
             raise ValueError(f"{path}: this model does not list its users' rows (exported before ScaNN); retrain it")
-        saved_model = saved_model_pb2.SavedModel()
-        with tf.io.gfile.GFile(os.path.join(path, "saved_model.pb"), "rb") as fh:
-            saved_model.ParseFromString(fh.read())
+        saved_model = read_saved_model(path)
         # A second stage: N, and the function that ranks what the index retrieves.
         self.ranking_candidates, self.rank_retrieved, self.session = 0, None, session
         if reader.has_tensor("liked_splits/.ATTRIBUTES/VARIABLE_VALUE"):

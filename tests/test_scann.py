@@ -37,15 +37,6 @@ REQUESTS = [
 ]
 
 
-def _saved_model(path: str):
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    proto = saved_model_pb2.SavedModel()
-    with open(f"{path}/saved_model.pb", "rb") as fh:
-        proto.ParseFromString(fh.read())
-    return proto
-
-
 def _assert_same(got: dict, expected: dict, what: str) -> None:
     for key, value in expected.items():
         value = value.numpy() if hasattr(value, "numpy") else value
@@ -162,7 +153,7 @@ def test_two_stages_from_the_index_answer_as_the_savedmodel(tmp_path):
         # The second stage runs in the Session that serves the signatures: no second copy of the model.
         assert index.session is srv.manager.current.session
         with pytest.raises(ValueError, match="no function 'rank_everything'"):
-            scann_index.saved_function(index.session, _saved_model(path), "rank_everything")
+            scann_index.saved_function(index.session, scann_index.read_saved_model(path), "rank_everything")
         stub = _stub(srv)
         for name, inputs in requests:
             expected = model.signatures[name](**{key: tf.constant(v) for key, v in inputs.items()})

@@ -263,8 +263,8 @@ class RankingFeatures(tf.Module):
         the union of retrieval's top `retrieved` and the item-item top
         `item_item_candidates`, ordered by retrieval score: [batch, retrieved +
         item_item_candidates] catalog positions, with `present` false on padding
-        when the union is smaller (its features are finite, and meaningless). Only the candidates' lists
-        are sorted, never the catalog again.
+        when the union is smaller (its features are finite, and meaningless). Only
+        the candidates' lists are sorted, never the catalog again.
         """
         top = tf.math.top_k(retrieval_scores, k=retrieved)
         return self.of_retrieved(
@@ -359,8 +359,8 @@ class RankingFeatures(tf.Module):
         ]
         after_titles = [affinity, tf.broadcast_to(log_count[:, None], shape)]
         # Padding's features are those of whatever title fills the slot, all finite: the
-        # ranker's scores there are discarded (and masked out of its loss), and a broadcast
-        # select zeroing them cost more than the ranker's second layer.
+        # ranker's scores there are discarded (and masked out of its loss), so no broadcast
+        # select over [batch, N, features] zeroes them.
         return tf.concat(
             [
                 tf.stack(before_titles, axis=-1),
