@@ -173,28 +173,30 @@ def bench_scann(
     """ScaNN's top-k overlap with brute force and its speed, one user a call: on the bench's
     retrieval-only model (its untrained towers give nearly uniform directions, an index's
     hardest case; seen titles excluded, as served), against the SavedModel's `recommend`
-    in-process; and over `big_catalog` generated titles (clustered, as catalogs are),
-    against a numpy product and top-k (none: 0)."""
-    import tensorflow as tf
-
-    from animerec.serving import scann_index
+    in a Session, as the server runs it (`model_dir`: a version's folder); and over
+    `big_catalog` generated titles (clustered, as catalogs are), against a numpy product
+    and top-k (none: 0)."""
+    from animerec.serving import scann_index, versions
 
     out = {}
     start = time.time()
     index = scann_index.ScannRetrieval(model_dir)
     build_s = time.time() - start
-    signature = tf.saved_model.load(model_dir).signatures[f.RECOMMEND_SIGNATURE]
+    loaded = versions.load_version(os.path.dirname(model_dir), int(os.path.basename(model_dir)))
+
+    def recommend(users: np.ndarray, k: np.ndarray, exclude: np.ndarray) -> dict:
+        inputs = {f.SERVING_USER_ID: users, f.SERVING_K: k, f.SERVING_EXCLUDE: exclude}
+        return loaded.run(f.RECOMMEND_SIGNATURE, inputs)
+
     rng = np.random.default_rng(2)
     chosen = rng.integers(0, users, sample).astype(np.int64)
     none = np.full((sample, 1), -1, np.int64)
-    exact = signature(user_id=tf.constant(chosen), k=tf.fill([sample], k), exclude_anime_ids=tf.constant(none))
+    exact = recommend(chosen, np.full(sample, k, np.int32), none)
     found = index.top(chosen, np.full(sample, k), k, none)
-    overlap = _overlap(found[f.OUTPUT_ANIME_IDS], exact[f.OUTPUT_ANIME_IDS].numpy()[:, :k])
+    overlap = _overlap(found[f.OUTPUT_ANIME_IDS], exact[f.OUTPUT_ANIME_IDS][:, :k])
     one = [(np.array([u], np.int64), np.array([k], np.int32), np.full((1, 1), -1, np.int64)) for u in chosen[:300]]
     scann_ms = _median_ms(lambda a: index.top(a[0], a[1], k, a[2]), one)
-    brute_ms = _median_ms(
-        lambda a: signature(user_id=tf.constant(a[0]), k=tf.constant(a[1]), exclude_anime_ids=tf.constant(a[2])), one
-    )
+    brute_ms = _median_ms(lambda a: recommend(*a), one)
     out[str(index.catalog_size)] = _scann_row(
         index.catalog_size,
         build_s,
@@ -203,7 +205,7 @@ def bench_scann(
         scann_ms,
         brute_ms,
         "the model, seen excluded",
-        "the SavedModel",
+        "the SavedModel in a Session",
         progress,
     )
     if not big_catalog:
