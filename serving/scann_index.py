@@ -25,7 +25,7 @@ import os
 import grpc
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.protobuf import config_pb2, saved_model_pb2
+from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow.python.ops import gen_functional_ops
 
 from animerec import features as f
@@ -160,8 +160,9 @@ def saved_function(session, saved_model: saved_model_pb2.SavedModel, name: str):
     keys = sorted(function.output_signature.dict_value.fields)
     if len(keys) != len(outputs):
         raise ValueError(f"{name} must return a dict of tensors; its outputs are {function.output_signature}")
-    options = config_pb2.CallableOptions(feed=[t.name for t in feeds], fetch=[t.name for t in outputs])
-    run = session._make_callable_from_options(options)
+    from animerec.serving.versions import session_callable
+
+    run = session_callable(session, [t.name for t in feeds], [t.name for t in outputs])
     return lambda *arguments: dict(zip(keys, run(*arguments)))
 
 

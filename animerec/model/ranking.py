@@ -243,7 +243,7 @@ class RankingFeatures(tf.Module):
             shape=(rows, self.catalog_size),
         )
         item_item = np.asarray(liked @ self.item_in.numpy(), np.float32)
-        profile = np.asarray(liked @ self.title_table.numpy()[:, : self.genre_width], np.float32)
+        profile = np.asarray(liked @ self._title_columns(self.title_table)[0].numpy(), np.float32)
         # tf.math.l2_normalize's: x / sqrt(max(sum(x^2), 1e-12)).
         profile /= np.sqrt(np.maximum((profile**2).sum(axis=1, keepdims=True), 1e-12))
         return item_item, profile, np.log1p(np.diff(splits)).astype(np.float32)
