@@ -46,12 +46,7 @@ class RecommenderClient:
         self.timeout = timeout
 
     def _request(self, signature: str, inputs: dict) -> predict_pb2.PredictRequest:
-        request = predict_pb2.PredictRequest()
-        request.model_spec.name = self.model_name
-        request.model_spec.signature_name = signature
-        for alias, value in inputs.items():
-            request.inputs[alias].CopyFrom(tf.make_tensor_proto(value))
-        return request
+        return make_request(signature, inputs, self.model_name)
 
     def request(self, user_ids, k: int | None = None, exclude_anime_ids=None) -> predict_pb2.PredictRequest:
         """serving_default when only users are given, the `recommend` signature with k or exclusions."""
@@ -72,6 +67,16 @@ class RecommenderClient:
 
     def close(self) -> None:
         self.channel.close()
+
+
+def make_request(signature: str, inputs: dict, model_name: str = DEFAULT_MODEL_NAME) -> predict_pb2.PredictRequest:
+    """The PredictRequest for `signature` of `model_name` with `inputs` (alias -> array)."""
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model_name
+    request.model_spec.signature_name = signature
+    for alias, value in inputs.items():
+        request.inputs[alias].CopyFrom(tf.make_tensor_proto(value))
+    return request
 
 
 def by_user_inputs(user_ids, k: int | None = None, exclude_anime_ids=None) -> tuple[str, dict]:

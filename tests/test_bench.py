@@ -16,7 +16,8 @@ def test_benchmarks_run_and_report_their_figures():
         (level,) = serve[model]["levels"]
         assert level["clients"] == 1 and level["requests"] > 0 and level["errors"] == 0
     for model in ("retrieval only", "two stages"):
-        assert serve[model]["in_process_ms"] > 0 and serve[model]["session_ms"] > 0
+        for kind in ("in_process", "session", "handled_session"):
+            assert serve[model][f"{kind}_p99_ms"] >= serve[model][f"{kind}_ms"] > 0
         # One client alternating between both models' servers, both up.
         alternating = serve["one client, alternating"][model]
         assert alternating["requests"] > 0 and alternating["p99_ms"] >= alternating["p50_ms"] > 0
@@ -32,3 +33,12 @@ def test_benchmarks_run_and_report_their_figures():
     )
     assert [level["batch_size"] for level in train["levels"]] == [256]
     assert train["levels"][0]["examples_per_second"] > 0 and train["liked_rows"] > 0
+
+
+def test_a_run_whose_requests_all_fail_reports_its_errors():
+    from animerec.bench.serve import _free_port, drive
+
+    # Nothing listens on the port: every request fails, and the figures say so.
+    figures = drive(f"localhost:{_free_port()}", clients=1, seconds=0.3, users=10)
+    assert figures["requests"] == 0 and figures["errors"] > 0
+    assert all(figures[f"p{q}_ms"] != figures[f"p{q}_ms"] for q in (50, 95, 99))  # NaN

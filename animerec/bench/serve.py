@@ -92,50 +92,95 @@ def drive(target: str, clients: int, seconds: float, users: int, seed: int = 0) 
 
 
 def latency_figures(seconds: list[float]) -> dict:
-    """The number of requests and the p50, p95 and p99 latency (ms) of `seconds`."""
+    """The number of requests and the p50, p95 and p99 latency (ms) of `seconds` (NaN
+    when none answered: a run whose every request failed reports its errors)."""
     ms = np.array(seconds) * 1000
     return {
         "requests": len(ms),
-        **{f"p{q}_ms": round(float(np.percentile(ms, q)), 3) for q in (50, 95, 99)},
+        **{f"p{q}_ms": round(float(np.percentile(ms, q)), 3) if len(ms) else float("nan") for q in (50, 95, 99)},
     }
 
 
-def model_only_ms(model_dirs: dict[str, str], users: int, rounds: int = 4, block: int = 250) -> dict[str, dict]:
-    """Median latency of one serving_default call for one user, for each model of
-    `model_dirs` (name -> version folder): in-process (the TF2 signature, TensorFlow's
-    default threads) and in a Session configured as the server's (one intra-op thread,
-    ops on the calling thread), which is what a served request runs. The models take
-    turns in blocks of `block` calls (the first 20 of a block warm the caches up, as a
-    server's steady stream of calls to its one model keeps them), `rounds` times, so that
-    both see the same drift of the machine."""
+def model_only_ms(model_dirs: dict[str, str], users: int, rounds: int = 10, block: int = 250) -> dict[str, dict]:
+    """Latency of one serving_default call for one user (median `{kind}_ms` and
+    `{kind}_p99_ms`), for each model of `model_dirs` (name -> version folder), three kinds:
+    - in_process: the TF2 signature, TensorFlow's default threads;
+    - session: in a Session configured as the server's (one intra-op thread, ops on the
+      calling thread), which is what a served request runs;
+    - handled_session: the same Session call, timed alone, with the stand-in server's
+      handling of a request around it as a served request's thread does it (the request's
+      bytes parsed and validated before, the response built and serialized after), without
+      gRPC or a client. Against `session` it shows what the Python between calls costs the
+      model's own time (the caches it takes over); TF Serving's C++ does far less there.
+    The models take turns in blocks of `block` calls (the first 20 of a block warm the
+    caches up, as a server's steady stream of calls to its one model keeps them), `rounds`
+    times, so that both see the same drift of the machine."""
     import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2
 
-    from animerec.serving import versions
+    from animerec.serving import client, predict, versions
+
+    def session(loaded):
+        def call(user: np.ndarray, _) -> float:
+            start = time.perf_counter()
+            loaded.run(f.DEFAULT_SIGNATURE, {f.SERVING_USER_ID: user})
+            return time.perf_counter() - start
+
+        return call
+
+    def handled_session(loaded):
+        def call(_, body: bytes) -> float:
+            request = predict_pb2.PredictRequest.FromString(body)
+            name, inputs = predict.validate_predict(loaded, request)
+            start = time.perf_counter()
+            outputs = loaded.run(name, inputs)
+            elapsed = time.perf_counter() - start
+            predict.build_response(loaded, request, name, outputs).SerializeToString()
+            return elapsed
+
+        return call
+
+    def in_process(signature):
+        def call(user: np.ndarray, _) -> float:
+            start = time.perf_counter()
+            signature(user_id=tf.constant(user))
+            return time.perf_counter() - start
+
+        return call
 
     callers = {}
     for name, model_dir in model_dirs.items():
-        signature = tf.saved_model.load(model_dir).signatures[f.DEFAULT_SIGNATURE]
         loaded = versions.load_version(os.path.dirname(model_dir), int(os.path.basename(model_dir)))
         callers[name] = {
-            "in_process_ms": lambda user, s=signature: s(user_id=tf.constant(user)),
-            # The server's own call of the signature in its Session.
-            "session_ms": lambda user, v=loaded: v.run(f.DEFAULT_SIGNATURE, {f.SERVING_USER_ID: user}),
+            "in_process": in_process(tf.saved_model.load(model_dir).signatures[f.DEFAULT_SIGNATURE]),
+            "session": session(loaded),
+            "handled_session": handled_session(loaded),
         }
     rng = np.random.default_rng(1)
     times = {name: {kind: [] for kind in kinds} for name, kinds in callers.items()}
     for _ in range(rounds):
         for name, kinds in callers.items():
             for kind, call in kinds.items():
-                for i in range(block):
-                    user = np.array([int(rng.integers(0, users))], np.int64)
-                    start = time.perf_counter()
-                    call(user)
+                # A new user each call; for the handled calls its request's bytes are made
+                # ahead (a client's work, not the server's).
+                picks = rng.integers(0, users, block)
+                bodies = [
+                    client.make_request(*client.by_user_inputs([int(u)])).SerializeToString()
+                    if kind == "handled_session"
+                    else None
+                    for u in picks
+                ]
+                for i, (user, body) in enumerate(zip(picks, bodies)):
+                    elapsed = call(np.array([user], np.int64), body)
                     if i >= 20:
-                        times[name][kind].append(time.perf_counter() - start)
-    return {
-        name: {kind: round(float(np.median(values)) * 1000, 3) for kind, values in kinds.items()}
-        for name, kinds in times.items()
-    }
+                        times[name][kind].append(elapsed)
+    out = {}
+    for name, kinds in times.items():
+        out[name] = {}
+        for kind, values in kinds.items():
+            out[name][f"{kind}_ms"] = round(float(np.median(values)) * 1000, 3)
+            out[name][f"{kind}_p99_ms"] = round(float(np.percentile(values, 99)) * 1000, 3)
+    return out
 
 
 def _overlap(found: np.ndarray, exact: np.ndarray) -> float:
@@ -290,16 +335,32 @@ def bench_serve(
             )
         )
         progress("== each model alone, one user a call, the models in turns of 250 calls")
-        for name, figures in model_only_ms(model_dirs, users).items():
+        alone = model_only_ms(model_dirs, users)
+        for name, figures in alone.items():
             out[name].update(figures)
             one_client = out[name]["levels"][0]["p50_ms"] if out[name]["levels"] else float("nan")
             rest = one_client - figures["session_ms"]
             floor = out[name]["grpc_floor"]["p50_ms"]
             progress(
                 f"{name}: {figures['in_process_ms']:.2f} ms in-process, {figures['session_ms']:.2f} ms in the "
-                f"server's Session; the rest of a served request at 1 client (p50): {rest:.2f} ms, of which "
+                f"server's Session (p99 {figures['session_p99_ms']:.2f}), {figures['handled_session_ms']:.2f} "
+                f"(p99 {figures['handled_session_p99_ms']:.2f}) with the stand-in's request handling around "
+                f"each call; the rest of a served request at 1 client (p50): {rest:.2f} ms, of which "
                 f"{floor:.2f} ms the gRPC floor and {rest - floor:.2f} ms the stand-in's own work"
             )
+        two, first = alone["two stages"], alone["retrieval only"]
+        progress(
+            "the second stage adds, to the model alone, "
+            + "; ".join(
+                f"{what}: {two[f'{kind}_ms'] - first[f'{kind}_ms']:.2f} ms at p50, "
+                f"{two[f'{kind}_p99_ms'] - first[f'{kind}_p99_ms']:.2f} at p99"
+                for kind, what in (
+                    ("in_process", "in-process"),
+                    ("session", "in the Session"),
+                    ("handled_session", "in the Session with request handling around it"),
+                )
+            )
+        )
     return out
 
 
