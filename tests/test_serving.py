@@ -13,7 +13,6 @@ from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
     model_service_pb2_grpc,
-    predict_pb2,
     prediction_service_pb2_grpc,
 )
 
@@ -65,12 +64,7 @@ def _stub(srv):
 
 
 def _request(signature="serving_default", name="animerec", **inputs):
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = name
-    request.model_spec.signature_name = signature
-    for key, value in inputs.items():
-        request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
-    return request
+    return client.make_request(signature, inputs, name)
 
 
 def _declared(request, alias: str, shape: list[int]):
