@@ -6,6 +6,7 @@ would answer with."""
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import grpc
@@ -29,17 +30,52 @@ def tensor_proto(value: np.ndarray):
     """TensorProto of an output, built directly: tf.make_tensor_proto's checks cost
     more than the model call for small outputs. Numbers go into tensor_content
     (little-endian, as TF Serving writes them), strings into string_val."""
-    value = np.asarray(value)
     proto = tensor_pb2.TensorProto()
+    fill_tensor_proto(proto, value)
+    return proto
+
+
+def fill_tensor_proto(proto, value: np.ndarray) -> None:
+    """tensor_proto(value) written into an empty `proto` (a response's output, in place:
+    no copy of its strings)."""
+    value = np.asarray(value)
     for size in value.shape:
         proto.tensor_shape.dim.add().size = size
     if value.dtype.kind in ("S", "O"):
         proto.dtype = types_pb2.DT_STRING
         proto.string_val.extend(value.reshape(-1).tolist())
-        return proto
+        return
     proto.dtype = tf.dtypes.as_dtype(value.dtype).as_datatype_enum
     proto.tensor_content = np.ascontiguousarray(value, value.dtype.newbyteorder("<")).tobytes()
-    return proto
+
+
+# The numeric dtypes signatures take, with the repeated field tf.make_ndarray reads for each.
+_VALUE_FIELDS = {
+    types_pb2.DT_INT64: ("int64_val", np.int64),
+    types_pb2.DT_INT32: ("int_val", np.int32),
+    types_pb2.DT_FLOAT: ("float_val", np.float32),
+}
+
+
+def to_ndarray(proto, shape: list[int]) -> np.ndarray:
+    """tf.make_ndarray(proto) (`shape`: its declared dims) for a well-formed numeric input
+    (its tensor_content, or one value an element in its repeated field) without
+    tf.make_ndarray's dtype machinery, which is about half of a request's checks here;
+    anything else (strings, one value to repeat, a size that does not match) goes
+    through tf.make_ndarray itself, with its errors."""
+    numeric = _VALUE_FIELDS.get(proto.dtype)
+    if numeric is not None:
+        field, dtype = numeric
+        elements = math.prod(shape)
+        if proto.tensor_content:
+            content = np.frombuffer(proto.tensor_content, dtype=dtype)
+            if content.size == elements:
+                return content.copy().reshape(shape)
+        else:
+            values = getattr(proto, field)
+            if 0 < len(values) == elements:
+                return np.fromiter(values, dtype=dtype, count=elements).reshape(shape)
+    return tf.make_ndarray(proto)
 
 
 def validate_predict(loaded: LoadedVersion, request: predict_pb2.PredictRequest) -> tuple[str, dict]:
@@ -69,13 +105,13 @@ def validate_predict(loaded: LoadedVersion, request: predict_pb2.PredictRequest)
                 f"Expects arg[{key}] to be {spec.dtype.name} but {_dtype_name(proto.dtype)} is provided",
             )
         declared = [d.size for d in proto.tensor_shape.dim]
-        if any(d < 0 for d in declared) or int(np.prod(declared, dtype=np.float64)) > MAX_INPUT_ELEMENTS:
+        if any(d < 0 for d in declared) or math.prod(declared) > MAX_INPUT_ELEMENTS:
             raise RequestError(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"input {key}: shape {declared} is over the limit of {MAX_INPUT_ELEMENTS:,} elements",
             )
         try:
-            value = tf.make_ndarray(proto)
+            value = to_ndarray(proto, declared)
         except (TypeError, ValueError) as error:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"input {key}: {error}") from None
         if not spec.shape.is_compatible_with(value.shape):
@@ -132,7 +168,7 @@ def build_response(loaded: LoadedVersion, request, name: str, outputs: dict) -> 
     response.model_spec.version.value = loaded.version
     response.model_spec.signature_name = name
     for key in set(request.output_filter) or set(outputs):
-        response.outputs[key].CopyFrom(tensor_proto(outputs[key]))
+        fill_tensor_proto(response.outputs[key], outputs[key])
     return response
 
 

@@ -9,6 +9,7 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -273,6 +274,50 @@ def test_output_tensor_protos_match_tensorflows(value):
     proto, reference = predict.tensor_proto(value), tf.make_tensor_proto(value)
     assert (proto.dtype, proto.tensor_shape) == (reference.dtype, reference.tensor_shape)
     np.testing.assert_array_equal(tf.make_ndarray(proto), tf.make_ndarray(reference))
+
+
+def _input_proto(dtype, dims, field=None, values=(), content=None):
+    proto = tensor_pb2.TensorProto(dtype=dtype)
+    for size in dims:
+        proto.tensor_shape.dim.add().size = size
+    if field:
+        getattr(proto, field).extend(values)
+    if content is not None:
+        proto.tensor_content = content
+    return proto
+
+
+@pytest.mark.parametrize(
+    "proto",
+    [
+        tf.make_tensor_proto(np.array([7, 8], np.int64)),  # one value an element, int64_val
+        tf.make_tensor_proto(np.array([[1, -1, 5]], np.int64)),
+        tf.make_tensor_proto(np.arange(40, dtype=np.int64).reshape(4, 10)),  # tensor_content
+        tf.make_tensor_proto(np.array([3, 1], np.int32)),
+        tf.make_tensor_proto(np.array([0.5, -2.0], np.float32)),
+        tf.make_tensor_proto(np.int64(5)),  # a scalar
+        _input_proto(types_pb2.DT_INT64, [3], "int64_val", [4]),  # one value, repeated
+        _input_proto(types_pb2.DT_INT64, [2, 2], "int64_val", [1, 2]),  # too few: the last repeated
+        _input_proto(types_pb2.DT_INT64, [2]),  # no values: zeros
+        _input_proto(types_pb2.DT_INT64, [0]),  # empty
+        _input_proto(types_pb2.DT_INT32, [2], "int64_val", [1, 2]),  # the wrong field: zeros
+        _input_proto(types_pb2.DT_STRING, [2], "string_val", [b"a", b"b"]),
+        _input_proto(types_pb2.DT_INT64, [3], content=np.arange(2, dtype=np.int64).tobytes()),  # short
+        _input_proto(types_pb2.DT_INT64, [1], "int64_val", [1, 2, 3]),  # too many values
+    ],
+)
+def test_request_inputs_read_as_tensorflow_reads_them(proto):
+    dims = [d.size for d in proto.tensor_shape.dim]
+    try:
+        reference = tf.make_ndarray(proto)
+    except (TypeError, ValueError) as error:
+        with pytest.raises(type(error)):
+            predict.to_ndarray(proto, dims)
+        return
+    value = predict.to_ndarray(proto, dims)
+    assert value.dtype == reference.dtype and value.shape == reference.shape
+    np.testing.assert_array_equal(value, reference)
+    assert value.flags.writeable  # a copy, not a view of the request's bytes
 
 
 def test_session_run_matches_the_eager_signature(exported_model, tmp_path):
