@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import grpc
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.framework import tensor_pb2, types_pb2
+from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, predict_pb2
 
 from animerec import features as f
@@ -26,18 +26,11 @@ if TYPE_CHECKING:
 MAX_INPUT_ELEMENTS = 1 << 20
 
 
-def tensor_proto(value: np.ndarray):
-    """TensorProto of an output, built directly: tf.make_tensor_proto's checks cost
-    more than the model call for small outputs. Numbers go into tensor_content
-    (little-endian, as TF Serving writes them), strings into string_val."""
-    proto = tensor_pb2.TensorProto()
-    fill_tensor_proto(proto, value)
-    return proto
-
-
 def fill_tensor_proto(proto, value: np.ndarray) -> None:
-    """tensor_proto(value) written into an empty `proto` (a response's output, in place:
-    no copy of its strings)."""
+    """`value` written into the empty TensorProto `proto` (a response's output or a
+    request's input, in place: no copy of its strings), directly: tf.make_tensor_proto's
+    checks cost more than the model call for small outputs. Numbers go into
+    tensor_content (little-endian, as TF Serving writes them), strings into string_val."""
     value = np.asarray(value)
     for size in value.shape:
         proto.tensor_shape.dim.add().size = size

@@ -157,7 +157,7 @@ def predict_request(body: dict, manager: versions.ModelManager, name: str, versi
         if alias not in specs:
             raise _bad(f"JSON object: does not have named input: {alias}")
         array = _array(value, specs[alias].dtype.as_numpy_dtype, alias)
-        request.inputs[alias].CopyFrom(predict.tensor_proto(array))
+        predict.fill_tensor_proto(request.inputs[alias], array)
     return request, rows
 
 

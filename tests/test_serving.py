@@ -271,7 +271,8 @@ def test_concurrent_requests_each_get_their_own_answer(running_rest, exported_mo
     ids=["int64", "float32", "bool", "string", "empty"],
 )
 def test_output_tensor_protos_match_tensorflows(value):
-    proto, reference = predict.tensor_proto(value), tf.make_tensor_proto(value)
+    proto, reference = tensor_pb2.TensorProto(), tf.make_tensor_proto(value)
+    predict.fill_tensor_proto(proto, value)
     assert (proto.dtype, proto.tensor_shape) == (reference.dtype, reference.tensor_shape)
     np.testing.assert_array_equal(tf.make_ndarray(proto), tf.make_ndarray(reference))
 
