@@ -68,15 +68,17 @@ class TrainingConfig:
     ranker_hidden_units: tuple = ((32,),)
     # Ranker epochs over the validation lists, at most ranker_max_steps batches of 64
     # lists (a bound on the Trainer's time as the data grows), and the validation users
-    # sampled to choose and fit the second stage (their features are held in memory).
-    # On the demo data's 7,468 validation users (3 seeds, cross-fitted on 2,000 of them),
-    # 900 steps scored 0.6481 recall@50, 1,800 0.6473 and 3,600 0.6479; on 2,000 users
-    # 900 steps scored 0.6453 against 300's 0.6443, so more lists, not more steps, is the
-    # gain. On the real sample (172 validation users, 90 steps) 60 and 100 epochs did
-    # not beat 30.
+    # whose lists the ranker learns from (their features, about 9 KB a user, are held in
+    # memory; EASE's L2 and the prior are chosen on at most
+    # evaluation.VALIDATION_MAX_USERS of them). On the demo data's 7,468 validation users
+    # (3 seeds, cross-fitted on 2,000 of them, the others only ever fitting), all of them
+    # at 900 steps scored 0.6481 recall@50 against 2,000 users' 0.6443 at 300 steps;
+    # 1,800 and 3,600 steps scored 0.6473 and 0.6479, and 2,000 users at 900 steps
+    # 0.6453: more lists, with the steps to read them, is the gain. On the real sample
+    # (172 validation users, 90 steps) 60 and 100 epochs did not beat 30.
     ranker_epochs: int = 30
     ranker_max_steps: int = 900
-    ranker_max_users: int = evaluation.VALIDATION_MAX_USERS
+    ranker_max_users: int = 10_000
     # MLPs averaged in the ranker (each from its own initialization). On validation (3
     # seeds) 3 scored 0.3269 recall@50 against 5's 0.3276 on the real sample and 0.6469
     # against 0.6477 on the demo data, for 40% less of the ranker's work a request.

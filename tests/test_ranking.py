@@ -403,6 +403,21 @@ def test_ranker_shapes_are_scored_by_cross_fitting():
     assert stage.report["ranker_hidden_units"] == list(max([(), (4,)], key=lambda h: scores[f"ranker {list(h)}"]))
 
 
+def test_choices_are_made_on_fewer_users_than_the_ranker_learns_from(monkeypatch):
+    # EASE's L2 and the prior are scored over the whole catalog at every grid value: they
+    # are chosen on at most VALIDATION_MAX_USERS users, the ranker fitted on up to
+    # ranker_max_users users' lists.
+    data = _clustered_data(users=60, seed=1)
+    monkeypatch.setattr(evaluation, "VALIDATION_MAX_USERS", 20)
+    config = TrainingConfig(**{**CONFIG.to_json_dict(), "ranker_max_users": 40})
+    model = retrieval.build_model_from_config(data, config)
+    stage = two_stage.fit_second_stage(model, data, config)
+    assert stage.report["choice_users"] == 20 and stage.report["validation_users"] == 40
+    choice = data.validation_task(max_users=20)
+    _, l2_scores = evaluation.tune_ease_l2(choice, config.ease_l2_grid)
+    assert stage.report["ease_l2_validation_recall@50"] == {str(k): v for k, v in l2_scores.items()}
+
+
 def test_too_few_validation_users_serve_retrieval_alone():
     data = _clustered_data(users=10)
     model = retrieval.build_model_from_config(data, CONFIG)

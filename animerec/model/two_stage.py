@@ -157,8 +157,12 @@ def fit_second_stage(model: retrieval.RetrievalModel, data: TrainingData, config
     if data.validation_splits is None:
         logging.warning("No validation split (validation_percent 0): the model serves retrieval alone.")
         return None
+    # EASE's L2 and the prior are chosen on at most VALIDATION_MAX_USERS users (as the
+    # Evaluator chooses its baseline's L2); the ranker learns from the lists of up to
+    # ranker_max_users, which costs far less a user than scoring the catalog at every L2.
+    choice = data.validation_task(max_users=min(evaluation.VALIDATION_MAX_USERS, config.ranker_max_users))
     task = data.validation_task(max_users=config.ranker_max_users)
-    report: dict = {"validation_users": len(task.users)}
+    report: dict = {"validation_users": len(task.users), "choice_users": len(choice.users)}
     if len(task.users) < MIN_VALIDATION_USERS:
         logging.warning(
             "Only %d validation users (fewer than %d): the model serves retrieval alone.",
@@ -166,21 +170,22 @@ def fit_second_stage(model: retrieval.RetrievalModel, data: TrainingData, config
             MIN_VALIDATION_USERS,
         )
         return None
+    # Over every user's liked rows: the same for both tasks.
     ease_index = evaluation.EaseIndex.of(task)
-    l2, l2_scores = evaluation.tune_ease_l2(task, config.ease_l2_grid, ease_index)
+    l2, l2_scores = evaluation.tune_ease_l2(choice, config.ease_l2_grid, ease_index)
     clock.lap("ease_l2")
     report["ease_l2"], report["ease_l2_validation_recall@50"] = l2, {str(k): v for k, v in l2_scores.items()}
 
     n = min(config.ranking_candidates, task.catalog_size)
-    queries = retrieval.query_embeddings(model, data, task.users)
     embeddings = retrieval.catalog_embeddings(model, data)
+    choice_queries = retrieval.query_embeddings(model, data, choice.users)
     recall_at_n, retrieved = {}, {}
     for prior in config.popularity_prior_grid:
         bias = retrieval.popularity_bias(data, prior, config.temperature)
-        retrieved[prior] = retrieve(queries, embeddings, bias, task, n)
-        recall_at_n[prior] = evaluation.retrieval_metrics(retrieved[prior][0], task.truth, task.catalog_size, ks=(n,))[
-            f"recall@{n}"
-        ]
+        retrieved[prior] = retrieve(choice_queries, embeddings, bias, choice, n)
+        recall_at_n[prior] = evaluation.retrieval_metrics(
+            retrieved[prior][0], choice.truth, choice.catalog_size, ks=(n,)
+        )[f"recall@{n}"]
     prior = max(recall_at_n, key=lambda p: (recall_at_n[p], -p))
     report["popularity_prior"], report[f"retrieval_validation_recall@{n}"] = (
         prior,
@@ -191,6 +196,7 @@ def fit_second_stage(model: retrieval.RetrievalModel, data: TrainingData, config
     fit_module = features_module(data, ease_index, task.liked_position, l2, config)
     splits, values = liked_positions(data)
     bias = retrieval.popularity_bias(data, prior, config.temperature)
+    queries = retrieval.query_embeddings(model, data, task.users)
     candidates, features, present = candidate_features(
         fit_module,
         splits,
@@ -210,9 +216,11 @@ def fit_second_stage(model: retrieval.RetrievalModel, data: TrainingData, config
     # Each ranker shape is scored by cross-fitting: fitted on all folds of the validation
     # users but one and scored on that one, in turn, so that every user counts.
     everyone = np.arange(len(task.users))
+    # Retrieval alone and EASE over the choice users; the candidates and rankers over the
+    # ranker's (the same users when there are at most VALIDATION_MAX_USERS).
     choices = {
         "candidates (recall@N)": report["candidate_validation_recall"],
-        "retrieval only": _recall(task, everyone, retrieved[prior][0]),
+        "retrieval only": _recall(choice, np.arange(len(choice.users)), retrieved[prior][0]),
         "ease": l2_scores[l2],
     }
     fold = everyone % SELECTION_FOLDS
