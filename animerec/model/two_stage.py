@@ -157,11 +157,12 @@ def fit_second_stage(model: retrieval.RetrievalModel, data: TrainingData, config
     if data.validation_splits is None:
         logging.warning("No validation split (validation_percent 0): the model serves retrieval alone.")
         return None
+    task = data.validation_task(max_users=config.ranker_max_users)
     # EASE's L2 and the prior are chosen on at most VALIDATION_MAX_USERS users (as the
     # Evaluator chooses its baseline's L2); the ranker learns from the lists of up to
     # ranker_max_users, which costs far less a user than scoring the catalog at every L2.
-    choice = data.validation_task(max_users=min(evaluation.VALIDATION_MAX_USERS, config.ranker_max_users))
-    task = data.validation_task(max_users=config.ranker_max_users)
+    limit = evaluation.VALIDATION_MAX_USERS
+    choice = task if len(task.users) <= limit else data.validation_task(max_users=limit)
     report: dict = {"validation_users": len(task.users), "choice_users": len(choice.users)}
     if len(task.users) < MIN_VALIDATION_USERS:
         logging.warning(
@@ -178,7 +179,8 @@ def fit_second_stage(model: retrieval.RetrievalModel, data: TrainingData, config
 
     n = min(config.ranking_candidates, task.catalog_size)
     embeddings = retrieval.catalog_embeddings(model, data)
-    choice_queries = retrieval.query_embeddings(model, data, choice.users)
+    queries = retrieval.query_embeddings(model, data, task.users)
+    choice_queries = queries if choice is task else retrieval.query_embeddings(model, data, choice.users)
     recall_at_n, retrieved = {}, {}
     for prior in config.popularity_prior_grid:
         bias = retrieval.popularity_bias(data, prior, config.temperature)
@@ -196,7 +198,6 @@ def fit_second_stage(model: retrieval.RetrievalModel, data: TrainingData, config
     fit_module = features_module(data, ease_index, task.liked_position, l2, config)
     splits, values = liked_positions(data)
     bias = retrieval.popularity_bias(data, prior, config.temperature)
-    queries = retrieval.query_embeddings(model, data, task.users)
     candidates, features, present = candidate_features(
         fit_module,
         splits,
