@@ -231,6 +231,10 @@ class Batcher:
             self._cond.notify_all()
         for task in self._queue:
             task.finish(error=RequestError(grpc.StatusCode.UNAVAILABLE, "the server is stopping"))
+        # A batch being run finishes first: no batch thread outlives the batcher.
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join()
 
     def _next_batch(self) -> list[_Task]:
         """Waits for a batch that is full or whose first task has waited batch_timeout_micros."""

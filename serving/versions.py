@@ -21,6 +21,8 @@ from animerec.serving.batching import RequestError
 from animerec.serving.predict import call_signature, validate_predict
 
 POLL_SECONDS = 2.0
+# How long stopping waits for the version poller (a load in progress finishes first).
+STOP_SECONDS = 60.0
 
 
 # Session options, as TF Serving's --tensorflow_inter_op_parallelism/--tensorflow_intra_op_parallelism.
@@ -231,8 +233,15 @@ class ModelManager:
             except Exception:  # noqa: BLE001 - the poller must outlive any file system surprise
                 logging.exception("Polling %s failed; the served version keeps serving", self.base_path)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = STOP_SECONDS) -> None:
+        """Stops polling and waits for the poller, a version load in progress included: no
+        thread of the server's outlives it (a daemon thread still inside TensorFlow when
+        the interpreter exits is killed there, which can abort the process)."""
         self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                logging.warning("%s: the version poller did not stop within %.0f s", self.name, timeout)
 
     def resolve(self, model_spec) -> LoadedVersion:
         """The loaded version a request's ModelSpec names, or TF Serving's NOT_FOUND."""

@@ -655,3 +655,39 @@ def test_a_request_whose_deadline_passed_in_the_queue_is_dropped_before_the_call
     batcher.stop()
     assert error.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
     assert calls == [[1]], "the expired request never reached the model"
+
+
+def test_stopping_waits_for_the_threads_the_server_started(tmp_path):
+    """No poller or batch thread outlives stop(): a daemon thread still inside TensorFlow
+    when the interpreter exits is killed there, which can abort the process."""
+    from animerec.serving import batching
+
+    started = threading.Event()
+
+    def run(key, inputs):
+        started.set()
+        time.sleep(0.3)  # a batch still running when stop() is called
+        return {"y": inputs["x"]}
+
+    # batch_timeout_micros > 0: the task runs on a batch thread, not on the caller's.
+    batcher = batching.Batcher(run, BatchingConfig(max_batch_size=8, num_batch_threads=1, batch_timeout_micros=1))
+    caller = threading.Thread(target=batcher.call, args=("sig", {"x": np.array([1])}))
+    caller.start()
+    assert started.wait(5)
+    batcher.stop()
+    assert not any(thread.is_alive() for thread in batcher._threads), "a batch thread outlived stop()"
+    caller.join()
+
+    manager = versions.ModelManager("m", str(tmp_path), poll_seconds=0.01)
+    polling = threading.Event()
+
+    def slow_refresh():  # a version load in progress when stop() is called
+        polling.set()
+        time.sleep(0.3)
+        return False
+
+    manager.refresh = slow_refresh
+    manager.start()
+    assert polling.wait(5)
+    manager.stop()
+    assert not manager._thread.is_alive(), "the version poller outlived stop()"
