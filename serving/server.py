@@ -84,6 +84,7 @@ class RunningServer:
     port: int
     batcher: Batcher | None = None
     rest: object | None = None  # serving.rest.RestServer
+    executor: concurrent.futures.ThreadPoolExecutor | None = None  # the gRPC handlers' threads
 
     @property
     def target(self) -> str:
@@ -94,12 +95,16 @@ class RunningServer:
         return f"http://localhost:{self.rest.port}" if self.rest else None
 
     def stop(self, grace: float = 1.0) -> None:
+        """Drains requests in flight (for up to `grace` seconds) and returns once no thread
+        the server started is left running."""
         self.manager.stop()
         if self.rest:
             self.rest.stop()
         self.server.stop(grace).wait()
-        if self.batcher:
+        if self.batcher:  # answers what is still queued once the grace has run out
             self.batcher.stop()
+        if self.executor:  # grpc.Server.stop leaves the executor it was given running
+            self.executor.shutdown(wait=True)
 
 
 def start_server(
@@ -130,8 +135,9 @@ def start_server(
         raise FileNotFoundError(
             f"{model_base_path}: no loadable model version (a numbered folder with saved_model.pb){broken}"
         )
+    executor = concurrent.futures.ThreadPoolExecutor(max_workers=workers)
     server = grpc.server(
-        concurrent.futures.ThreadPoolExecutor(max_workers=workers),
+        executor,
         maximum_concurrent_rpcs=max_concurrent_rpcs,
         options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)],
     )
@@ -145,7 +151,7 @@ def start_server(
         from animerec.serving.rest import RestApi, RestServer
 
         rest = RestServer(RestApi(manager, batcher), host, rest_port)
-    return RunningServer(server, manager, bound, batcher, rest)
+    return RunningServer(server, manager, bound, batcher, rest, executor)
 
 
 def serve_forever(

@@ -691,3 +691,18 @@ def test_stopping_waits_for_the_threads_the_server_started(tmp_path):
     assert polling.wait(5)
     manager.stop()
     assert not manager._thread.is_alive(), "the version poller outlived stop()"
+
+
+def test_a_stopped_server_leaves_no_thread_running(exported_model, tmp_path):
+    serving_dir = str(tmp_path / "serving")
+    push(exported_model, serving_dir, 1)
+    srv = server.start_server(serving_dir, port=0, poll_seconds=0.2, batching=BATCHING)
+    before = set(threading.enumerate())
+    recommender = client.RecommenderClient(srv.target)
+    assert recommender.recommend([100])[0].items, "a request was answered"
+    recommender.close()
+    started = set(threading.enumerate()) - before
+    assert started, "the request ran on a thread of the server's"
+    srv.stop()
+    assert not [t.name for t in started if t.is_alive()]
+    assert not srv.manager._thread.is_alive() and not any(t.is_alive() for t in srv.batcher._threads)
