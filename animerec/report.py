@@ -6,12 +6,13 @@ and a 2-D map of the anime embeddings coloured by main genre.
 
 from __future__ import annotations
 
+import io
 import json
 import os
-import shutil
 
 import numpy as np
 
+from animerec.data import files
 from animerec.evaluation import KS
 
 MAP_POINTS = 2000
@@ -27,6 +28,14 @@ def _plt():
     return plt
 
 
+def _save(fig, path: str) -> None:
+    """The figure as a PNG at `path` (local, or on any filesystem TensorFlow writes)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    files.write_bytes(path, buffer.getvalue())
+    _plt().close(fig)
+
+
 def plot_loss(history: dict, path: str) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -36,8 +45,7 @@ def plot_loss(history: dict, path: str) -> None:
     ax.set_title("Training loss")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_recall(curves: dict, path: str) -> None:
@@ -52,8 +60,7 @@ def plot_recall(curves: dict, path: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def embedding_map(embeddings: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -87,8 +94,7 @@ def plot_embeddings(anime_embeddings: dict, path: str, seed: int = 0) -> None:
     ax.set_yticks([])
     ax.legend(markerscale=3, fontsize=7, loc="best")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 EVALUATION_COLUMNS = [f"{kind}@{k}" for kind in ("recall", "ndcg") for k in KS] + [
@@ -146,20 +152,17 @@ def write_report(output_dir: str) -> str:
     history_path = os.path.join(model_run_uri, "training_history.json")
     report_dir = os.path.join(output_dir, "report")
     os.makedirs(report_dir, exist_ok=True)
-    evaluation_dir = os.path.dirname(metrics_path)
-    with open(history_path) as fh:
-        history = json.load(fh)
-    with open(os.path.join(evaluation_dir, "curves.json")) as fh:
-        curves = json.load(fh)
-    shutil.copy(metrics_path, os.path.join(report_dir, "metrics.json"))
+    # The artifacts are read through `files`: local here, and any filesystem TensorFlow reads.
+    history = json.loads(files.read_text(history_path))
+    curves = json.loads(files.read_text(os.path.join(evaluation_uri, "curves.json")))
+    metrics_text = files.read_text(metrics_path)
+    files.write_text(os.path.join(report_dir, "metrics.json"), metrics_text)
     plot_loss(history, os.path.join(report_dir, "loss.png"))
     plot_recall(curves, os.path.join(report_dir, "recall_at_k.png"))
-    embeddings = np.load(os.path.join(os.path.dirname(history_path), "catalog_embeddings.npz"), allow_pickle=False)
+    embeddings = np.load(io.BytesIO(files.read_bytes(os.path.join(model_run_uri, "catalog_embeddings.npz"))))
     plot_embeddings(dict(embeddings), os.path.join(report_dir, "embeddings.png"))
-    with open(os.path.join(evaluation_dir, "verdict.json")) as fh:
-        verdict = json.load(fh)
-    with open(metrics_path) as fh:
-        evaluation_lines = evaluation_markdown(json.load(fh), verdict["blessed"], verdict["reasons"], level=2)
+    verdict = json.loads(files.read_text(os.path.join(evaluation_uri, "verdict.json")))
+    evaluation_lines = evaluation_markdown(json.loads(metrics_text), verdict["blessed"], verdict["reasons"], level=2)
     lines = [
         "# animerec run report",
         "",
@@ -176,6 +179,5 @@ def write_report(output_dir: str) -> str:
         "",
     ]
     path = os.path.join(report_dir, "report.md")
-    with open(path, "w") as fh:
-        fh.write("\n".join(lines))
+    files.write_text(path, "\n".join(lines))
     return path

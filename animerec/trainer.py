@@ -5,6 +5,7 @@ Kept thin; the towers, the model, the data and the signatures live in animerec.m
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -17,6 +18,7 @@ from absl import logging
 
 from animerec import features as f
 from animerec.config import TrainingConfig
+from animerec.data import files
 from animerec.model import data as model_data
 from animerec.model import export, retrieval, two_stage
 
@@ -55,6 +57,19 @@ def epochs_and_steps(rows: int, batch_size: int, epochs: int, train_steps: int |
         return epochs, steps_per_epoch
     epochs = math.ceil(train_steps / steps_per_epoch)
     return epochs, math.ceil(train_steps / epochs)
+
+
+def write_model_run(
+    model_run_dir: str, history: dict, anime_id: np.ndarray, genres: np.ndarray, embeddings: np.ndarray
+) -> None:
+    """The Trainer's ModelRun artifact: HISTORY_FILE (the fit's history and config) and
+    EMBEDDINGS_FILE (each catalog title's id, genres and embedding, for the report's map),
+    in a local folder or one on any filesystem TensorFlow writes (a Kubeflow run's gs://)."""
+    files.makedirs(model_run_dir)
+    files.write_text(os.path.join(model_run_dir, HISTORY_FILE), json.dumps(history, indent=2))
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, anime_id=anime_id, genres=np.asarray(genres).astype("S"), embeddings=embeddings)
+    files.write_bytes(os.path.join(model_run_dir, EMBEDDINGS_FILE), buffer.getvalue())
 
 
 def run_fn(fn_args) -> None:
@@ -106,26 +121,20 @@ def run_fn(fn_args) -> None:
     export.export_serving_model(
         model, data, embeddings, config.top_k, fn_args.serving_model_dir, catalog_bias, second_stage
     )
-    os.makedirs(fn_args.model_run_dir, exist_ok=True)
-    with open(os.path.join(fn_args.model_run_dir, HISTORY_FILE), "w") as out:
-        json.dump(
-            {
-                "loss": [float(x) for x in history.history["loss"]],
-                "epochs": epochs,
-                "steps_per_epoch": steps_per_epoch,
-                "batch_size": config.batch_size,
-                "train_seconds": seconds,
-                "examples_per_second": examples_per_second,
-                "second_stage_seconds": second_stage_seconds,
-                "validation": validation,
-                "config": config.to_json_dict(),
-            },
-            out,
-            indent=2,
-        )
-    np.savez_compressed(
-        os.path.join(fn_args.model_run_dir, EMBEDDINGS_FILE),
-        anime_id=data.catalog.anime_id,
-        genres=data.catalog.genres.astype("S"),
-        embeddings=embeddings,
+    write_model_run(
+        fn_args.model_run_dir,
+        {
+            "loss": [float(x) for x in history.history["loss"]],
+            "epochs": epochs,
+            "steps_per_epoch": steps_per_epoch,
+            "batch_size": config.batch_size,
+            "train_seconds": seconds,
+            "examples_per_second": examples_per_second,
+            "second_stage_seconds": second_stage_seconds,
+            "validation": validation,
+            "config": config.to_json_dict(),
+        },
+        data.catalog.anime_id,
+        data.catalog.genres,
+        embeddings,
     )

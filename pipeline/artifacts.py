@@ -10,18 +10,21 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from animerec.data import files
+
 EVALUATOR = "RetrievalEvaluator"
 TRAINER = "Trainer"
 
 
 def complete_versions(base_path: str) -> list[int]:
-    """Version folders that hold a saved_model.pb (Pusher copies that file last), oldest first."""
-    if not os.path.isdir(base_path):
+    """Version folders that hold a saved_model.pb (Pusher copies that file last), oldest
+    first; base_path local or on any filesystem TensorFlow reads (a Kubeflow Pusher's gs://)."""
+    if not files.isdir(base_path):
         return []
     return sorted(
         int(name)
-        for name in os.listdir(base_path)
-        if name.isdigit() and os.path.exists(os.path.join(base_path, name, "saved_model.pb"))
+        for name in files.listdir(base_path)
+        if name.isdigit() and files.exists(os.path.join(base_path, name, "saved_model.pb"))
     )
 
 
@@ -93,8 +96,7 @@ def latest_evaluation(metadata_path: str) -> dict | None:
         return None
     evaluation = outputs.artifacts["evaluation"].uri
     blessing = outputs.artifacts.get("blessing")
-    with open(os.path.join(evaluation, "metrics.json")) as fh:
-        metrics = json.load(fh)
+    metrics = json.loads(files.read_text(os.path.join(evaluation, "metrics.json")))
     blessed = blessing is not None and blessing.custom_properties["blessed"].int_value == 1
     return {"metrics": metrics, "report": os.path.join(evaluation, "report.md"), "blessed": blessed}
 

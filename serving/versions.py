@@ -15,6 +15,7 @@ from tensorflow.core.protobuf import config_pb2
 from tensorflow.python.util import deprecation
 
 from animerec import features as f
+from animerec.data import files
 from animerec.pipeline.artifacts import complete_versions
 from animerec.serving import scann_index
 from animerec.serving.batching import RequestError
@@ -187,20 +188,20 @@ class ModelManager:
         return self._current
 
     def _stamp(self, version: int) -> tuple:
-        stat = os.stat(os.path.join(self.base_path, str(version), "saved_model.pb"))
-        return stat.st_mtime_ns, stat.st_size
+        path = os.path.join(self.base_path, str(version), "saved_model.pb")
+        return files.mtime_ns(path), files.size(path)
 
     def refresh(self) -> bool:
         """Serves the newest loadable version if it differs from the served one; True if it switched."""
         current = self._current
         # While its folder is there, only a newer version replaces the served one.
-        floor = current.version if current is not None and os.path.isdir(current.path) else None
+        floor = current.version if current is not None and files.isdir(current.path) else None
         for version in reversed(complete_versions(self.base_path)):
             if floor is not None and version <= floor:
                 return False
             try:
                 stamp = self._stamp(version)
-            except OSError:
+            except (OSError, tf.errors.NotFoundError):
                 continue  # deleted since it was listed
             if version in self.failed and self.failed[version][1] == stamp:
                 continue

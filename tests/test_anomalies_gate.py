@@ -8,16 +8,25 @@ import tensorflow_data_validation as tfdv
 
 from animerec import features as f
 from animerec.components.anomalies_gate import DataAnomaliesError, check_anomalies
+from animerec.data import files
 from animerec.pipeline.pipeline import SCHEMA_FILE
+
+
+@pytest.fixture(params=["local", "ram"])
+def anomalies_root(request, tmp_path):
+    """ExampleValidator's output folder: on this machine, or on TensorFlow's in-memory
+    filesystem (a path with a scheme, as a Kubeflow run's gs:// artifacts are)."""
+    root = str(tmp_path) if request.param == "local" else f"ram://anomalies_{tmp_path.name}"
+    yield root
+    files.rmtree(root)
 
 
 def _write_anomalies(root, split, rows):
     stats = tfdv.generate_statistics_from_dataframe(pd.DataFrame(rows))
     anomalies = tfdv.validate_statistics(stats, tfdv.load_schema_text(SCHEMA_FILE))
     folder = os.path.join(root, f"Split-{split}")
-    os.makedirs(folder)
-    with open(os.path.join(folder, "SchemaDiff.pb"), "wb") as fh:
-        fh.write(anomalies.SerializeToString())
+    files.makedirs(folder)
+    files.write_bytes(os.path.join(folder, "SchemaDiff.pb"), anomalies.SerializeToString())
 
 
 def _rows(rating):
@@ -32,17 +41,25 @@ def _rows(rating):
     }
 
 
-def test_clean_data_passes(tmp_path):
-    _write_anomalies(str(tmp_path), "train", _rows(rating=7))
-    check_anomalies(str(tmp_path))
+def test_clean_data_passes(anomalies_root):
+    _write_anomalies(anomalies_root, "train", _rows(rating=7))
+    check_anomalies(anomalies_root)
 
 
-def test_out_of_range_rating_stops_the_run(tmp_path):
-    _write_anomalies(str(tmp_path), "train", _rows(rating=7))
-    _write_anomalies(str(tmp_path), "eval", _rows(rating=11))
+def test_out_of_range_rating_stops_the_run(anomalies_root):
+    _write_anomalies(anomalies_root, "train", _rows(rating=7))
+    _write_anomalies(anomalies_root, "eval", _rows(rating=11))
     with pytest.raises(DataAnomaliesError) as error:
-        check_anomalies(str(tmp_path))
+        check_anomalies(anomalies_root)
     message = str(error.value)
     assert "split eval, feature rating" in message
     assert "split train" not in message
     assert "schema/schema.pbtxt" in message
+
+
+def test_an_output_without_schema_diffs_stops_the_run(anomalies_root):
+    """Nothing to read is not clean data: a gate that finds no SchemaDiff.pb (a path it
+    cannot list) must not let the run through."""
+    files.makedirs(anomalies_root)
+    with pytest.raises(DataAnomaliesError, match="no Split-\\*/SchemaDiff.pb"):
+        check_anomalies(anomalies_root)

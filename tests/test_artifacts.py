@@ -1,11 +1,15 @@
 """Finding a run's outputs through ML Metadata, and the newest complete serving version."""
 
+import io
 import json
 import os
 
+import numpy as np
+import pytest
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
+from animerec.data import files
 from animerec.pipeline import artifacts
 
 
@@ -66,11 +70,58 @@ def test_latest_evaluation_is_found_through_ml_metadata(tmp_path):
     assert artifacts.latest_output_uri(path, "Trainer", "model_run") is None
 
 
-def test_newest_complete_version(tmp_path):
+@pytest.fixture(params=["local", "ram"])
+def folder(request, tmp_path):
+    """A folder on this machine, or on TensorFlow's in-memory filesystem: a path with a
+    scheme, as a Kubeflow run's gs:// artifacts and Pusher's serving folder are."""
+    root = str(tmp_path) if request.param == "local" else f"ram://artifacts_{tmp_path.name}"
+    yield root
+    files.rmtree(root)
+
+
+def test_newest_complete_version(folder):
     for version, complete in ((1, True), (3, True), (7, False), ("tmp", True)):
-        os.makedirs(tmp_path / str(version))
+        files.makedirs(os.path.join(folder, str(version)))
         if complete:
-            (tmp_path / str(version) / "saved_model.pb").write_bytes(b"")
-    assert artifacts.complete_versions(str(tmp_path)) == [1, 3]
-    assert artifacts.newest_version_dir(str(tmp_path)) == str(tmp_path / "3")
-    assert artifacts.newest_version_dir(str(tmp_path / "none")) is None
+            files.write_bytes(os.path.join(folder, str(version), "saved_model.pb"), b"")
+    assert artifacts.complete_versions(folder) == [1, 3]
+    assert artifacts.newest_version_dir(folder) == os.path.join(folder, "3")
+    assert artifacts.newest_version_dir(os.path.join(folder, "none")) is None
+
+
+def test_the_trainer_writes_its_model_run_where_the_artifact_is(folder):
+    from animerec.trainer import EMBEDDINGS_FILE, HISTORY_FILE, write_model_run
+
+    out = os.path.join(folder, "model_run")
+    embeddings = np.arange(6, dtype=np.float32).reshape(3, 2)
+    write_model_run(out, {"loss": [2.0, 1.5]}, np.array([5, 7, 9]), np.array(["Action", "Drama", ""]), embeddings)
+    assert json.loads(files.read_text(os.path.join(out, HISTORY_FILE))) == {"loss": [2.0, 1.5]}
+    saved = np.load(io.BytesIO(files.read_bytes(os.path.join(out, EMBEDDINGS_FILE))))
+    assert saved["anime_id"].tolist() == [5, 7, 9] and saved["genres"].tolist() == [b"Action", b"Drama", b""]
+    np.testing.assert_array_equal(saved["embeddings"], embeddings)
+
+
+def test_the_evaluator_writes_its_report_where_the_artifact_is(folder):
+    from animerec.components.retrieval_evaluator import executor
+    from animerec.report import EVALUATION_COLUMNS
+
+    def system(recall):
+        return {
+            **{column: recall for column in EVALUATION_COLUMNS},
+            "users": 40,
+            "slices": {"1-5": {"users": 40, "recall@50": recall}},
+        }
+
+    results = {"model": system(0.4), "ease": {**system(0.3), "l2": 100.0, "l2_validation_recall@50": {"100": 0.3}}}
+    curves = {name: [0.1] * len(executor.RECALL_CURVE_KS) for name in results}
+    out = os.path.join(folder, "evaluation")
+    executor.write_report(out, results, curves, True, ["model beats ease"])
+    assert json.loads(files.read_text(os.path.join(out, executor.METRICS_FILE))) == results
+    assert json.loads(files.read_text(os.path.join(out, executor.VERDICT_FILE))) == {
+        "blessed": True,
+        "reasons": ["model beats ease"],
+    }
+    assert json.loads(files.read_text(os.path.join(out, "curves.json")))["model"] == curves["model"]
+    assert files.read_bytes(os.path.join(out, executor.RECALL_PLOT)).startswith(b"\x89PNG")
+    report = files.read_text(os.path.join(out, executor.REPORT_FILE))
+    assert "BLESSED" in report and "| model | 0.4000" in report and "- model beats ease" in report

@@ -18,6 +18,7 @@ from tensorflow_serving.apis import (
 )
 
 from animerec import features as f
+from animerec.data import files
 from animerec.serving import client, predict, server, versions
 from animerec.serving.batching import BatchingConfig
 from tests.model_fixtures import ANIME_IDS, export_small_model
@@ -487,6 +488,36 @@ def test_broken_versions_are_skipped_and_the_poller_survives(exported_model, tmp
         assert response.model_spec.version.value == 1
     finally:
         srv.stop()
+
+
+def _push_remote(exported: str, serving_dir: str, version: int) -> None:
+    """push(), through TensorFlow's filesystems (Pusher's copy to gs:// in a Kubeflow run)."""
+    target = os.path.join(serving_dir, str(version))
+    for folder, _, names in os.walk(exported):
+        relative = os.path.relpath(folder, exported)
+        into = target if relative == "." else os.path.join(target, relative)
+        files.makedirs(into)
+        for name in sorted(names, key=lambda n: n == "saved_model.pb"):
+            files.write_bytes(os.path.join(into, name), files.read_bytes(os.path.join(folder, name)))
+
+
+def test_versions_are_served_from_a_path_with_a_scheme(exported_model, running_rest, tmp_path):
+    """A serving folder on TensorFlow's in-memory filesystem, as a Kubeflow Pusher's gs://
+    one is: the versions are found, loaded and polled through TensorFlow's filesystems."""
+    serving_dir = f"ram://serving_{tmp_path.name}"
+    _push_remote(exported_model, serving_dir, 1)
+    srv = server.start_server(serving_dir, port=0, poll_seconds=0.2, batching=BATCHING)
+    try:
+        request = _request(user_id=np.array([100, 102], np.int64))
+        remote = _stub(srv).Predict(request, timeout=30)
+        local = _stub(running_rest).Predict(request, timeout=30)
+        assert remote.model_spec.version.value == 1
+        assert remote.outputs[f.OUTPUT_ANIME_IDS] == local.outputs[f.OUTPUT_ANIME_IDS]
+        _push_remote(exported_model, serving_dir, 2)
+        picked_up = _wait_for(lambda: _stub(srv).Predict(request, timeout=30).model_spec.version.value == 2)
+        assert picked_up, "version 2 was not loaded from the serving folder"
+    finally:
+        srv.stop()  # (ram:// cannot delete a tree of folders; the small model stays in memory)
 
 
 def test_no_loadable_version_is_one_clear_error(exported_model, tmp_path):

@@ -1,5 +1,6 @@
 """Files on this machine or on any filesystem TensorFlow reads (`gs://`, `s3://` with
-tensorflow-io, `ram://` in tests), for the Kaggle readers and the converter.
+tensorflow-io, `ram://` in tests): for the Kaggle readers and the converter, and for what
+the pipeline's own code reads and writes in artifacts (a Kubeflow run's are on `gs://`).
 
 Local paths go through Python's own calls (fast line reading, no TensorFlow import);
 a path with a scheme goes through `tf.io.gfile`, which is also what TFX's components
@@ -8,6 +9,7 @@ and Beam's TFRecord sinks read and write with.
 
 from __future__ import annotations
 
+import glob as _glob
 import io
 import os
 import shutil
@@ -80,6 +82,25 @@ def read_bytes(path: str) -> bytes:
         return f.read()
 
 
+def read_text(path: str) -> str:
+    return read_bytes(path).decode("utf-8")
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """A new file holding `data` (replacing one of that name)."""
+    with open_write(path) as f:
+        f.write(data)
+
+
+def write_text(path: str, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def glob(pattern: str) -> list[str]:
+    """The paths matching `pattern` (`*` within one folder level), sorted."""
+    return sorted(_glob.glob(pattern) if is_local(pattern) else _gfile().glob(pattern))
+
+
 def absolute(path: str) -> str:
     """A local path made absolute; a remote one as it is."""
     return os.path.abspath(path) if is_local(path) else path
@@ -95,6 +116,10 @@ def size(path: str) -> int:
 
 def mtime_ns(path: str) -> int:
     return os.stat(path).st_mtime_ns if is_local(path) else _gfile().stat(path).mtime_nsec
+
+
+def isdir(path: str) -> bool:
+    return os.path.isdir(path) if is_local(path) else _gfile().isdir(path)
 
 
 def listdir(path: str) -> list[str]:

@@ -16,6 +16,7 @@ from tfx.utils import io_utils, path_utils
 
 from animerec import evaluation as m
 from animerec import features as f
+from animerec.data import files
 from animerec.ids import catalog_positions
 from animerec.report import evaluation_markdown, plot_recall
 
@@ -115,18 +116,17 @@ def evaluate(examples: types.Artifact, model_dir: str, baseline_model_dir: str |
 
 def write_report(out_dir: str, results: dict, curves: dict, blessed: bool, reasons: list[str]) -> None:
     """metrics.json, verdict.json, curves.json, the recall@k plot and report.md (whose text
-    animerec.report.evaluation_markdown also builds for the run report, from the same files)."""
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, METRICS_FILE), "w") as fh:
-        json.dump(results, fh, indent=2)
-    with open(os.path.join(out_dir, VERDICT_FILE), "w") as fh:
-        json.dump({"blessed": blessed, "reasons": reasons}, fh, indent=2)
-    with open(os.path.join(out_dir, "curves.json"), "w") as fh:
-        json.dump({"k": list(RECALL_CURVE_KS), **curves}, fh, indent=2)
+    animerec.report.evaluation_markdown also builds for the run report, from the same files),
+    in the Evaluation artifact's folder: local, or on gs:// in a Kubeflow run."""
+    files.makedirs(out_dir)
+    files.write_text(os.path.join(out_dir, METRICS_FILE), json.dumps(results, indent=2))
+    files.write_text(
+        os.path.join(out_dir, VERDICT_FILE), json.dumps({"blessed": blessed, "reasons": reasons}, indent=2)
+    )
+    files.write_text(os.path.join(out_dir, "curves.json"), json.dumps({"k": list(RECALL_CURVE_KS), **curves}, indent=2))
     plot_recall({"k": list(RECALL_CURVE_KS), **curves}, os.path.join(out_dir, RECALL_PLOT))
     lines = evaluation_markdown(results, blessed, reasons) + ["", f"![recall@k]({RECALL_PLOT})"]
-    with open(os.path.join(out_dir, REPORT_FILE), "w") as fh:
-        fh.write("\n".join(lines) + "\n")
+    files.write_text(os.path.join(out_dir, REPORT_FILE), "\n".join(lines) + "\n")
 
 
 class Executor(base_executor.BaseExecutor):
