@@ -199,6 +199,18 @@ def _serve(args) -> int:
     return 0
 
 
+def _note_short(result, k: int) -> None:
+    """On stderr, why fewer than k titles came back: the model's cap on k (the serving
+    signatures cap k rather than fail a batch), or too few unseen titles."""
+    if len(result.items) >= k:
+        return
+    if k > result.slots:
+        why = f"the model answers at most {result.slots} a request (k above that is capped)"
+    else:
+        why = "no more titles are left unseen"
+    print(f"animerec: {len(result.items)} titles, not {k}: {why}", file=sys.stderr)
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -263,6 +275,7 @@ def _recommend(args) -> int:
                 [liked], k=args.k, exclude_anime_ids=[seen + (args.exclude or [])]
             )
             print(client.format_recommendations(results[0]))
+            _note_short(results[0], args.k)
             return 0
         k = args.k if (args.k != DEFAULT_K or exclude) else None
         results = recommender.recommend([args.user], k=k, exclude_anime_ids=exclude)
@@ -270,6 +283,7 @@ def _recommend(args) -> int:
         if k is None:
             result.items = result.items[: args.k]
         print(client.format_recommendations(result))
+        _note_short(result, args.k)
     except grpc.RpcError as error:
         detail = (error.details() or "").splitlines()[0] if error.details() else ""
         print(f"animerec: error: {target}: {error.code().name}: {detail}", file=sys.stderr)
@@ -466,7 +480,9 @@ def _add_batch_command(commands) -> None:
         "--model-dir", required=True, help="a serving dir (its newest version is used) or one SavedModel"
     )
     batch.add_argument("--output", required=True, help="output prefix; files are PREFIX-SSSSS-of-NNNNN.parquet")
-    batch.add_argument("-k", type=int, default=50, help="titles per user (default %(default)s)")
+    batch.add_argument(
+        "-k", type=_positive_int, default=50, help="titles per user, at most the model's max_k (default %(default)s)"
+    )
     batch.add_argument("--workers", type=int, default=None, help="Beam worker processes (default: one per core)")
     batch.add_argument(
         "--index",

@@ -36,6 +36,9 @@ class UserRecommendations:
     user_id: int
     is_fallback: bool
     items: list
+    # The outputs' width: the most titles the model answers a request (its max_k, or its
+    # top_k for serving_default).
+    slots: int = 0
 
 
 class RecommenderClient:
@@ -129,7 +132,7 @@ def _results(outputs: dict, user_ids) -> list[UserRecommendations]:
             for a, t, g, s in zip(ids[row], titles[row], genres[row], scores[row])
             if a >= 0
         ]
-        results.append(UserRecommendations(int(user), bool(fallback[row]), items))
+        results.append(UserRecommendations(int(user), bool(fallback[row]), items, int(ids.shape[1])))
     return results
 
 

@@ -47,6 +47,22 @@ def test_malformed_rows_are_set_aside_with_line_numbers(tmp_path):
     assert report.examples["unknown watching_status"] == ["line 7: watching_status=5"]
 
 
+def test_rows_that_all_have_a_field_too_many_are_set_aside(tmp_path):
+    """pandas reads a block whose every line has one field more than the header names
+    with the first field as an index, the others shifted; no such row may be read."""
+    report, lines = _read_animelist(tmp_path, "7,1,8,2,12,99\n7,5,9,2,3,99\n")
+    assert lines.tolist() == [] and report.rows_read == 2
+    assert report.set_aside == {"wrong field count": 2}
+    assert report.examples["wrong field count"][0] == "line 2: expected 5 fields, got 6"
+
+
+def test_a_number_beyond_int64_is_set_aside(tmp_path):
+    report, lines = _read_animelist(tmp_path, "1,10,8,2,12\n99999999999999999999,5,8,2,12\n1,11,7,2,3\n")
+    assert lines.tolist() == [2, 4]
+    assert report.set_aside == {"number beyond int64": 1}
+    assert report.examples["number beyond int64"] == ["line 3: user_id='99999999999999999999'"]
+
+
 def test_non_utf8_bytes_are_set_aside(tmp_path):
     path = os.path.join(tmp_path, kaggle.ANIMELIST_CSV)
     with open(path, "wb") as f:
@@ -143,6 +159,17 @@ def test_duplicates_and_unknown_anime_are_counted(tmp_path):
 def test_ungrouped_users_are_an_error_naming_the_line(tmp_path):
     _tiny_dataset(tmp_path, "1,10,8,2,1\n2,11,8,2,1\n1,12,8,2,1\n")
     with pytest.raises(kaggle.DataError, match=r"animelist\.csv line 4, field user_id: user 1 appears again"):
+        summarize(str(tmp_path))
+
+
+def test_a_huge_user_id_is_read_like_any_other(tmp_path):
+    """The grouping check keeps the ids it has seen, not a bitmap as long as the largest:
+    an id near 2^63 is a user like any other, and a repeat of it is still caught."""
+    huge = 2**63 - 1
+    _tiny_dataset(tmp_path, f"1,10,8,2,1\n{huge},11,8,2,1\n{huge},12,8,2,1\n")
+    assert summarize(str(tmp_path))["interactions"]["rows_by_reason"] == {interactions.LIKED: 3}
+    _tiny_dataset(tmp_path, f"{huge},10,8,2,1\n1,11,8,2,1\n{huge},12,8,2,1\n")
+    with pytest.raises(kaggle.DataError, match=rf"line 4, field user_id: user {huge} appears again"):
         summarize(str(tmp_path))
 
 

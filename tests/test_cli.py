@@ -128,11 +128,18 @@ def test_recommend_with_model_dir(serving_dir, tmp_path):
     assert "Title 10" not in out and "Title 20" not in out, "seen titles are not recommended"
     fallback = animerec("recommend", "--user", "424242", "--model-dir", serving_dir).stdout
     assert "most popular" in fallback
+    # k above the model's max_k (the catalog's 6 titles here) is capped, and said so.
+    capped = animerec("recommend", "--user", "424242", "-k", "500", "--model-dir", serving_dir)
+    assert "Top 6 for user 424242" in capped.stdout
+    assert capped.stderr.strip().splitlines()[-1] == (
+        "animerec: 6 titles, not 500: the model answers at most 6 a request (k above that is capped)"
+    )
 
 
 def test_recommend_for_a_new_user(serving_dir, tmp_path):
-    out = animerec("recommend", "--liked", "20,30", "-k", "6", "--model-dir", serving_dir).stdout
-    assert "Top 4 for a new user" in out and "Title 20" not in out and "Title 30" not in out
+    out = animerec("recommend", "--liked", "20,30", "-k", "6", "--model-dir", serving_dir)
+    assert "Top 4 for a new user" in out.stdout and "Title 20" not in out.stdout and "Title 30" not in out.stdout
+    assert out.stderr.strip().splitlines()[-1] == "animerec: 4 titles, not 6: no more titles are left unseen"
     # Their own animelist rows: 10 liked (scored 9), 40 dropped (seen, not liked), one bad row counted.
     rows = tmp_path / "me.csv"
     rows.write_text("user_id,anime_id,rating,watching_status,watched_episodes\n1,10,9,2,12\n1,40,0,4,1\n1,x,9,2,1\n")

@@ -217,6 +217,23 @@ def test_tf_example_signature_matches_default(serving):
     np.testing.assert_array_equal(by_example[f.OUTPUT_ANIME_IDS].numpy(), by_id[f.OUTPUT_ANIME_IDS].numpy())
 
 
+def test_an_example_without_one_user_id_gets_the_fallback_not_an_error(serving):
+    """Batched with others, an Example lacking user_id (or holding two) must not fail the
+    call, and so its neighbours' requests: it is served as an unknown user."""
+    missing, two = tf.train.Example(), tf.train.Example()
+    two.features.feature[f.USER_ID].int64_list.value.extend([100, 101])
+    good = []
+    for user in (100, 101):
+        example = tf.train.Example()
+        example.features.feature[f.USER_ID].int64_list.value.append(user)
+        good.append(example.SerializeToString())
+    batch = [good[0], missing.SerializeToString(), two.SerializeToString(), good[1]]
+    out = serving.signatures[f.TF_EXAMPLE_SIGNATURE](examples=tf.constant(batch))
+    by_id = serving.signatures["serving_default"](user_id=tf.constant([100, 424242, 424242, 101], tf.int64))
+    np.testing.assert_array_equal(out[f.OUTPUT_ANIME_IDS].numpy(), by_id[f.OUTPUT_ANIME_IDS].numpy())
+    assert out[f.OUTPUT_IS_FALLBACK].numpy().tolist() == [False, True, True, False]
+
+
 def test_shared_item_embeddings_are_one_table(data):
     shared = retrieval.build_model(data, DIM, 0.1, 0.01, share_item_embeddings=True)
     separate = retrieval.build_model(data, DIM, 0.1, 0.01, share_item_embeddings=False)

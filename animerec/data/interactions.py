@@ -230,7 +230,7 @@ def scan_blocks(
     """scan_animelist over blocks of rows of `path` grouped by user (from the file, or
     regrouped by the converter), cut anywhere."""
     catalog_ids = np.sort(catalog_ids)
-    finished_users = np.zeros(0, dtype=bool)  # bitmap over user ids
+    finished_users = np.zeros(0, dtype=np.int64)  # sorted ids of the users whose rows ended
     carry = None
     for block in blocks:
         if carry is not None:
@@ -259,17 +259,15 @@ def _check_grouped(path: str, block: kaggle.InteractionBlock, finished: np.ndarr
     change = np.concatenate([[True], block.user_id[1:] != block.user_id[:-1]])
     users = block.user_id[change]
     stats.user_first_lines.append((users, block.line[change]))
-    needed = int(users.max()) + 1
-    if needed > len(finished):
-        finished = np.concatenate([finished, np.zeros(max(needed - len(finished), len(finished)), dtype=bool)])
-    seen_before = finished[users]
+    # `finished` holds the ids themselves, sorted, not a bitmap indexed by them: a valid
+    # but huge user_id (any int64) must not cost memory in proportion to its value.
+    seen_before = np.isin(users, finished)
     _, counts = np.unique(users, return_counts=True)
     if seen_before.any() or (counts > 1).any():
         user = users[seen_before][0] if seen_before.any() else _first_repeated(users)
         line = block.line[change][np.flatnonzero(users == user)[-1]]
         raise_not_grouped(path, user, line)
-    finished[users] = True
-    return finished
+    return np.union1d(finished, users)
 
 
 class NotGroupedError(kaggle.DataError):

@@ -54,6 +54,8 @@ WATCHING_STATUS_NAMES = {
 # Approximate lines per block when streaming animelist.csv (~40 MB of text).
 DEFAULT_BLOCK_LINES = 2_000_000
 MAX_EXAMPLES_PER_REASON = 5
+# The numeric files' fields are read as int64.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 class DataError(ValueError):
@@ -352,8 +354,8 @@ def iter_animelist(
 ) -> Iterator[InteractionBlock]:
     """Streams animelist.csv (or one ByteRange of it) in blocks of valid rows.
 
-    Malformed rows (wrong field count, non-numeric field, rating outside 0-10,
-    unknown status, negative ids or episodes, non-UTF-8 bytes, blank lines) are
+    Malformed rows (wrong field count, non-numeric field, number beyond int64,
+    rating outside 0-10, unknown status, negative ids or episodes, non-UTF-8 bytes, blank lines) are
     counted in `report` with their line numbers; memory stays at one block.
     """
     for line_start, values in _iter_int_blocks(path, ANIMELIST_COLUMNS, report, block_lines, byte_range):
@@ -456,9 +458,15 @@ def _iter_int_blocks(
 
 
 def _parse_fast(lines: list[bytes], n_columns: int) -> np.ndarray | None:
+    data = b"".join(lines)
+    # Every line must hold exactly n_columns fields. pandas refuses a line with more than
+    # its neighbours, but when every line has one more it reads the first field as an
+    # index and shifts the others silently: the commas are counted first.
+    if data.count(b",") != len(lines) * (n_columns - 1):
+        return None
     try:
         frame = pd.read_csv(
-            io.BytesIO(b"".join(lines)),
+            io.BytesIO(data),
             header=None,
             names=list(range(n_columns)),
             dtype=np.int64,
@@ -494,6 +502,10 @@ def _parse_slow(lines, line_no, columns, report) -> tuple[np.ndarray, np.ndarray
         except ValueError:
             bad = next(c for c, v in zip(columns, fields) if not _is_int(v))
             report.add("non-numeric field", f"line {n}: {bad}={fields[columns.index(bad)]!r}")
+            continue
+        beyond = [c for c, v in zip(columns, row) if not INT64_MIN <= v <= INT64_MAX]
+        if beyond:
+            report.add("number beyond int64", f"line {n}: {beyond[0]}={fields[columns.index(beyond[0])]!r}")
             continue
         kept_lines.append(n)
         rows.append(row)

@@ -14,6 +14,7 @@ returned; `scores` are the ranker's logits. Signatures (names in animerec.featur
   recommend_from_liked(liked_anime_ids[B,L] int64, -1 padded, k[B], exclude_anime_ids[B,M]) -> as
     recommend, for users the model may not know: the query tower runs on their liked titles
   serving_tf_example(examples[B] string: serialized tf.Example with user_id) -> the same as serving_default
+    (an Example without exactly one user_id gets the popular fallback, as an unknown user does)
   recommend_for_eval: as recommend, but titles held out for evaluation are not excluded (the Evaluator's view)
   retrieve_for_eval: as recommend_for_eval, retrieval alone (the first stage, for the Evaluator's ablation)
 A two-stage model also saves `rank_retrieved` (recommend's inputs, each user's retrieved
@@ -413,8 +414,19 @@ class RecommenderModule(tf.Module):
 
     @_signature([tf.TensorSpec([None], tf.string, name=f.SERVING_EXAMPLES)])
     def serve_tf_example(self, examples):
-        parsed = tf.io.parse_example(examples, {f.USER_ID: tf.io.FixedLenFeature([1], tf.int64)})
-        user_id = tf.reshape(parsed[f.USER_ID], [-1])
+        ids = tf.io.parse_example(examples, {f.USER_ID: tf.io.VarLenFeature(tf.int64)})[f.USER_ID]
+        # An Example without exactly one user_id is served as an unknown user (the popular
+        # fallback, is_fallback true), not refused: TF Serving's batching fails every
+        # request merged with one whose call fails. (Bytes that are no Example at all
+        # still fail the call: parse_example refuses them.)
+        batch = tf.shape(examples)[0]
+        row = tf.cast(ids.indices[:, 0], tf.int32)
+        count = tf.math.bincount(row, minlength=batch, maxlength=batch)
+        first = ids.indices[:, 1] == 0
+        user_id = tf.tensor_scatter_nd_update(
+            tf.fill([batch], tf.constant(-1, tf.int64)), row[first][:, None], ids.values[first]
+        )
+        user_id = tf.where(count == 1, user_id, -1)
         return self._recommend(user_id, self._all_rows(user_id), self.top_k, None)
 
     def signatures(self) -> dict:
