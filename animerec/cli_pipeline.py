@@ -200,14 +200,14 @@ def _serve(args) -> int:
 
 
 def _note_short(result, k: int) -> None:
-    """On stderr, why fewer than k titles came back: the model's cap on k (the serving
-    signatures cap k rather than fail a batch), or too few unseen titles."""
+    """On stderr, why fewer than k titles came back: too few unseen titles, or the model's
+    cap on k (its max_k: the signatures cap k rather than fail a batch)."""
     if len(result.items) >= k:
         return
-    if k > result.slots:
-        why = f"the model answers at most {result.slots} a request (k above that is capped)"
-    else:
+    if len(result.items) < min(k, result.slots):
         why = "no more titles are left unseen"
+    else:
+        why = f"the model answers at most {result.slots} a request (k above that is capped)"
     print(f"animerec: {len(result.items)} titles, not {k}: {why}", file=sys.stderr)
 
 
@@ -277,11 +277,7 @@ def _recommend(args) -> int:
             print(client.format_recommendations(results[0]))
             _note_short(results[0], args.k)
             return 0
-        k = args.k if (args.k != DEFAULT_K or exclude) else None
-        results = recommender.recommend([args.user], k=k, exclude_anime_ids=exclude)
-        result = results[0]
-        if k is None:
-            result.items = result.items[: args.k]
+        result = recommender.recommend([args.user], k=args.k, exclude_anime_ids=exclude)[0]
         print(client.format_recommendations(result))
         _note_short(result, args.k)
     except grpc.RpcError as error:

@@ -56,11 +56,14 @@ def test_rows_that_all_have_a_field_too_many_are_set_aside(tmp_path):
     assert report.examples["wrong field count"][0] == "line 2: expected 5 fields, got 6"
 
 
-def test_a_number_beyond_int64_is_set_aside(tmp_path):
-    report, lines = _read_animelist(tmp_path, "1,10,8,2,12\n99999999999999999999,5,8,2,12\n1,11,7,2,3\n")
+@pytest.mark.parametrize("number", ["99999999999999999999", str(2**63), str(2**64 - 1)])
+def test_a_number_beyond_int64_is_set_aside(tmp_path, number):
+    """Above 2^64 pandas refuses the block; from 2^63 it reads uint64, which int64 would
+    wrap negative: either way the row is named for the number it holds."""
+    report, lines = _read_animelist(tmp_path, f"1,10,8,2,12\n1,5,8,2,{number}\n1,11,7,2,3\n")
     assert lines.tolist() == [2, 4]
     assert report.set_aside == {"number beyond int64": 1}
-    assert report.examples["number beyond int64"] == ["line 3: user_id='99999999999999999999'"]
+    assert report.examples["number beyond int64"] == [f"line 3: watched_episodes={number!r}"]
 
 
 def test_non_utf8_bytes_are_set_aside(tmp_path):

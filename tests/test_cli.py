@@ -126,6 +126,10 @@ def test_recommend_with_model_dir(serving_dir, tmp_path):
     out = animerec("recommend", "--user", "100", "-k", "3", "--model-dir", serving_dir).stdout
     assert "Top 3 for user 100" in out
     assert "Title 10" not in out and "Title 20" not in out, "seen titles are not recommended"
+    # Fewer unseen titles than asked (user 100 saw 3 of the 6): said so, not blamed on the cap.
+    short = animerec("recommend", "--user", "100", "-k", "5", "--model-dir", serving_dir)
+    assert "Top 3 for user 100" in short.stdout
+    assert short.stderr.strip().splitlines()[-1] == "animerec: 3 titles, not 5: no more titles are left unseen"
     fallback = animerec("recommend", "--user", "424242", "--model-dir", serving_dir).stdout
     assert "most popular" in fallback
     # k above the model's max_k (the catalog's 6 titles here) is capped, and said so.

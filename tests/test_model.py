@@ -232,6 +232,11 @@ def test_an_example_without_one_user_id_gets_the_fallback_not_an_error(serving):
     by_id = serving.signatures["serving_default"](user_id=tf.constant([100, 424242, 424242, 101], tf.int64))
     np.testing.assert_array_equal(out[f.OUTPUT_ANIME_IDS].numpy(), by_id[f.OUTPUT_ANIME_IDS].numpy())
     assert out[f.OUTPUT_IS_FALLBACK].numpy().tolist() == [False, True, True, False]
+    # A user_id of another type is a malformed Example, which tf.io.parse_example refuses.
+    as_bytes = tf.train.Example()
+    as_bytes.features.feature[f.USER_ID].bytes_list.value.append(b"100")
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        serving.signatures[f.TF_EXAMPLE_SIGNATURE](examples=tf.constant([good[0], as_bytes.SerializeToString()]))
 
 
 def test_shared_item_embeddings_are_one_table(data):

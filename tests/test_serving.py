@@ -493,12 +493,10 @@ def test_broken_versions_are_skipped_and_the_poller_survives(exported_model, tmp
 def _push_remote(exported: str, serving_dir: str, version: int) -> None:
     """push(), through TensorFlow's filesystems (Pusher's copy to gs:// in a Kubeflow run)."""
     target = os.path.join(serving_dir, str(version))
-    for folder, _, names in os.walk(exported):
-        relative = os.path.relpath(folder, exported)
-        into = target if relative == "." else os.path.join(target, relative)
-        files.makedirs(into)
-        for name in sorted(names, key=lambda n: n == "saved_model.pb"):
-            files.write_bytes(os.path.join(into, name), files.read_bytes(os.path.join(folder, name)))
+    paths = [os.path.relpath(os.path.join(d, n), exported) for d, _, names in os.walk(exported) for n in names]
+    for path in sorted(paths, key=lambda p: p == "saved_model.pb"):  # saved_model.pb last
+        files.makedirs(os.path.dirname(os.path.join(target, path)))
+        files.write_bytes(os.path.join(target, path), files.read_bytes(os.path.join(exported, path)))
 
 
 def test_versions_are_served_from_a_path_with_a_scheme(exported_model, running_rest, tmp_path):

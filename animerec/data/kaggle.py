@@ -477,7 +477,13 @@ def _parse_fast(lines: list[bytes], n_columns: int) -> np.ndarray | None:
         return None
     if len(frame) != len(lines):
         return None
-    return frame.to_numpy(dtype=np.int64)
+    values = frame.to_numpy(dtype=np.int64)
+    # pandas reads a field in [2^63, 2^64) as uint64 and the int64 dtype wraps it negative:
+    # a block with a negative value is parsed line by line, which names that number (no
+    # valid field is negative, so clean blocks stay here).
+    if (values < 0).any():
+        return None
+    return values
 
 
 def _parse_slow(lines, line_no, columns, report) -> tuple[np.ndarray, np.ndarray]:

@@ -417,8 +417,8 @@ class RecommenderModule(tf.Module):
         ids = tf.io.parse_example(examples, {f.USER_ID: tf.io.VarLenFeature(tf.int64)})[f.USER_ID]
         # An Example without exactly one user_id is served as an unknown user (the popular
         # fallback, is_fallback true), not refused: TF Serving's batching fails every
-        # request merged with one whose call fails. (Bytes that are no Example at all
-        # still fail the call: parse_example refuses them.)
+        # request merged with one whose call fails. (Bytes that are no Example at all, or
+        # a user_id stored as bytes or floats, still fail the call: parse_example refuses them.)
         batch = tf.shape(examples)[0]
         row = tf.cast(ids.indices[:, 0], tf.int32)
         count = tf.math.bincount(row, minlength=batch, maxlength=batch)
