@@ -124,4 +124,5 @@ def test_the_evaluator_writes_its_report_where_the_artifact_is(folder):
     assert json.loads(files.read_text(os.path.join(out, "curves.json")))["model"] == curves["model"]
     assert files.read_bytes(os.path.join(out, executor.RECALL_PLOT)).startswith(b"\x89PNG")
     report = files.read_text(os.path.join(out, executor.REPORT_FILE))
-    assert "BLESSED" in report and "| model | 0.4000" in report and "- model beats ease" in report
+    assert report.startswith("# Retrieval evaluation: BLESSED\n")
+    assert "| model | 0.4000" in report and "- model beats ease" in report

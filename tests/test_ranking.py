@@ -382,7 +382,14 @@ def test_second_stage_is_chosen_on_validation_rows(fitted):
     data, _, stage = fitted
     report = stage.report
     assert report["validation_users"] == len(data.validation_task().users) > 0
-    assert report["ease_l2"] in CONFIG.ease_l2_grid and stage.popularity_prior in CONFIG.popularity_prior_grid
+    # Each choice is the grid's best on validation (ties to the smaller value), and the
+    # scores reported are the validation users' own.
+    l2_scores = {float(k): v for k, v in report["ease_l2_validation_recall@50"].items()}
+    assert l2_scores == evaluation.tune_ease_l2(data.validation_task(), CONFIG.ease_l2_grid)[1]
+    assert report["ease_l2"] == max(CONFIG.ease_l2_grid, key=lambda l2: (l2_scores[l2], -l2))
+    prior_scores = {float(k): v for k, v in report[f"retrieval_validation_recall@{CONFIG.ranking_candidates}"].items()}
+    assert len(set(prior_scores.values())) > 1, "the fixture must tell the priors apart"
+    assert stage.popularity_prior == max(CONFIG.popularity_prior_grid, key=lambda p: (prior_scores[p], -p))
     assert set(report["validation_recall@50"]) >= {"retrieval only", "ease"}
     assert stage.candidates == 6 and stage.item_item_candidates == 4
     # The serving tables know every training row: validation rows are back in the item-item counts.
@@ -393,11 +400,38 @@ def test_second_stage_is_chosen_on_validation_rows(fitted):
     )
 
 
-def test_ranker_shapes_are_scored_by_cross_fitting():
+def test_ranker_shapes_are_scored_by_cross_fitting(monkeypatch):
     data = _clustered_data(users=60, seed=1)
     config = TrainingConfig(**{**CONFIG.to_json_dict(), "ranker_hidden_units": [[], [4]]})
     model = retrieval.build_model_from_config(data, config)
+    # Which users' lists each ranker is fitted on and scores (a list's features identify it).
+    fitted_on, scored = [], []
+    fit, rerank = ranking.fit_ranker, ranking.rerank
+
+    def lists(features):
+        return [row.tobytes() for row in features]
+
+    def recording_fit(features, *args, **kwargs):
+        fitted_on.append(lists(features))
+        return fit(features, *args, **kwargs)
+
+    def recording_rerank(ranker, features, *args, **kwargs):
+        scored.append(lists(features))
+        return rerank(ranker, features, *args, **kwargs)
+
+    monkeypatch.setattr(ranking, "fit_ranker", recording_fit)
+    monkeypatch.setattr(ranking, "rerank", recording_rerank)
     stage = two_stage.fit_second_stage(model, data, config)
+    everyone = set(fitted_on[-1])  # the final fit, on every validation user
+    assert len(everyone) == stage.report["validation_users"]
+    folds = two_stage.SELECTION_FOLDS
+    assert len(scored) == 2 * folds and len(fitted_on) == 2 * folds + 1
+    for shape in range(2):
+        held_out = [set(s) for s in scored[shape * folds : (shape + 1) * folds]]
+        for fitting, scoring in zip(fitted_on[shape * folds : (shape + 1) * folds], held_out):
+            assert not set(fitting) & scoring, "a ranker was scored on users it was fitted on"
+            assert set(fitting) | scoring == everyone
+        assert sum(len(s) for s in held_out) == len(everyone) and set.union(*held_out) == everyone
     scores = stage.report["validation_recall@50"]
     assert {"ranker []", "ranker [4]"} <= set(scores)
     assert stage.report["ranker_hidden_units"] == list(max([(), (4,)], key=lambda h: scores[f"ranker {list(h)}"]))
@@ -488,6 +522,35 @@ def test_k_above_the_candidates_and_fallbacks_and_the_retrieval_ablation(served)
     assert np.all(np.diff(alone[f.OUTPUT_SCORES].numpy()[:, :5], axis=1) <= 0)
     both = loaded.signatures[f.EVAL_SIGNATURE](**request)
     assert not np.array_equal(alone[f.OUTPUT_SCORES].numpy(), both[f.OUTPUT_SCORES].numpy())
+
+
+def test_the_retrieval_ablation_keeps_held_out_titles_and_ranks_by_retrieval_alone(fitted, tmp_path):
+    """retrieve_for_eval is the Evaluator's first-stage baseline: retrieval's top k with the
+    training titles excluded and the held-out ones kept (it is scored on them)."""
+    data, model, stage = fitted
+    full = data.with_validation_in_history()
+    users = np.arange(0, 80, 9)
+    bias = retrieval.popularity_bias(full, stage.popularity_prior, CONFIG.temperature)
+    embeddings = retrieval.catalog_embeddings(model, full)
+    scores = retrieval.query_embeddings(model, full, users) @ embeddings.T + bias
+    for row, user in enumerate(users):
+        scores[row, full.seen_values[full.seen_splits[user] : full.seen_splits[user + 1]]] = -np.inf
+    # Each user's best unseen title by retrieval is held out for evaluation.
+    best = np.argmax(scores, axis=1)
+    held = full.with_heldout(users, full.catalog.anime_id[best])
+    export.export_serving_model(model, held, embeddings, CONFIG.top_k, str(tmp_path), bias, stage)
+    loaded = tf.saved_model.load(str(tmp_path))
+    request = dict(
+        user_id=tf.constant(users + 1000, tf.int64),
+        k=tf.fill([len(users)], 5),
+        exclude_anime_ids=tf.zeros([len(users), 0], tf.int64),
+    )
+    alone = loaded.signatures[f.EVAL_RETRIEVAL_SIGNATURE](**request)[f.OUTPUT_ANIME_IDS].numpy()[:, :5]
+    expected = full.catalog.anime_id[np.argsort(-scores, axis=1, kind="stable")[:, :5]]
+    np.testing.assert_array_equal(alone, expected)
+    # recommend, as served, leaves the held-out titles out.
+    served = loaded.signatures[f.RECOMMEND_SIGNATURE](**request)[f.OUTPUT_ANIME_IDS].numpy()
+    assert not (served == full.catalog.anime_id[best][:, None]).any()
 
 
 def test_a_scann_index_serves_the_trained_two_stages_as_the_savedmodel(served):

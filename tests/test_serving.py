@@ -486,6 +486,11 @@ def test_broken_versions_are_skipped_and_the_poller_survives(exported_model, tmp
         assert _wait_for(lambda: srv.manager.current.version == 1)
         response = _stub(srv).Predict(_request(user_id=np.array([100], np.int64)), timeout=10)
         assert response.model_spec.version.value == 1
+        # Version 2's copy completes (its saved_model.pb rewritten): it is tried again and
+        # served; version 3, unchanged, is not.
+        shutil.copy(os.path.join(exported_model, "saved_model.pb"), os.path.join(serving_dir, "2", "saved_model.pb"))
+        assert _wait_for(lambda: srv.manager.current.version == 2), "a completed copy was not retried"
+        assert _status(srv)[3][0] == get_model_status_pb2.ModelVersionStatus.END
     finally:
         srv.stop()
 
