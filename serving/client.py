@@ -123,7 +123,8 @@ def parse_response(response, user_ids) -> list[UserRecommendations]:
 
 def _results(outputs: dict, user_ids) -> list[UserRecommendations]:
     """The recommendations of each row of a signature's outputs (padding left out)."""
-    ids, scores = np.asarray(outputs[f.OUTPUT_ANIME_IDS]), np.asarray(outputs[f.OUTPUT_SCORES], np.float64)
+    # float32, as the signature outputs them (REST writes the shortest decimal of each).
+    ids, scores = np.asarray(outputs[f.OUTPUT_ANIME_IDS]), np.asarray(outputs[f.OUTPUT_SCORES], np.float32)
     titles, genres, fallback = outputs[f.OUTPUT_TITLES], outputs[f.OUTPUT_GENRES], outputs[f.OUTPUT_IS_FALLBACK]
     results = []
     for row, user in enumerate(user_ids):

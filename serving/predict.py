@@ -26,11 +26,14 @@ if TYPE_CHECKING:
 MAX_INPUT_ELEMENTS = 1 << 20
 
 
-def fill_tensor_proto(proto, value: np.ndarray) -> None:
+def fill_tensor_proto(proto, value: np.ndarray, content: bool = False) -> None:
     """`value` written into the empty TensorProto `proto` (a response's output or a
     request's input, in place: no copy of its strings), directly: tf.make_tensor_proto's
-    checks cost more than the model call for small outputs. Numbers go into
-    tensor_content (little-endian, as TF Serving writes them), strings into string_val."""
+    checks cost more than the model call for small outputs. Strings go into string_val;
+    numbers into their typed field (float_val, int64_val, ...), as TF Serving writes a
+    response's outputs (`Tensor::AsProtoField`, its default kAsProtoField in
+    predict_util.cc), or with `content` into tensor_content (little-endian), as
+    tf.make_tensor_proto writes a request's."""
     value = np.asarray(value)
     for size in value.shape:
         proto.tensor_shape.dim.add().size = size
@@ -39,7 +42,21 @@ def fill_tensor_proto(proto, value: np.ndarray) -> None:
         proto.string_val.extend(value.reshape(-1).tolist())
         return
     proto.dtype = tf.dtypes.as_dtype(value.dtype).as_datatype_enum
-    proto.tensor_content = np.ascontiguousarray(value, value.dtype.newbyteorder("<")).tobytes()
+    field = _FIELDS.get(proto.dtype)
+    if content or field is None:
+        proto.tensor_content = np.ascontiguousarray(value, value.dtype.newbyteorder("<")).tobytes()
+    else:
+        getattr(proto, field).extend(value.reshape(-1).tolist())
+
+
+# The typed field TensorProto keeps each dtype's values in (tensor.proto).
+_FIELDS = {
+    types_pb2.DT_FLOAT: "float_val",
+    types_pb2.DT_DOUBLE: "double_val",
+    types_pb2.DT_INT32: "int_val",
+    types_pb2.DT_INT64: "int64_val",
+    types_pb2.DT_BOOL: "bool_val",
+}
 
 
 # The numeric dtypes signatures take, with the repeated field tf.make_ndarray reads for each.
@@ -75,9 +92,8 @@ def validate_predict(loaded: LoadedVersion, request: predict_pb2.PredictRequest)
     """The signature name and input arrays of a PredictRequest, or TF Serving's error."""
     name = request.model_spec.signature_name or f.DEFAULT_SIGNATURE
     if name not in loaded.signature_defs:
-        raise RequestError(
-            grpc.StatusCode.INVALID_ARGUMENT, f'Serving signature name: "{name}" not found in signature def'
-        )
+        # predict_util.cc, RunPredict.
+        raise RequestError(grpc.StatusCode.FAILED_PRECONDITION, f'Serving signature key "{name}" not found.')
     specs = loaded.input_specs(name)
     expected = set(specs)
     given = set(request.inputs)
@@ -115,11 +131,19 @@ def validate_predict(loaded: LoadedVersion, request: predict_pb2.PredictRequest)
         if spec.shape.rank and value.shape[0] == 0:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"input {key}: the batch is empty")
         inputs[key] = value
-    unknown = set(request.output_filter) - set(loaded.signature_defs[name].outputs)
-    if unknown:
-        raise RequestError(
-            grpc.StatusCode.INVALID_ARGUMENT, f"output tensor alias not found in signature: {sorted(unknown)}"
-        )
+    # predict_util.cc, PreProcessPrediction: each alias known, none twice.
+    outputs = loaded.signature_defs[name].outputs
+    seen = set()
+    for alias in request.output_filter:
+        if alias not in outputs:
+            raise RequestError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"output tensor alias not found in signature: {alias} Outputs expected to be in the set "
+                f"{{{','.join(sorted(outputs))}}}.",
+            )
+        if alias in seen:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"duplicate output tensor alias: {alias}")
+        seen.add(alias)
     return name, inputs
 
 
@@ -182,15 +206,20 @@ def predict(manager: ModelManager, batcher: Batcher | None, request, timeout: fl
 
 def model_metadata(manager: ModelManager, request) -> get_model_metadata_pb2.GetModelMetadataResponse:
     """The signature_def metadata of the version a GetModelMetadataRequest names."""
-    loaded = manager.resolve(request.model_spec)
+    # get_model_metadata_impl.cc: the request checked first, then every signature of the
+    # MetaGraph copied (__saved_model_init_op too).
     fields = set(request.metadata_field)
+    if not fields:
+        raise RequestError(
+            grpc.StatusCode.INVALID_ARGUMENT, "GetModelMetadataRequest must specify at least one metadata_field"
+        )
     if fields != {"signature_def"}:
         raise RequestError(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            f"Metadata field {sorted(fields - {'signature_def'}) or '(none)'} is not supported",
+            grpc.StatusCode.INVALID_ARGUMENT, f"Metadata field {sorted(fields - {'signature_def'})} is not supported"
         )
+    loaded = manager.resolve(request.model_spec)
     signature_map = get_model_metadata_pb2.SignatureDefMap()
-    for name, signature in loaded.signature_defs.items():
+    for name, signature in loaded.meta_graph_signature_defs.items():
         signature_map.signature_def[name].CopyFrom(signature)
     response = get_model_metadata_pb2.GetModelMetadataResponse()
     response.model_spec.name = manager.name

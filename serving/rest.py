@@ -6,11 +6,14 @@ util/json_tensor.cc:
   GET  /v1/models/{name}[/versions/{v}]/metadata   signature_def metadata
   POST /v1/models/{name}[/versions/{v}]:predict    {"signature_name": ..., "instances": [...]}
                                                    or {"inputs": {...}}
+  (/labels/{label} in place of /versions/{v}: no label is configured, so TF Serving's
+  "Unrecognized servable version label")
 The row format ("instances": one entry per batch row, an object of named inputs or a bare
 value when the signature has one input) answers {"predictions": [...]}, the columnar
 format ("inputs") answers {"outputs": {...}}; a signature with one output gets its values
-without the name. Strings are JSON strings, or {"b64": ...} for bytes that are not UTF-8;
-non-finite floats are written NaN, Infinity and -Infinity, as TF Serving writes them.
+without the name. Strings are JSON strings, or {"b64": ...} for an output whose name ends
+in "_bytes"; float32 values are written as the shortest decimal that reads back as the
+same float32, and non-finite ones as NaN, Infinity and -Infinity, as TF Serving writes them.
 Errors are {"error": message} with TF Serving's HTTP codes (400 for a bad request,
 404 for an unknown model or version, ...). The HTTP server is aiohttp's.
 """
@@ -61,8 +64,10 @@ def _bad(message: str) -> RequestError:
     return RequestError(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
-def _model_spec(spec, name: str, version: str | None) -> None:
+def _model_spec(spec, name: str, version: str | None, label: str | None = None) -> None:
     spec.name = name
+    if label is not None:
+        spec.version_label = label  # resolved as TF Serving resolves one it has not configured
     if version is not None:
         if not version.isdigit():
             raise _bad(f"Invalid version: {version!r}")
@@ -77,7 +82,9 @@ def _strings(value):
         if set(value) != {"b64"} or not isinstance(value["b64"], str):
             raise _bad(f"JSON Value: {json.dumps(value)} not formatted correctly for base64 data")
         try:
-            return base64.b64decode(value["b64"], validate=True)
+            # absl::Base64Unescape (json_tensor.cc) takes the padding as optional.
+            text = value["b64"]
+            return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
         except ValueError:
             raise _bad("Unable to base64 decode") from None
     if not isinstance(value, str):
@@ -117,12 +124,14 @@ def _check_numbers(value, dtype: np.dtype) -> None:
         )
 
 
-def predict_request(body: dict, manager: versions.ModelManager, name: str, version: str | None):
+def predict_request(
+    body: dict, manager: versions.ModelManager, name: str, version: str | None, label: str | None = None
+):
     """A PredictRequest from a REST predict body (row or columnar format) and whether it was rows."""
     if not isinstance(body, dict):
         raise _bad("JSON Value: request body is not an object")
     request = predict_pb2.PredictRequest()
-    _model_spec(request.model_spec, name, version)
+    _model_spec(request.model_spec, name, version, label)
     signature_name = body.get("signature_name", f.DEFAULT_SIGNATURE)
     if not isinstance(signature_name, str):
         raise _bad("'signature_name' key must be a string value.")
@@ -152,27 +161,38 @@ def predict_request(body: dict, manager: versions.ModelManager, name: str, versi
         inputs = body["inputs"]
         # An object names the inputs (a {"b64": ...} object is one input's value).
         named = isinstance(inputs, dict) and not (set(inputs) == {"b64"} and len(specs) == 1)
-        columns = inputs if named else {next(iter(specs)): inputs}
+        if named:
+            # As json_tensor.cc's FillTensorMapFromInputsMap: the signature's inputs are
+            # looked up, other keys ignored.
+            missing = [alias for alias in sorted(specs) if alias not in inputs]
+            if missing:
+                raise _bad(f"Missing named input: {missing[0]} in 'inputs' object.")
+            columns = {alias: inputs[alias] for alias in specs}
+        else:
+            columns = {next(iter(specs)): inputs}
     for alias, value in columns.items():
         if alias not in specs:
             raise _bad(f"JSON object: does not have named input: {alias}")
         array = _array(value, specs[alias].dtype.as_numpy_dtype, alias)
-        predict.fill_tensor_proto(request.inputs[alias], array)
+        predict.fill_tensor_proto(request.inputs[alias], array, content=True)
     return request, rows
 
 
-def _json_value(array: np.ndarray):
+def _json_value(array: np.ndarray, alias: str):
+    """An output as TF Serving's json_tensor.cc writes it: strings as text, or as
+    {"b64": ...} when the output's name ends in "_bytes" (IsNamedTensorBytes); float32
+    as the shortest decimal that reads back as the same float32 (WriteDecimal)."""
     if array.dtype.kind in ("S", "O"):
-        flat = [_json_string(v) for v in array.reshape(-1).tolist()]
+        if alias.endswith("_bytes"):
+            flat = [{"b64": base64.b64encode(v).decode("ascii")} for v in array.reshape(-1).tolist()]
+        else:
+            # TF Serving writes the bytes as they are; JSON text must be UTF-8.
+            flat = [v.decode("utf-8", "replace") for v in array.reshape(-1).tolist()]
         return np.array(flat, dtype=object).reshape(array.shape).tolist()
+    if array.dtype == np.float32:
+        flat = [float(str(v)) for v in array.reshape(-1)]
+        return np.array(flat, dtype=np.float64).reshape(array.shape).tolist()
     return array.tolist()
-
-
-def _json_string(value: bytes):
-    try:
-        return value.decode("utf-8")
-    except UnicodeDecodeError:
-        return {"b64": base64.b64encode(value).decode("ascii")}
 
 
 def predict_json(response: predict_pb2.PredictResponse, rows: bool) -> dict:
@@ -180,14 +200,14 @@ def predict_json(response: predict_pb2.PredictResponse, rows: bool) -> dict:
 
     outputs = {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
     if not rows:
-        values = {k: _json_value(v) for k, v in outputs.items()}
+        values = {k: _json_value(v, k) for k, v in outputs.items()}
         return {"outputs": next(iter(values.values())) if len(values) == 1 else values}
     batch = {len(v) for v in outputs.values()}
     if len(batch) != 1:
         raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "outputs of different batch sizes cannot be rows")
     if len(outputs) == 1:
-        return {"predictions": _json_value(next(iter(outputs.values())))}
-    columns = {k: _json_value(v) for k, v in outputs.items()}
+        return {"predictions": _json_value(*next((v, k) for k, v in outputs.items()))}
+    columns = {k: _json_value(v, k) for k, v in outputs.items()}
     return {"predictions": [{k: columns[k][i] for k in columns} for i in range(batch.pop())]}
 
 
@@ -207,6 +227,9 @@ class RestApi:
             web.get(f"/v1/models/{name}/versions/{version}/metadata", self.metadata),
             web.post(f"/v1/models/{name}:predict", self.predict),
             web.post(f"/v1/models/{name}/versions/{version}:predict", self.predict),
+            # Version labels (http_rest_api_handler.cc's paths): the stand-in configures none.
+            web.get(f"/v1/models/{name}/labels/{{label:[^/:]+}}/metadata", self.metadata),
+            web.post(f"/v1/models/{name}/labels/{{label:[^/:]+}}:predict", self.predict),
         ]
 
     async def _answer(self, compute) -> web.Response:
@@ -234,11 +257,19 @@ class RestApi:
     async def metadata(self, http: web.Request) -> web.Response:
         def compute():
             request = get_model_metadata_pb2.GetModelMetadataRequest()
-            _model_spec(request.model_spec, http.match_info["name"], http.match_info.get("version"))
+            match = http.match_info
+            _model_spec(request.model_spec, match["name"], match.get("version"), match.get("label"))
             request.metadata_field.append("signature_def")
-            return json_format.MessageToDict(
-                predict.model_metadata(self.manager, request), preserving_proto_field_name=True
-            )
+            response = predict.model_metadata(self.manager, request)
+            # As http_rest_api_util.cc's ToJsonString: the model spec and the unpacked
+            # SignatureDefMap, every field printed, proto field names.
+            signature_map = get_model_metadata_pb2.SignatureDefMap()
+            response.metadata["signature_def"].Unpack(signature_map)
+            options = {"including_default_value_fields": True, "preserving_proto_field_name": True}
+            return {
+                "model_spec": json_format.MessageToDict(response.model_spec, **options),
+                "metadata": {"signature_def": json_format.MessageToDict(signature_map, **options)},
+            }
 
         return await self._answer(compute)
 
@@ -249,7 +280,8 @@ class RestApi:
             return web.json_response({"error": f"JSON Parse error: {error}"}, status=400)
 
         def compute():
-            request, rows = predict_request(body, self.manager, http.match_info["name"], http.match_info.get("version"))
+            match = http.match_info
+            request, rows = predict_request(body, self.manager, match["name"], match.get("version"), match.get("label"))
             return predict_json(predict.predict(self.manager, self.batcher, request), rows)
 
         return await self._answer(compute)

@@ -42,9 +42,12 @@ class LoadedVersion:
     version: int
     path: str
     session: object
-    signature_defs: dict  # name -> SignatureDef proto
+    signature_defs: dict  # name -> SignatureDef proto, the ones Predict runs
     # With --index scann: answers scann_index.SIGNATURES instead of the Session.
     index: object = None
+    # Every SignatureDef of the MetaGraph (__saved_model_init_op too), as GetModelMetadata
+    # lists them.
+    meta_graph_signature_defs: dict = dataclasses.field(default_factory=dict)
     _callables: dict = dataclasses.field(default_factory=dict)
     _specs: dict = dataclasses.field(default_factory=dict)
 
@@ -110,6 +113,7 @@ def load_version(base_path: str, version: int, config=None, index: str = f.BRUTE
         session,
         signature_defs,
         scann_index.ScannRetrieval(path, session) if index == f.SCANN_INDEX else None,
+        meta_graph_signature_defs=dict(meta_graph.signature_def),
     )
 
 

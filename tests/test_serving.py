@@ -69,6 +69,11 @@ def _request(signature="serving_default", name="animerec", **inputs):
     return client.make_request(signature, inputs, name)
 
 
+def _filtered(request, *aliases):
+    request.output_filter.extend(aliases)
+    return request
+
+
 def _declared(request, alias: str, shape: list[int]):
     """`request` whose input `alias` declares `shape` while holding one value: 56 bytes on the wire."""
     proto = request.inputs[alias]
@@ -105,7 +110,14 @@ def test_metadata_and_status(running_rest):
     signatures = get_model_metadata_pb2.SignatureDefMap()
     response.metadata["signature_def"].Unpack(signatures)
     assert {"serving_default", f.RECOMMEND_SIGNATURE, f.TF_EXAMPLE_SIGNATURE} <= set(signatures.signature_def)
+    # Every signature of the MetaGraph, as get_model_metadata_impl.cc copies them.
+    assert "__saved_model_init_op" in signatures.signature_def
     assert set(signatures.signature_def["serving_default"].inputs) == {f.USER_ID}
+    request.ClearField("metadata_field")
+    with pytest.raises(grpc.RpcError) as error:
+        prediction_service_pb2_grpc.PredictionServiceStub(channel).GetModelMetadata(request)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.value.details() == "GetModelMetadataRequest must specify at least one metadata_field"
     status_request = get_model_status_pb2.GetModelStatusRequest()
     status_request.model_spec.name = "animerec"
     status = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(status_request)
@@ -168,8 +180,18 @@ BAD_REQUESTS = {
     ),
     "unknown signature": (
         _request("nope", user_id=np.array([100], np.int64)),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        'Serving signature key "nope" not found.',
+    ),
+    "unknown output alias": (
+        _filtered(_request(user_id=np.array([100], np.int64)), "nope"),
         grpc.StatusCode.INVALID_ARGUMENT,
-        "not found in signature def",
+        "output tensor alias not found in signature: nope Outputs expected to be in the set {",
+    ),
+    "output alias twice": (
+        _filtered(_request(user_id=np.array([100], np.int64)), f.OUTPUT_SCORES, f.OUTPUT_SCORES),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"duplicate output tensor alias: {f.OUTPUT_SCORES}",
     ),
 }
 
@@ -272,10 +294,19 @@ def test_concurrent_requests_each_get_their_own_answer(running_rest, exported_mo
     ids=["int64", "float32", "bool", "string", "empty"],
 )
 def test_output_tensor_protos_match_tensorflows(value):
-    proto, reference = tensor_pb2.TensorProto(), tf.make_tensor_proto(value)
-    predict.fill_tensor_proto(proto, value)
-    assert (proto.dtype, proto.tensor_shape) == (reference.dtype, reference.tensor_shape)
-    np.testing.assert_array_equal(tf.make_ndarray(proto), tf.make_ndarray(reference))
+    """A response's outputs in their typed fields, as TF Serving writes them by default
+    (Tensor::AsProtoField: a client reading float_val gets the scores); a request's inputs
+    in tensor_content, as tf.make_tensor_proto writes them."""
+    reference = tf.make_tensor_proto(value)
+    fields = {np.dtype(np.int64): "int64_val", np.dtype(np.float32): "float_val", np.dtype(bool): "bool_val"}
+    for content in (False, True):
+        proto = tensor_pb2.TensorProto()
+        predict.fill_tensor_proto(proto, value, content=content)
+        assert (proto.dtype, proto.tensor_shape) == (reference.dtype, reference.tensor_shape)
+        np.testing.assert_array_equal(tf.make_ndarray(proto), tf.make_ndarray(reference))
+        if value.dtype in fields and value.size:
+            assert bool(proto.tensor_content) == content
+            assert list(getattr(proto, fields[value.dtype])) == ([] if content else value.reshape(-1).tolist())
 
 
 def _input_proto(dtype, dims, field=None, values=(), content=None):
@@ -576,10 +607,20 @@ def test_rest_status_and_metadata(running_rest):
     assert status == 404 and "Could not find version 7" in body["error"]
     status, body = _http(running_rest, "/v1/models/animerec/metadata")
     assert status == 200, body
-    assert body["model_spec"]["version"] == "1"
+    # http_rest_api_util.cc's shape: the SignatureDefMap unpacked (no "@type"), every
+    # field printed (the model spec's empty signature_name too).
+    assert body["model_spec"] == {"name": "animerec", "version": "1", "signature_name": ""}
+    assert set(body["metadata"]) == {"signature_def"} and set(body["metadata"]["signature_def"]) == {"signature_def"}
     signatures = body["metadata"]["signature_def"]["signature_def"]
     assert {f.DEFAULT_SIGNATURE, f.RECOMMEND_SIGNATURE, f.FROM_LIKED_SIGNATURE} <= set(signatures)
     assert _http(running_rest, "/v1/models/other/metadata")[0] == 404
+    # No version label is configured: TF Serving's answer to one it does not know.
+    for path, body in (
+        ("/v1/models/animerec/labels/stable/metadata", None),
+        ("/v1/models/animerec/labels/stable:predict", {"instances": [100]}),
+    ):
+        status, answer = _http(running_rest, path, body)
+        assert status == 400 and answer["error"] == "Unrecognized servable version label: stable"
 
 
 def test_rest_predict_formats_match_grpc(running_rest):
@@ -608,6 +649,18 @@ def test_rest_predict_formats_match_grpc(running_rest):
     )
     assert body["outputs"][f.OUTPUT_ANIME_IDS] == tf.make_ndarray(by_grpc.outputs[f.OUTPUT_ANIME_IDS]).tolist()
     assert body["outputs"][f.OUTPUT_SCORES][0][-1] == float("-inf")
+    # float32 scores as the shortest decimal that reads back as the same float32
+    # (json_tensor.cc's WriteDecimal), not float64's expansion of it.
+    scores = tf.make_ndarray(by_grpc.outputs[f.OUTPUT_SCORES])[0]
+    assert body["outputs"][f.OUTPUT_SCORES][0][:2] == [float(str(v)) for v in scores[:2]]
+    assert all(np.float32(v) == s for v, s in zip(body["outputs"][f.OUTPUT_SCORES][0][:2], scores[:2]))
+    # Keys that are not the signature's inputs are ignored (FillTensorMapFromInputsMap).
+    status, extra = _http(
+        running_rest,
+        "/v1/models/animerec:predict",
+        {"signature_name": "recommend", "inputs": {**inputs, "trace_id": "abc"}},
+    )
+    assert status == 200 and extra["outputs"][f.OUTPUT_ANIME_IDS] == body["outputs"][f.OUTPUT_ANIME_IDS]
     # Rows of named inputs.
     status, rows = _http(
         running_rest,
@@ -622,6 +675,15 @@ def test_rest_predict_formats_match_grpc(running_rest):
         {"signature_name": f.TF_EXAMPLE_SIGNATURE, "instances": [{"b64": base64.b64encode(_example(100)).decode()}]},
     )
     assert status == 200 and body["predictions"][0][f.OUTPUT_ANIME_IDS] == grpc_ids[0]
+    # Padding is optional, as absl::Base64Unescape takes it.
+    unpadded = base64.b64encode(_example(100)).decode().rstrip("=")
+    assert unpadded != base64.b64encode(_example(100)).decode(), "the example must need padding"
+    status, same = _http(
+        running_rest,
+        "/v1/models/animerec:predict",
+        {"signature_name": f.TF_EXAMPLE_SIGNATURE, "instances": [{"b64": unpadded}]},
+    )
+    assert status == 200 and same["predictions"] == body["predictions"]
 
 
 REST_BAD_REQUESTS = {
@@ -631,12 +693,23 @@ REST_BAD_REQUESTS = {
     "wrong dtype": ("/v1/models/animerec:predict", {"instances": ["100"]}, 400, "is not of expected type"),
     "float for int": ("/v1/models/animerec:predict", {"instances": [1.5]}, 400, "is not of expected type: int64"),
     "both formats": ("/v1/models/animerec:predict", {"instances": [1], "inputs": [1]}, 400, "exactly one of"),
-    "unknown input name": ("/v1/models/animerec:predict", {"inputs": {"user": [1]}}, 400, "does not have named input"),
+    "unknown input name": (
+        "/v1/models/animerec:predict",
+        {"inputs": {"user": [1]}},
+        400,
+        "Missing named input: user_id",
+    ),
+    "unknown instance key": (
+        "/v1/models/animerec:predict",
+        {"instances": [{"user": 1}]},
+        400,
+        "does not have named input",
+    ),
     "missing input": (
         "/v1/models/animerec:predict",
         {"signature_name": "recommend", "inputs": {"user_id": [1], "k": [1]}},
         400,
-        "Missing inputs",
+        "Missing named input: exclude_anime_ids in 'inputs' object.",
     ),
     "ragged rows": (
         "/v1/models/animerec:predict",
