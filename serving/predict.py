@@ -98,13 +98,22 @@ def validate_predict(loaded: LoadedVersion, request: predict_pb2.PredictRequest)
     expected = set(specs)
     given = set(request.inputs)
     if given != expected:
-        missing = sorted(expected - given)
-        extra = sorted(given - expected)
-        detail = f"input tensor alias not found in signature: {', '.join(extra)}. " if extra else ""
-        raise RequestError(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            f"{detail}Missing inputs: {missing}. Inputs expected to be in the set {{{', '.join(sorted(expected))}}}.",
-        )
+        # predict_util.cc: VerifyRequestInputsSize, then PreProcessPrediction's alias check.
+        def names(aliases):
+            return "{" + ",".join(sorted(aliases)) + "}"
+
+        if len(given) != len(expected):
+            message = (
+                f"input size does not match signature: {len(given)}!={len(expected)} len({names(given)}) != "
+                f"len({names(expected)}). Sent extra: {names(given - expected)}. "
+                f"Missing but required: {names(expected - given)}."
+            )
+        else:
+            message = (
+                f"input tensor alias not found in signature: {min(given - expected)}. "
+                f"Inputs expected to be in the set {names(expected)}."
+            )
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, message)
     inputs = {}
     for key, spec in specs.items():
         proto = request.inputs[key]

@@ -129,7 +129,13 @@ BAD_REQUESTS = {
     "missing input": (
         _request(f.RECOMMEND_SIGNATURE, user_id=np.array([100], np.int64)),
         grpc.StatusCode.INVALID_ARGUMENT,
-        "Missing inputs",
+        "input size does not match signature: 1!=3 len({user_id}) != len({exclude_anime_ids,k,user_id}). "
+        "Sent extra: {}. Missing but required: {exclude_anime_ids,k}.",
+    ),
+    "unknown input alias": (
+        _request(user=np.array([100], np.int64)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "input tensor alias not found in signature: user. Inputs expected to be in the set {user_id}.",
     ),
     "wrong dtype": (_request(user_id=np.array(["100"])), grpc.StatusCode.INVALID_ARGUMENT, "to be int64 but string"),
     "scalar k": (
