@@ -123,7 +123,7 @@ def parse_response(response, user_ids) -> list[UserRecommendations]:
 
 def _results(outputs: dict, user_ids) -> list[UserRecommendations]:
     """The recommendations of each row of a signature's outputs (padding left out)."""
-    # float32, as the signature outputs them (REST writes the shortest decimal of each).
+    # float32, as the signature outputs them (REST writes each with six or nine digits).
     ids, scores = np.asarray(outputs[f.OUTPUT_ANIME_IDS]), np.asarray(outputs[f.OUTPUT_SCORES], np.float32)
     titles, genres, fallback = outputs[f.OUTPUT_TITLES], outputs[f.OUTPUT_GENRES], outputs[f.OUTPUT_IS_FALLBACK]
     results = []

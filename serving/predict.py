@@ -46,14 +46,22 @@ def fill_tensor_proto(proto, value: np.ndarray, content: bool = False) -> None:
     if content or field is None:
         proto.tensor_content = np.ascontiguousarray(value, value.dtype.newbyteorder("<")).tobytes()
     else:
-        getattr(proto, field).extend(value.reshape(-1).tolist())
+        flat = value.reshape(-1)
+        getattr(proto, field).extend((flat.view(np.uint16) if flat.dtype == np.float16 else flat).tolist())
 
 
-# The typed field TensorProto keeps each dtype's values in (tensor.proto).
+# The typed field Tensor::AsProtoField fills for each dtype (tensor.proto; half as its bits).
 _FIELDS = {
     types_pb2.DT_FLOAT: "float_val",
     types_pb2.DT_DOUBLE: "double_val",
+    types_pb2.DT_HALF: "half_val",
+    types_pb2.DT_INT8: "int_val",
+    types_pb2.DT_INT16: "int_val",
     types_pb2.DT_INT32: "int_val",
+    types_pb2.DT_UINT8: "int_val",
+    types_pb2.DT_UINT16: "int_val",
+    types_pb2.DT_UINT32: "uint32_val",
+    types_pb2.DT_UINT64: "uint64_val",
     types_pb2.DT_INT64: "int64_val",
     types_pb2.DT_BOOL: "bool_val",
 }
@@ -108,10 +116,12 @@ def validate_predict(loaded: LoadedVersion, request: predict_pb2.PredictRequest)
                 f"len({names(expected)}). Sent extra: {names(given - expected)}. "
                 f"Missing but required: {names(expected - given)}."
             )
-        else:
+        else:  # saved_model::GetInputValues (tensorflow/cc/saved_model/util.cc); no defaults here
+            alias = min(expected - given)
+            feed = loaded.signature_defs[name].inputs[alias].name
             message = (
-                f"input tensor alias not found in signature: {min(given - expected)}. "
-                f"Inputs expected to be in the set {names(expected)}."
+                f"Signature input alias: {alias}(feed name: {feed}) not found in request and no default value "
+                f"provided. Inputs expected to be in the request {names(given)}, or default input alias set: "
             )
         raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, message)
     inputs = {}
@@ -224,7 +234,7 @@ def model_metadata(manager: ModelManager, request) -> get_model_metadata_pb2.Get
         )
     if fields != {"signature_def"}:
         raise RequestError(
-            grpc.StatusCode.INVALID_ARGUMENT, f"Metadata field {sorted(fields - {'signature_def'})} is not supported"
+            grpc.StatusCode.INVALID_ARGUMENT, f"Metadata field {min(fields - {'signature_def'})} is not supported"
         )
     loaded = manager.resolve(request.model_spec)
     signature_map = get_model_metadata_pb2.SignatureDefMap()

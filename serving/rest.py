@@ -12,8 +12,8 @@ The row format ("instances": one entry per batch row, an object of named inputs 
 value when the signature has one input) answers {"predictions": [...]}, the columnar
 format ("inputs") answers {"outputs": {...}}; a signature with one output gets its values
 without the name. Strings are JSON strings, or {"b64": ...} for an output whose name ends
-in "_bytes"; float32 values are written as the shortest decimal that reads back as the
-same float32, and non-finite ones as NaN, Infinity and -Infinity, as TF Serving writes them.
+in "_bytes"; float32 values as WriteDecimal writes them (six significant digits when they
+read back as the same float32, else nine), non-finite ones as NaN, Infinity and -Infinity.
 Errors are {"error": message} with TF Serving's HTTP codes (400 for a bad request,
 404 for an unknown model or version, ...). The HTTP server is aiohttp's.
 """
@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import math
 import threading
 
 import grpc
@@ -83,7 +84,8 @@ def _strings(value):
             raise _bad(f"JSON Value: {json.dumps(value)} not formatted correctly for base64 data")
         try:
             # absl::Base64Unescape (json_tensor.cc) takes the padding as optional.
-            text = value["b64"]
+            # It skips whitespace too (base64.encodebytes writes a newline every 76 characters).
+            text = "".join(value["b64"].split())
             return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
         except ValueError:
             raise _bad("Unable to base64 decode") from None
@@ -181,7 +183,7 @@ def predict_request(
 def _json_value(array: np.ndarray, alias: str):
     """An output as TF Serving's json_tensor.cc writes it: strings as text, or as
     {"b64": ...} when the output's name ends in "_bytes" (IsNamedTensorBytes); float32
-    as the shortest decimal that reads back as the same float32 (WriteDecimal)."""
+    as json_tensor.cc's WriteDecimal writes it (_write_decimal)."""
     if array.dtype.kind in ("S", "O"):
         if alias.endswith("_bytes"):
             flat = [{"b64": base64.b64encode(v).decode("ascii")} for v in array.reshape(-1).tolist()]
@@ -190,9 +192,21 @@ def _json_value(array: np.ndarray, alias: str):
             flat = [v.decode("utf-8", "replace") for v in array.reshape(-1).tolist()]
         return np.array(flat, dtype=object).reshape(array.shape).tolist()
     if array.dtype == np.float32:
-        flat = [float(str(v)) for v in array.reshape(-1)]
+        flat = [_write_decimal(v) for v in array.reshape(-1).tolist()]
         return np.array(flat, dtype=np.float64).reshape(array.shape).tolist()
     return array.tolist()
+
+
+def _write_decimal(value: float) -> float:
+    """The number json_tensor.cc's WriteDecimal writes for a float32: six significant
+    digits (absl::StrCat) when they read back as the same float32, else nine (%.9g).
+    Returned as the double that text denotes; json writes it back as the same number."""
+    if not math.isfinite(value):
+        return value
+    text = f"{value:g}"
+    if np.float32(text) != np.float32(value):
+        text = f"{value:.9g}"
+    return float(text)
 
 
 def predict_json(response: predict_pb2.PredictResponse, rows: bool) -> dict:
@@ -228,6 +242,7 @@ class RestApi:
             web.post(f"/v1/models/{name}:predict", self.predict),
             web.post(f"/v1/models/{name}/versions/{version}:predict", self.predict),
             # Version labels (http_rest_api_handler.cc's paths): the stand-in configures none.
+            web.get(f"/v1/models/{name}/labels/{{label:[^/:]+}}", self.status),
             web.get(f"/v1/models/{name}/labels/{{label:[^/:]+}}/metadata", self.metadata),
             web.post(f"/v1/models/{name}/labels/{{label:[^/:]+}}:predict", self.predict),
         ]
@@ -244,6 +259,9 @@ class RestApi:
     async def status(self, http: web.Request) -> web.Response:
         def compute():
             request = get_model_status_pb2.GetModelStatusRequest()
+            label = http.match_info.get("label")
+            if label is not None:
+                raise _bad(f"Unrecognized servable version label: {label}")
             _model_spec(request.model_spec, http.match_info["name"], http.match_info.get("version"))
             # Every field printed, as TF Serving prints them (error_code "OK" included).
             return json_format.MessageToDict(

@@ -135,7 +135,8 @@ BAD_REQUESTS = {
     "unknown input alias": (
         _request(user=np.array([100], np.int64)),
         grpc.StatusCode.INVALID_ARGUMENT,
-        "input tensor alias not found in signature: user. Inputs expected to be in the set {user_id}.",
+        "Signature input alias: user_id(feed name: serving_default_user_id:0) not found in request and no "
+        "default value provided. Inputs expected to be in the request {user}, or default input alias set: ",
     ),
     "wrong dtype": (_request(user_id=np.array(["100"])), grpc.StatusCode.INVALID_ARGUMENT, "to be int64 but string"),
     "scalar k": (
@@ -296,23 +297,38 @@ def test_concurrent_requests_each_get_their_own_answer(running_rest, exported_mo
         np.array([True, False]),
         np.array([[b"Naruto", b""]]),
         np.zeros((2, 0), np.int64),
+        np.array([-3, 7], np.int32),
+        np.array([0.1, 2.5], np.float64),
+        np.array([0, 255], np.uint8),
+        np.array([2**40, 1], np.uint64),
+        np.array([0.5, -2.0], np.float16),
     ],
-    ids=["int64", "float32", "bool", "string", "empty"],
+    ids=["int64", "float32", "bool", "string", "empty", "int32", "float64", "uint8", "uint64", "float16"],
 )
 def test_output_tensor_protos_match_tensorflows(value):
     """A response's outputs in their typed fields, as TF Serving writes them by default
     (Tensor::AsProtoField: a client reading float_val gets the scores); a request's inputs
     in tensor_content, as tf.make_tensor_proto writes them."""
     reference = tf.make_tensor_proto(value)
-    fields = {np.dtype(np.int64): "int64_val", np.dtype(np.float32): "float_val", np.dtype(bool): "bool_val"}
+    fields = {
+        np.dtype(np.int64): "int64_val",
+        np.dtype(np.float32): "float_val",
+        np.dtype(bool): "bool_val",
+        np.dtype(np.int32): "int_val",
+        np.dtype(np.float64): "double_val",
+        np.dtype(np.uint8): "int_val",
+        np.dtype(np.uint64): "uint64_val",
+        np.dtype(np.float16): "half_val",  # the bits, as uint16
+    }
     for content in (False, True):
         proto = tensor_pb2.TensorProto()
         predict.fill_tensor_proto(proto, value, content=content)
         assert (proto.dtype, proto.tensor_shape) == (reference.dtype, reference.tensor_shape)
         np.testing.assert_array_equal(tf.make_ndarray(proto), tf.make_ndarray(reference))
         if value.dtype in fields and value.size:
+            expected = (value.view(np.uint16) if value.dtype == np.float16 else value).reshape(-1).tolist()
             assert bool(proto.tensor_content) == content
-            assert list(getattr(proto, fields[value.dtype])) == ([] if content else value.reshape(-1).tolist())
+            assert list(getattr(proto, fields[value.dtype])) == ([] if content else expected)
 
 
 def _input_proto(dtype, dims, field=None, values=(), content=None):
@@ -622,6 +638,7 @@ def test_rest_status_and_metadata(running_rest):
     assert _http(running_rest, "/v1/models/other/metadata")[0] == 404
     # No version label is configured: TF Serving's answer to one it does not know.
     for path, body in (
+        ("/v1/models/animerec/labels/stable", None),
         ("/v1/models/animerec/labels/stable/metadata", None),
         ("/v1/models/animerec/labels/stable:predict", {"instances": [100]}),
     ):
@@ -655,11 +672,11 @@ def test_rest_predict_formats_match_grpc(running_rest):
     )
     assert body["outputs"][f.OUTPUT_ANIME_IDS] == tf.make_ndarray(by_grpc.outputs[f.OUTPUT_ANIME_IDS]).tolist()
     assert body["outputs"][f.OUTPUT_SCORES][0][-1] == float("-inf")
-    # float32 scores as the shortest decimal that reads back as the same float32
-    # (json_tensor.cc's WriteDecimal), not float64's expansion of it.
+    # float32 scores as WriteDecimal writes them, never float64's expansion of the float32
+    # (a dozen characters at most; the cases are in the test below).
     scores = tf.make_ndarray(by_grpc.outputs[f.OUTPUT_SCORES])[0]
-    assert body["outputs"][f.OUTPUT_SCORES][0][:2] == [float(str(v)) for v in scores[:2]]
-    assert all(np.float32(v) == s for v, s in zip(body["outputs"][f.OUTPUT_SCORES][0][:2], scores[:2]))
+    written = body["outputs"][f.OUTPUT_SCORES][0][:2]
+    assert all(np.float32(v) == s and len(repr(v)) <= 12 for v, s in zip(written, scores[:2])), written
     # Keys that are not the signature's inputs are ignored (FillTensorMapFromInputsMap).
     status, extra = _http(
         running_rest,
@@ -681,15 +698,27 @@ def test_rest_predict_formats_match_grpc(running_rest):
         {"signature_name": f.TF_EXAMPLE_SIGNATURE, "instances": [{"b64": base64.b64encode(_example(100)).decode()}]},
     )
     assert status == 200 and body["predictions"][0][f.OUTPUT_ANIME_IDS] == grpc_ids[0]
-    # Padding is optional, as absl::Base64Unescape takes it.
+    # Padding is optional and whitespace skipped, as absl::Base64Unescape takes them.
     unpadded = base64.b64encode(_example(100)).decode().rstrip("=")
     assert unpadded != base64.b64encode(_example(100)).decode(), "the example must need padding"
-    status, same = _http(
-        running_rest,
-        "/v1/models/animerec:predict",
-        {"signature_name": f.TF_EXAMPLE_SIGNATURE, "instances": [{"b64": unpadded}]},
-    )
-    assert status == 200 and same["predictions"] == body["predictions"]
+    for text in (unpadded, unpadded[:4] + "\n" + unpadded[4:] + " "):
+        status, same = _http(
+            running_rest,
+            "/v1/models/animerec:predict",
+            {"signature_name": f.TF_EXAMPLE_SIGNATURE, "instances": [{"b64": text}]},
+        )
+        assert status == 200 and same["predictions"] == body["predictions"]
+
+
+def test_rest_writes_float32_as_tf_servings_write_decimal():
+    """json_tensor.cc's WriteDecimal: absl::StrCat's six significant digits when they read
+    back as the same float32, else %.9g; the JSON number is that decimal."""
+    from animerec.serving import rest
+
+    values = np.array([0.2, 0.1234567, 123456789, 1e6, 0.6011859, -np.inf, np.nan], np.float32)
+    written = rest._json_value(values, "scores")
+    assert written[:5] == [0.2, 0.123456702, 123456792.0, 1000000.0, 0.601185918]
+    assert written[5] == float("-inf") and np.isnan(written[6])
 
 
 REST_BAD_REQUESTS = {
