@@ -220,7 +220,8 @@ def predict_json(response: predict_pb2.PredictResponse, rows: bool) -> dict:
     if len(batch) != 1:
         raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "outputs of different batch sizes cannot be rows")
     if len(outputs) == 1:
-        return {"predictions": _json_value(*next((v, k) for k, v in outputs.items()))}
+        ((alias, value),) = outputs.items()
+        return {"predictions": _json_value(value, alias)}
     columns = {k: _json_value(v, k) for k, v in outputs.items()}
     return {"predictions": [{k: columns[k][i] for k in columns} for i in range(batch.pop())]}
 
