@@ -5,6 +5,7 @@ policy (ModelManager: poll the base path, switch atomically, skip broken version
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import threading
 
@@ -42,14 +43,18 @@ class LoadedVersion:
     version: int
     path: str
     session: object
-    signature_defs: dict  # name -> SignatureDef proto, the ones Predict runs
+    # Every SignatureDef of the MetaGraph by name, __saved_model_init_op too, as
+    # GetModelMetadata lists them.
+    meta_graph_signature_defs: dict
     # With --index scann: answers scann_index.SIGNATURES instead of the Session.
     index: object = None
-    # Every SignatureDef of the MetaGraph (__saved_model_init_op too), as GetModelMetadata
-    # lists them.
-    meta_graph_signature_defs: dict = dataclasses.field(default_factory=dict)
     _callables: dict = dataclasses.field(default_factory=dict)
     _specs: dict = dataclasses.field(default_factory=dict)
+
+    @functools.cached_property
+    def signature_defs(self) -> dict:
+        """The signatures Predict runs: all but the init op."""
+        return {k: v for k, v in self.meta_graph_signature_defs.items() if k != "__saved_model_init_op"}
 
     def input_specs(self, name: str) -> dict:
         if name not in self._specs:
@@ -105,15 +110,12 @@ def load_version(base_path: str, version: int, config=None, index: str = f.BRUTE
         raise ValueError(f"unknown index {index!r}; one of {', '.join(f.RETRIEVAL_INDEXES)}")
     path = os.path.join(base_path, str(version))
     session, meta_graph = load_session(path, config)
-    signature_defs = dict(meta_graph.signature_def)
-    signature_defs.pop("__saved_model_init_op", None)
     return LoadedVersion(
         version,
         path,
         session,
-        signature_defs,
+        dict(meta_graph.signature_def),
         scann_index.ScannRetrieval(path, session) if index == f.SCANN_INDEX else None,
-        meta_graph_signature_defs=dict(meta_graph.signature_def),
     )
 
 
