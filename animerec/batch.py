@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from animerec import features as f
+from animerec.pipeline import worker_startup
 
 CHUNK = 512
 PARQUET_SCHEMA = pa.schema(
@@ -130,7 +131,8 @@ def batch_recommend(
     users = known_users(model_dir) if users is None else np.asarray(users, np.int64)
     chunks = [users[i : i + CHUNK].tolist() for i in range(0, len(users), CHUNK)]
     options = beam.options.pipeline_options.PipelineOptions(beam_args or ["--runner=DirectRunner"])
-    with beam.Pipeline(options=options) as pipeline:
+    # Local worker processes start quiet; a failing one's error reaches the caller from Beam.
+    with worker_startup.quiet_workers(), worker_startup.quiet_job_service(), beam.Pipeline(options=options) as pipeline:
         _ = (
             pipeline
             | "UserChunks" >> beam.Create(chunks)

@@ -109,7 +109,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # here, where a reader gone away is caught, not at exit
+        return code
+    except BrokenPipeError:
+        # The reader went away (`animerec data summary ... | head`): as Python's signal
+        # docs advise, the rest of the output goes nowhere, with no traceback; 128 + SIGPIPE.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except kaggle.DataError as error:
         print(f"animerec: error: {error}", file=sys.stderr)
         return 2

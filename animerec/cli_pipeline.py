@@ -90,17 +90,22 @@ def _kubeflow_compile(args) -> int:
         print(f"animerec: error: {error}", file=sys.stderr)
         return 2
     training = TrainingConfig(epochs=args.epochs, batch_size=args.batch_size)
+    from animerec.data import files
+
+    # A job for run-local: its tasks run from other folders than this one, so local paths
+    # are compiled absolute (remote ones, gs:// say, stay as they are).
+    local = (lambda path: path and files.absolute(path)) if kind == "json" else (lambda path: path)
     runner.compile_pipeline(
         args.output,
-        pipeline_root=args.pipeline_root,
-        data_root=args.data_root,
-        serving_dir=args.serving_dir,
+        pipeline_root=local(args.pipeline_root),
+        data_root=local(args.data_root),
+        serving_dir=local(args.serving_dir),
         image=args.image,
         beam_pipeline_args=args.beam_arg,
         training=training,
         gate=_gate(args),
         **dict(zip(("liked_filter", "split"), cli_args.filter_and_split(args))),
-        **({"schema_file": args.schema_file} if args.schema_file else {}),
+        **({"schema_file": local(args.schema_file)} if args.schema_file else {}),
     )
     if kind == "yaml":
         print(f"Wrote the KFP v2 pipeline spec to {args.output} (for `animerec kubeflow submit` or kfp.Client)")
@@ -553,7 +558,7 @@ def _add_bench_commands(commands) -> None:
 
 def _add_serving_commands(commands) -> None:
     """serve and recommend."""
-    serve = commands.add_parser("serve", help="serve the newest pushed model over TF Serving's gRPC API")
+    serve = commands.add_parser("serve", help="serve the newest pushed model over TF Serving's gRPC and REST APIs")
     serve.add_argument("--model-dir", required=True, help="the serving dir Pusher writes (numbered versions)")
     serve.add_argument("--port", type=int, default=8500, help="gRPC port (default %(default)s, as TF Serving)")
     serve.add_argument(
@@ -581,7 +586,7 @@ def _add_serving_commands(commands) -> None:
     )
     serve.set_defaults(func=_serve)
 
-    recommend = commands.add_parser("recommend", help="ask a TF Serving gRPC endpoint for a user's top titles")
+    recommend = commands.add_parser("recommend", help="ask a TF Serving endpoint (gRPC, or REST with --rest) for a user's top titles")
     who = recommend.add_mutually_exclusive_group(required=True)
     who.add_argument("--user", type=int, help="MyAnimeList user_id the model knows")
     who.add_argument("--liked", type=_anime_ids, help="a new user: comma-separated anime ids they liked")

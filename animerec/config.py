@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
+import types
+import typing
 from typing import Any
 
 from animerec import evaluation
@@ -88,3 +92,52 @@ class TrainingConfig:
 
     def to_json_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _type_error(value, annotation) -> str | None:
+    """Why a JSON value does not fit a config field's annotation (None: it fits). The
+    fields' types are int, float, bool, str, tuple (a JSON list) and `X | None`."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = [_type_error(value, a) for a in options if a is not type(None)]
+        return None if None in errors else errors[0]
+    if annotation is bool:
+        return None if isinstance(value, bool) else "true or false"
+    if annotation is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
+    if annotation is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        return None if ok else "a finite number"
+    if annotation is str:
+        return None if isinstance(value, str) else "a string"
+    if annotation is tuple:
+        return None if isinstance(value, list | tuple) else "a JSON list"
+    return None
+
+
+def parse_config(config_class, value: str | dict | None, name: str):
+    """config_class (a dataclass of this package: TrainingConfig, evaluation.GateConfig)
+    from JSON text or an already parsed object, as the pipeline's components read their
+    configuration and `kubeflow submit` checks it before a run: an unknown key or a value
+    of the wrong type is a ValueError naming `name`, the key and what was expected, at
+    the start of a run (or before it is sent), not a failure at its end."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ValueError(f"{name}: not JSON: {value}") from None
+    value = {} if value is None else value
+    if not isinstance(value, dict):
+        raise ValueError(f"{name}: expected a JSON object, got {json.dumps(value)}")
+    hints = typing.get_type_hints(config_class)
+    known = {field.name for field in dataclasses.fields(config_class)}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise ValueError(f"{name}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    for key, item in value.items():
+        expected = _type_error(item, hints[key])
+        if expected:
+            raise ValueError(f"{name}: {key} must be {expected}; got {json.dumps(item)}")
+    return config_class(**value)

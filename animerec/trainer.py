@@ -17,7 +17,7 @@ import tensorflow_transform as tft
 from absl import logging
 
 from animerec import features as f
-from animerec.config import TrainingConfig
+from animerec.config import TrainingConfig, parse_config
 from animerec.data import files
 from animerec.model import data as model_data
 from animerec.model import export, retrieval, two_stage
@@ -74,7 +74,7 @@ def write_model_run(
 
 def run_fn(fn_args) -> None:
     """TFX Trainer entry point (generic trainer)."""
-    config = TrainingConfig(**(fn_args.custom_config or {}))
+    config = parse_config(TrainingConfig, fn_args.custom_config, "training_config")
     tf.keras.utils.set_random_seed(config.seed)
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
     start = time.time()

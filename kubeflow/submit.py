@@ -21,7 +21,7 @@ import os
 import re
 import tempfile
 
-from animerec.config import TrainingConfig
+from animerec.config import TrainingConfig, parse_config
 from animerec.evaluation import GateConfig
 from animerec.kubeflow.runner import GATE_PARAMETER, TRAINING_PARAMETER, YAML_EXTENSIONS
 
@@ -131,18 +131,12 @@ def _typed_value(name: str, ptype: str, text: str):
 
 
 def _check_config(name: str, text: str, config_class) -> None:
-    """The components read these parameters as config_class(**json): an unknown key would
-    fail a run at its end, so it fails the submission."""
+    """The components read these parameters with config.parse_config: what it refuses
+    would fail a run after ExampleGen, or at its end, so it fails the submission."""
     try:
-        value = json.loads(text)
-    except ValueError:
-        raise SubmitError(f"--param {name}: not JSON: {text}") from None
-    if not isinstance(value, dict):
-        raise SubmitError(f"--param {name}: expected a JSON object, got {text}")
-    known = {field.name for field in dataclasses.fields(config_class)}
-    unknown = sorted(set(value) - known)
-    if unknown:
-        raise SubmitError(f"--param {name}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        parse_config(config_class, text, name)
+    except ValueError as error:
+        raise SubmitError(f"--param {error}") from None
 
 
 def parse_parameters(spec: dict, items: list[str]) -> dict:

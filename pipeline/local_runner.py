@@ -112,17 +112,10 @@ def _logs_to_file(path: str):
     previous_level = root.level
     root.setLevel(std_logging.INFO)
     root.addHandler(file_handler)
-    # Beam's worker processes inherit these: no per-worker TensorFlow banners, and their
-    # start-up code (worker_startup/sitecustomize.py) keeps TensorFlow's failures at exit quiet.
-    previous_env = {k: os.environ.get(k) for k in ("TF_CPP_MIN_LOG_LEVEL", "PYTHONWARNINGS", "PYTHONPATH")}
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    os.environ["PYTHONWARNINGS"] = "ignore::FutureWarning,ignore::DeprecationWarning,ignore::UserWarning"
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        [os.path.dirname(worker_startup.__file__)]
-        + ([previous_env["PYTHONPATH"]] if previous_env["PYTHONPATH"] else [])
-    )
     try:
-        yield
+        # Beam's worker processes inherit its environment: quiet, with their start-up code.
+        with worker_startup.quiet_workers():
+            yield
     finally:
         root.removeHandler(file_handler)
         file_handler.close()
@@ -130,11 +123,6 @@ def _logs_to_file(path: str):
         for h, level in console_levels:
             h.setLevel(level)
             h.removeFilter(_not_tfx_failure_note)
-        for k, v in previous_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def run_local(

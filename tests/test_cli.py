@@ -65,6 +65,22 @@ def test_synth_then_summary(tmp_path):
     assert "Users: 120 in animelist.csv" in out and "Catalog: 90 anime" in out
 
 
+def test_a_reader_gone_away_is_no_traceback(real_data_dir):
+    """`animerec data summary ... | head`: head exits before the summary is written."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONWARNINGS="ignore")
+    proc = subprocess.Popen(
+        ANIMEREC + ["data", "summary", "--data-dir", real_data_dir],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    proc.stdout.close()  # before the command has read anything, let alone printed
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141, err
+    assert err == "", err
+
+
 def test_bad_data_is_a_clear_error_not_a_traceback(tmp_path):
     out = animerec("data", "summary", "--data-dir", str(tmp_path), check=False)
     assert out.returncode == 2
@@ -150,6 +166,20 @@ def test_recommend_for_a_new_user(serving_dir, tmp_path):
     out = animerec("recommend", "--animelist", str(rows), "-k", "6", "--model-dir", serving_dir)
     assert "Top 4 for a new user" in out.stdout and "Title 10" not in out.stdout and "Title 40" not in out.stdout
     assert "set aside 1" in out.stderr
+
+
+def test_batch_recommend_on_worker_processes_is_quiet(serving_dir, tmp_path):
+    """Two Beam worker processes, as on a machine's cores: the Parquet files come out and
+    the console says so in one line, with no worker's traceback at exit or start-up
+    warning (each worker loads the SavedModel; TensorFlow's functions fail to delete at
+    interpreter exit there unless the workers start with worker_startup's hook)."""
+    out = animerec(
+        "batch-recommend", "--model-dir", serving_dir, "--output", str(tmp_path / "recs"), "-k", "3", "--workers", "2"
+    )
+    assert re.match(r"Top 3 for \d+ users from .* -> \d Parquet file", out.stdout)
+    recs = pd.concat(pd.read_parquet(p) for p in tmp_path.glob("recs*.parquet"))
+    assert len(recs) and recs["rank"].max() <= 3
+    assert out.stderr.strip() == "", out.stderr[-2000:]
 
 
 @pytest.mark.parametrize(

@@ -85,6 +85,19 @@ def test_the_yaml_package_is_what_kfp_client_loads(spec_package, job):
     assert inputs[runner.DATA_ROOT_PARAMETER].default == "gs://b/data"
 
 
+def test_a_local_job_compiles_its_local_paths_absolute(tmp_path, monkeypatch):
+    """run-local may run from another folder than compile did: relative paths are made
+    absolute in the .json job; remote ones are left alone."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["kubeflow", "compile", "--output", "job.json", "--pipeline-root", "gs://b/root"]
+    assert cli.main(argv + ["--data-root", "data", "--serving-dir", "out/serving"]) == 0
+    with open(tmp_path / "job.json") as fh:
+        text = fh.read()
+    serving, data = str(tmp_path / "out" / "serving"), str(tmp_path / "data")
+    assert text.count(serving) >= 1 and text.count("out/serving") == text.count(serving)
+    assert f'"{data}"' in text and '"data"' not in text and '"gs://b/root"' in text
+
+
 def test_the_output_extension_chooses_the_format(tmp_path, capsys):
     assert cli.main(["kubeflow", "compile", "--output", str(tmp_path / "pipeline.txt")]) == 2
     err = capsys.readouterr().err

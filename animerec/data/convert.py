@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import logging
 import os
 import pickle
 import shutil
@@ -372,33 +371,26 @@ def _run_on_beam(
     task of the one before through a side input."""
     import apache_beam as beam  # heavy import
 
-    # The local job service forwards each worker's start-up warnings and, as an ERROR
-    # line, a failing worker's traceback: Beam re-raises the error to the caller itself.
-    job_service_log = logging.getLogger("apache_beam.runners.portability.local_job_service")
-    previous_level = job_service_log.level
-    job_service_log.setLevel(logging.CRITICAL)
-    try:
-        with make_pipeline() as pipeline:
-            label = _keeping_data_errors("range", _label_and_spill)
-            ranges = pipeline | "Ranges" >> beam.Create(range_tasks)
-            if regroup_tasks:
-                regrouped = (
-                    pipeline
-                    | "RegroupRanges" >> beam.Create(regroup_tasks)
-                    | "Regroup" >> beam.Map(_keeping_data_errors("regroup", _regroup))
-                )
-                spilled = ranges | "LabelAndSpill" >> beam.Map(
-                    lambda task, _: label(task), beam.pvalue.AsList(regrouped)
-                )
-            else:
-                spilled = ranges | "LabelAndSpill" >> beam.Map(label)
-            _ = (
+    from animerec.pipeline import worker_startup
+
+    # A failing worker's traceback reaches the caller as Beam's own error.
+    with worker_startup.quiet_job_service(), make_pipeline() as pipeline:
+        label = _keeping_data_errors("range", _label_and_spill)
+        ranges = pipeline | "Ranges" >> beam.Create(range_tasks)
+        if regroup_tasks:
+            regrouped = (
                 pipeline
-                | "Buckets" >> beam.Create(bucket_tasks)
-                | "ShuffleAndWrite" >> beam.Map(lambda task, _: _write_bucket(task), beam.pvalue.AsList(spilled))
+                | "RegroupRanges" >> beam.Create(regroup_tasks)
+                | "Regroup" >> beam.Map(_keeping_data_errors("regroup", _regroup))
             )
-    finally:
-        job_service_log.setLevel(previous_level)
+            spilled = ranges | "LabelAndSpill" >> beam.Map(lambda task, _: label(task), beam.pvalue.AsList(regrouped))
+        else:
+            spilled = ranges | "LabelAndSpill" >> beam.Map(label)
+        _ = (
+            pipeline
+            | "Buckets" >> beam.Create(bucket_tasks)
+            | "ShuffleAndWrite" >> beam.Map(lambda task, _: _write_bucket(task), beam.pvalue.AsList(spilled))
+        )
 
 
 def shuffle_buckets(animelist_path: str) -> int:

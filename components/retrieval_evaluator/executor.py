@@ -16,6 +16,7 @@ from tfx.utils import io_utils, path_utils
 
 from animerec import evaluation as m
 from animerec import features as f
+from animerec.config import parse_config
 from animerec.data import files
 from animerec.ids import catalog_positions
 from animerec.report import evaluation_markdown, plot_recall
@@ -140,7 +141,7 @@ class Executor(base_executor.BaseExecutor):
             MODEL_KEY,
         )
 
-        gate = m.GateConfig(**json.loads(exec_properties[GATE_CONFIG_KEY]))
+        gate = parse_config(m.GateConfig, exec_properties[GATE_CONFIG_KEY], GATE_CONFIG_KEY)
         examples = artifact_utils.get_single_instance(input_dict[EXAMPLES_KEY])
         model = artifact_utils.get_single_instance(input_dict[MODEL_KEY])
         baselines = input_dict.get(BASELINE_MODEL_KEY) or []
