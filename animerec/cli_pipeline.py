@@ -586,7 +586,9 @@ def _add_serving_commands(commands) -> None:
     )
     serve.set_defaults(func=_serve)
 
-    recommend = commands.add_parser("recommend", help="ask a TF Serving endpoint (gRPC, or REST with --rest) for a user's top titles")
+    recommend = commands.add_parser(
+        "recommend", help="ask a TF Serving endpoint (gRPC, or REST with --rest) for a user's top titles"
+    )
     who = recommend.add_mutually_exclusive_group(required=True)
     who.add_argument("--user", type=int, help="MyAnimeList user_id the model knows")
     who.add_argument("--liked", type=_anime_ids, help="a new user: comma-separated anime ids they liked")
