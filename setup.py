@@ -6,7 +6,7 @@ setup(
     name="animerec",
     version="0.1.0",
     description="TFX pipeline for a TFRS two-tower anime recommender, with TF Serving and Kubeflow integration",
-    python_requires=">=3.9,<3.11",
+    python_requires=">=3.10,<3.11",
     packages=[
         "animerec",
         "animerec.data",

@@ -8,13 +8,12 @@ same arrays (`--index scann`). Runs on any Beam runner.
 
 from __future__ import annotations
 
-import os
-
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
 from animerec import features as f
+from animerec.pipeline import beam_args as beam_arguments
 from animerec.pipeline import worker_startup
 
 CHUNK = 512
@@ -45,8 +44,7 @@ class _SavedModelRecommender:
     """The SavedModel's `recommend` signature (brute force), as numpy arrays."""
 
     def __init__(self, model_dir: str):
-        os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-        import tensorflow as tf
+        import tensorflow as tf  # after animerec's TF_USE_LEGACY_KERAS
 
         self._tf = tf
         self._model = tf.saved_model.load(model_dir)  # the signature needs its model alive
@@ -130,7 +128,7 @@ def batch_recommend(
     one of features.RETRIEVAL_INDEXES."""
     users = known_users(model_dir) if users is None else np.asarray(users, np.int64)
     chunks = [users[i : i + CHUNK].tolist() for i in range(0, len(users), CHUNK)]
-    options = beam.options.pipeline_options.PipelineOptions(beam_args or ["--runner=DirectRunner"])
+    options = beam.options.pipeline_options.PipelineOptions(beam_args or list(beam_arguments.IN_PROCESS))
     # Local worker processes start quiet; a failing one's error reaches the caller from Beam.
     with worker_startup.quiet_workers(), worker_startup.quiet_job_service(), beam.Pipeline(options=options) as pipeline:
         _ = (

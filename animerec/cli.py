@@ -10,7 +10,7 @@ import warnings
 
 from animerec import cli_args
 from animerec.data import files, kaggle
-from animerec.pipeline import shutdown
+from animerec.pipeline import shutdown, worker_startup
 
 
 def _data_synth(args) -> int:
@@ -38,7 +38,7 @@ def _data_summary(args) -> int:
 
 def _data_convert(args) -> int:
     from animerec.data import convert
-    from animerec.pipeline.local_runner import default_beam_args
+    from animerec.pipeline.beam_args import default_beam_args
 
     liked_filter, split = cli_args.filter_and_split(args)
     if not files.is_local(args.out):
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     # The Google client libraries warn about Python 3.10 on every import; TFX 1.16 needs 3.10.
     warnings.filterwarnings("ignore", category=FutureWarning)
     # ... and in every Beam worker process a command starts (they inherit the environment).
-    os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning,ignore::DeprecationWarning")
+    os.environ.setdefault("PYTHONWARNINGS", worker_startup.QUIET_WARNINGS)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -31,7 +31,7 @@ def add_filter_args(parser: argparse.ArgumentParser) -> None:
 
 
 def add_workers_arg(parser: argparse.ArgumentParser) -> None:
-    """--workers for commands that read the Kaggle files on this machine's Beam (local_runner.default_beam_args)."""
+    """--workers for commands that read the Kaggle files on this machine's Beam (animerec.pipeline.beam_args.default_beam_args)."""
     parser.add_argument(
         "--workers",
         type=int,

@@ -17,6 +17,7 @@ DEFAULT_K = 10
 def _run(args) -> int:
     from animerec.config import TrainingConfig
     from animerec.pipeline import local_runner
+    from animerec.pipeline.beam_args import default_beam_args
 
     training = TrainingConfig(
         embedding_dim=args.embedding_dim,
@@ -27,7 +28,7 @@ def _run(args) -> int:
     )
     gate = _gate(args)
     liked_filter, split = cli_args.filter_and_split(args)
-    beam_args = local_runner.default_beam_args(args.data_dir, args.workers)
+    beam_args = default_beam_args(args.data_dir, args.workers)
     result = local_runner.run_local(
         args.data_dir,
         args.output_dir,
@@ -44,11 +45,10 @@ def _run(args) -> int:
     evaluation = result["evaluation"]
     if evaluation:
         print(f"Evaluation ({'BLESSED' if evaluation['blessed'] else 'NOT BLESSED'}), report: {evaluation['report']}")
+        from animerec.report import summary_line
+
         for system, values in evaluation["metrics"].items():
-            print(
-                f"  {system:13s} recall@10 {values['recall@10']:.4f}  recall@50 {values['recall@50']:.4f}  "
-                f"recall@100 {values['recall@100']:.4f}  ndcg@50 {values['ndcg@50']:.4f}  coverage@50 {values['coverage@50']:.3f}"
-            )
+            print(summary_line(system, values))
     if result.get("report"):
         print(f"Run report: {result['report']}")
     if result["pushed_model"]:
@@ -177,7 +177,7 @@ def _batch_recommend(args) -> int:
 
     from animerec.batch import batch_recommend
     from animerec.pipeline.artifacts import newest_version_dir
-    from animerec.pipeline.local_runner import local_beam_args
+    from animerec.pipeline.beam_args import local_beam_args
 
     model_dir = newest_version_dir(args.model_dir) or args.model_dir
     beam_args = args.beam_arg or local_beam_args(args.workers)

@@ -10,6 +10,7 @@ import typing
 from typing import Any
 
 from animerec import evaluation
+from animerec.data import interactions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,8 +38,9 @@ class TrainingConfig:
     ranking_candidates: int = 150
     # ... together with this many of the item-item top titles (animerec.model.ranking).
     item_item_candidates: int = 100
-    # Share of each user's liked training rows held out for validation.
-    validation_percent: int = 20
+    # Share of each user's liked training rows held out for validation (the Trainer's; the
+    # Evaluator tunes EASE's L2 on the default carve, interactions.validation_rows).
+    validation_percent: int = interactions.VALIDATION_PERCENT
     # Rank of the EASE factorization behind the item-item feature and candidates.
     item_item_rank: int = 256
     # Rank of the EASE scores that choose the item-item candidates (their leading

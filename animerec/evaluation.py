@@ -351,8 +351,8 @@ def validation_task(
     """The validation split of training rows (raw ids, catalog positions, liked flags):
     liked rows carved out per user by hash (interactions.is_validation) are the truth,
     the other rows are what a ranker learns from and excludes."""
-    eligible = interactions.validation_users(user_id[liked], anime_id[liked], percent, min_history)
-    held = liked & interactions.is_validation(user_id, anime_id, eligible, percent)
+    held = np.zeros(len(user_id), dtype=bool)
+    held[liked] = interactions.validation_rows(user_id[liked], anime_id[liked], percent, min_history)
     fit = liked & ~held
     return EvalData(
         catalog_size,

@@ -101,6 +101,16 @@ EVALUATION_COLUMNS = [f"{kind}@{k}" for kind in ("recall", "ndcg") for k in KS] 
     "hit_rate@10",
     "coverage@50",
 ]
+# The run report's own plots, beside the Evaluator's (artifacts.RECALL_PLOT).
+LOSS_PLOT = "loss.png"
+EMBEDDINGS_PLOT = "embeddings.png"
+# A run's console summary: one line a system.
+SUMMARY_COLUMNS = [f"recall@{k}" for k in KS] + ["ndcg@50", "coverage@50"]
+
+
+def summary_line(system: str, values: dict) -> str:
+    """One system's headline metrics (a metrics.json entry) as the console prints them."""
+    return f"  {system:14s} " + "  ".join(f"{column} {values[column]:.4f}" for column in SUMMARY_COLUMNS)
 
 
 def evaluation_markdown(results: dict, blessed: bool, reasons: list[str], level: int = 1) -> list[str]:
@@ -148,20 +158,20 @@ def write_report(output_dir: str) -> str:
     model_run_uri = artifacts.latest_output_uri(metadata, artifacts.TRAINER, "model_run")
     if evaluation_uri is None or model_run_uri is None:
         raise FileNotFoundError(f"{output_dir}: no finished Trainer and RetrievalEvaluator outputs to report on")
-    metrics_path = os.path.join(evaluation_uri, "metrics.json")
-    history_path = os.path.join(model_run_uri, "training_history.json")
+    metrics_path = os.path.join(evaluation_uri, artifacts.METRICS_FILE)
+    history_path = os.path.join(model_run_uri, artifacts.HISTORY_FILE)
     report_dir = os.path.join(output_dir, "report")
     os.makedirs(report_dir, exist_ok=True)
     # The artifacts are read through `files`: local here, and any filesystem TensorFlow reads.
     history = json.loads(files.read_text(history_path))
-    curves = json.loads(files.read_text(os.path.join(evaluation_uri, "curves.json")))
+    curves = json.loads(files.read_text(os.path.join(evaluation_uri, artifacts.CURVES_FILE)))
     metrics_text = files.read_text(metrics_path)
-    files.write_text(os.path.join(report_dir, "metrics.json"), metrics_text)
-    plot_loss(history, os.path.join(report_dir, "loss.png"))
-    plot_recall(curves, os.path.join(report_dir, "recall_at_k.png"))
-    embeddings = np.load(io.BytesIO(files.read_bytes(os.path.join(model_run_uri, "catalog_embeddings.npz"))))
-    plot_embeddings(dict(embeddings), os.path.join(report_dir, "embeddings.png"))
-    verdict = json.loads(files.read_text(os.path.join(evaluation_uri, "verdict.json")))
+    files.write_text(os.path.join(report_dir, artifacts.METRICS_FILE), metrics_text)
+    plot_loss(history, os.path.join(report_dir, LOSS_PLOT))
+    plot_recall(curves, os.path.join(report_dir, artifacts.RECALL_PLOT))
+    embeddings = np.load(io.BytesIO(files.read_bytes(os.path.join(model_run_uri, artifacts.EMBEDDINGS_FILE))))
+    plot_embeddings(dict(embeddings), os.path.join(report_dir, EMBEDDINGS_PLOT))
+    verdict = json.loads(files.read_text(os.path.join(evaluation_uri, artifacts.VERDICT_FILE)))
     evaluation_lines = evaluation_markdown(json.loads(metrics_text), verdict["blessed"], verdict["reasons"], level=2)
     lines = [
         "# animerec run report",
@@ -171,13 +181,13 @@ def write_report(output_dir: str) -> str:
         "",
         *evaluation_lines,
         "",
-        "![training loss](loss.png)",
+        f"![training loss]({LOSS_PLOT})",
         "",
-        "![recall@k](recall_at_k.png)",
+        f"![recall@k]({artifacts.RECALL_PLOT})",
         "",
-        "![anime embeddings](embeddings.png)",
+        f"![anime embeddings]({EMBEDDINGS_PLOT})",
         "",
     ]
-    path = os.path.join(report_dir, "report.md")
+    path = os.path.join(report_dir, artifacts.REPORT_FILE)
     files.write_text(path, "\n".join(lines))
     return path

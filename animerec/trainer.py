@@ -21,9 +21,7 @@ from animerec.config import TrainingConfig, parse_config
 from animerec.data import files
 from animerec.model import data as model_data
 from animerec.model import export, retrieval, two_stage
-
-HISTORY_FILE = "training_history.json"
-EMBEDDINGS_FILE = "catalog_embeddings.npz"
+from animerec.pipeline.artifacts import EMBEDDINGS_FILE, HISTORY_FILE
 
 
 def split_patterns(file_patterns, split: str) -> list[str]:

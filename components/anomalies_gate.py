@@ -3,8 +3,10 @@
 import os
 
 from tensorflow_metadata.proto.v0 import anomalies_pb2
+from tfx.components.example_validator.executor import DEFAULT_FILE_NAME as SCHEMA_DIFF_FILE
 from tfx.dsl.component.experimental.annotations import InputArtifact
 from tfx.dsl.component.experimental.decorators import component
+from tfx.types import artifact_utils
 from tfx.types.standard_artifacts import ExampleAnomalies
 
 from animerec.data import files
@@ -14,16 +16,20 @@ class DataAnomaliesError(RuntimeError):
     """The examples disagree with the schema; the message lists each anomaly."""
 
 
-def describe_anomalies(anomalies_uri: str) -> list:
-    """One line per anomalous feature and split, from ExampleValidator's output (a local
-    folder or one on any filesystem TensorFlow reads: a Kubeflow run's is on gs://)."""
+def describe_anomalies(artifact: ExampleAnomalies) -> list:
+    """One line per anomalous feature and split, from ExampleValidator's output artifact:
+    its SchemaDiff.pb of each split it names, where TFX puts a split's files
+    (artifact_utils.get_split_uri), in a local folder or on any filesystem TensorFlow reads
+    (a Kubeflow run's is on gs://)."""
     lines = []
-    paths = files.glob(os.path.join(anomalies_uri, "Split-*", "SchemaDiff.pb"))
-    if not paths:
-        # ExampleValidator writes one per split; none found must not read as clean data.
-        raise DataAnomaliesError(f"{anomalies_uri}: no Split-*/SchemaDiff.pb from ExampleValidator to check")
-    for path in paths:
-        split = os.path.basename(os.path.dirname(path))[len("Split-") :]
+    splits = artifact_utils.decode_split_names(artifact.split_names)
+    if not splits:
+        raise DataAnomaliesError(f"{artifact.uri}: ExampleValidator's output names no split to check")
+    for split in splits:
+        path = os.path.join(artifact_utils.get_split_uri([artifact], split), SCHEMA_DIFF_FILE)
+        if not files.exists(path):
+            # Nothing to read is not clean data.
+            raise DataAnomaliesError(f"{path}: ExampleValidator wrote no {SCHEMA_DIFF_FILE} for split {split}")
         anomalies = anomalies_pb2.Anomalies()
         anomalies.ParseFromString(files.read_bytes(path))
         for feature, info in sorted(anomalies.anomaly_info.items()):
@@ -35,9 +41,9 @@ def describe_anomalies(anomalies_uri: str) -> list:
     return lines
 
 
-def check_anomalies(anomalies_uri: str) -> None:
+def check_anomalies(artifact: ExampleAnomalies) -> None:
     """Raises DataAnomaliesError listing every anomaly; returns for clean data."""
-    problems = describe_anomalies(anomalies_uri)
+    problems = describe_anomalies(artifact)
     if problems:
         raise DataAnomaliesError(
             "ExampleValidator found anomalies; fix the data or the schema (schema/schema.pbtxt):\n  "
@@ -48,4 +54,4 @@ def check_anomalies(anomalies_uri: str) -> None:
 @component
 def AnomaliesGate(anomalies: InputArtifact[ExampleAnomalies]) -> None:  # noqa: N802 - TFX component naming
     """Stops the pipeline when ExampleValidator found anomalies."""
-    check_anomalies(anomalies.uri)
+    check_anomalies(anomalies)

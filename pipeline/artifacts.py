@@ -15,6 +15,18 @@ from animerec.data import files
 EVALUATOR = "RetrievalEvaluator"
 TRAINER = "Trainer"
 
+# The files inside the artifacts this project's components write; the components, the
+# run report and the run summary all name them from here.
+# RetrievalEvaluator's `evaluation` artifact:
+METRICS_FILE = "metrics.json"
+VERDICT_FILE = "verdict.json"
+CURVES_FILE = "curves.json"
+RECALL_PLOT = "recall_at_k.png"
+REPORT_FILE = "report.md"
+# Trainer's `model_run` artifact:
+HISTORY_FILE = "training_history.json"
+EMBEDDINGS_FILE = "catalog_embeddings.npz"
+
 
 def complete_versions(base_path: str) -> list[int]:
     """Version folders that hold a saved_model.pb (Pusher copies that file last), oldest
@@ -96,9 +108,9 @@ def latest_evaluation(metadata_path: str) -> dict | None:
         return None
     evaluation = outputs.artifacts["evaluation"].uri
     blessing = outputs.artifacts.get("blessing")
-    metrics = json.loads(files.read_text(os.path.join(evaluation, "metrics.json")))
+    metrics = json.loads(files.read_text(os.path.join(evaluation, METRICS_FILE)))
     blessed = blessing is not None and blessing.custom_properties["blessed"].int_value == 1
-    return {"metrics": metrics, "report": os.path.join(evaluation, "report.md"), "blessed": blessed}
+    return {"metrics": metrics, "report": os.path.join(evaluation, REPORT_FILE), "blessed": blessed}
 
 
 def latest_output_uri(metadata_path: str, component: str, key: str) -> str | None:

@@ -5,9 +5,10 @@ import os
 import pandas as pd
 import pytest
 import tensorflow_data_validation as tfdv
+from tfx.types import artifact_utils, standard_artifacts
 
 from animerec import features as f
-from animerec.components.anomalies_gate import DataAnomaliesError, check_anomalies
+from animerec.components.anomalies_gate import SCHEMA_DIFF_FILE, DataAnomaliesError, check_anomalies
 from animerec.data import files
 from animerec.pipeline.pipeline import SCHEMA_FILE
 
@@ -21,12 +22,21 @@ def anomalies_root(request, tmp_path):
     files.rmtree(root)
 
 
+def _artifact(root, splits):
+    """ExampleValidator's output artifact at `root`, naming `splits`."""
+    artifact = standard_artifacts.ExampleAnomalies()
+    artifact.uri = root
+    artifact.split_names = artifact_utils.encode_split_names(list(splits))
+    return artifact
+
+
 def _write_anomalies(root, split, rows):
+    """As ExampleValidator writes a split's anomalies (its executor: get_split_uri)."""
     stats = tfdv.generate_statistics_from_dataframe(pd.DataFrame(rows))
     anomalies = tfdv.validate_statistics(stats, tfdv.load_schema_text(SCHEMA_FILE))
-    folder = os.path.join(root, f"Split-{split}")
+    folder = artifact_utils.get_split_uri([_artifact(root, [split])], split)
     files.makedirs(folder)
-    files.write_bytes(os.path.join(folder, "SchemaDiff.pb"), anomalies.SerializeToString())
+    files.write_bytes(os.path.join(folder, SCHEMA_DIFF_FILE), anomalies.SerializeToString())
 
 
 def _rows(rating):
@@ -43,14 +53,14 @@ def _rows(rating):
 
 def test_clean_data_passes(anomalies_root):
     _write_anomalies(anomalies_root, "train", _rows(rating=7))
-    check_anomalies(anomalies_root)
+    check_anomalies(_artifact(anomalies_root, ["train"]))
 
 
 def test_out_of_range_rating_stops_the_run(anomalies_root):
     _write_anomalies(anomalies_root, "train", _rows(rating=7))
     _write_anomalies(anomalies_root, "eval", _rows(rating=11))
     with pytest.raises(DataAnomaliesError) as error:
-        check_anomalies(anomalies_root)
+        check_anomalies(_artifact(anomalies_root, ["train", "eval"]))
     message = str(error.value)
     assert "split eval, feature rating" in message
     assert "split train" not in message
@@ -58,8 +68,10 @@ def test_out_of_range_rating_stops_the_run(anomalies_root):
 
 
 def test_an_output_without_schema_diffs_stops_the_run(anomalies_root):
-    """Nothing to read is not clean data: a gate that finds no SchemaDiff.pb (a path it
-    cannot list) must not let the run through."""
-    files.makedirs(anomalies_root)
-    with pytest.raises(DataAnomaliesError, match="no Split-\\*/SchemaDiff.pb"):
-        check_anomalies(anomalies_root)
+    """Nothing to read is not clean data: a split without its SchemaDiff.pb (a path the
+    gate cannot read), or an output naming no split, must not let the run through."""
+    _write_anomalies(anomalies_root, "train", _rows(rating=7))
+    with pytest.raises(DataAnomaliesError, match="wrote no SchemaDiff.pb for split eval"):
+        check_anomalies(_artifact(anomalies_root, ["train", "eval"]))
+    with pytest.raises(DataAnomaliesError, match="names no split"):
+        check_anomalies(_artifact(anomalies_root, []))

@@ -90,13 +90,13 @@ def test_newest_complete_version(folder):
 
 
 def test_the_trainer_writes_its_model_run_where_the_artifact_is(folder):
-    from animerec.trainer import EMBEDDINGS_FILE, HISTORY_FILE, write_model_run
+    from animerec.trainer import write_model_run
 
     out = os.path.join(folder, "model_run")
     embeddings = np.arange(6, dtype=np.float32).reshape(3, 2)
     write_model_run(out, {"loss": [2.0, 1.5]}, np.array([5, 7, 9]), np.array(["Action", "Drama", ""]), embeddings)
-    assert json.loads(files.read_text(os.path.join(out, HISTORY_FILE))) == {"loss": [2.0, 1.5]}
-    saved = np.load(io.BytesIO(files.read_bytes(os.path.join(out, EMBEDDINGS_FILE))))
+    assert json.loads(files.read_text(os.path.join(out, artifacts.HISTORY_FILE))) == {"loss": [2.0, 1.5]}
+    saved = np.load(io.BytesIO(files.read_bytes(os.path.join(out, artifacts.EMBEDDINGS_FILE))))
     assert saved["anime_id"].tolist() == [5, 7, 9] and saved["genres"].tolist() == [b"Action", b"Drama", b""]
     np.testing.assert_array_equal(saved["embeddings"], embeddings)
 
@@ -116,13 +116,13 @@ def test_the_evaluator_writes_its_report_where_the_artifact_is(folder):
     curves = {name: [0.1] * len(executor.RECALL_CURVE_KS) for name in results}
     out = os.path.join(folder, "evaluation")
     executor.write_report(out, results, curves, True, ["model beats ease"])
-    assert json.loads(files.read_text(os.path.join(out, executor.METRICS_FILE))) == results
-    assert json.loads(files.read_text(os.path.join(out, executor.VERDICT_FILE))) == {
+    assert json.loads(files.read_text(os.path.join(out, artifacts.METRICS_FILE))) == results
+    assert json.loads(files.read_text(os.path.join(out, artifacts.VERDICT_FILE))) == {
         "blessed": True,
         "reasons": ["model beats ease"],
     }
-    assert json.loads(files.read_text(os.path.join(out, "curves.json")))["model"] == curves["model"]
-    assert files.read_bytes(os.path.join(out, executor.RECALL_PLOT)).startswith(b"\x89PNG")
-    report = files.read_text(os.path.join(out, executor.REPORT_FILE))
+    assert json.loads(files.read_text(os.path.join(out, artifacts.CURVES_FILE)))["model"] == curves["model"]
+    assert files.read_bytes(os.path.join(out, artifacts.RECALL_PLOT)).startswith(b"\x89PNG")
+    report = files.read_text(os.path.join(out, artifacts.REPORT_FILE))
     assert report.startswith("# Retrieval evaluation: BLESSED\n")
     assert "| model | 0.4000" in report and "- model beats ease" in report

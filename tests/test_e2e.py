@@ -16,6 +16,7 @@ import pytest
 from animerec.config import TrainingConfig
 from animerec.data import kaggle, synth
 from animerec.evaluation import GateConfig
+from animerec.pipeline import beam_args as local_beam_args
 from animerec.pipeline import local_runner
 
 pytestmark = pytest.mark.e2e
@@ -78,7 +79,7 @@ def test_pipeline_on_synthetic_data_caches_and_gates(tmp_path):
     out_dir = str(tmp_path / "out")
     training = TrainingConfig(epochs=1, batch_size=256)
 
-    beam_args = local_runner.default_beam_args(data_dir)
+    beam_args = local_beam_args.default_beam_args(data_dir)
     assert "--direct_running_mode=in_memory" in beam_args
 
     def run(gate: GateConfig = PERMISSIVE_GATE, train_steps: int = 20) -> dict:

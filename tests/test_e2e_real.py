@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pytest
 
+from animerec.pipeline import beam_args as local_beam_args
 from animerec.pipeline import local_runner
 from tests.test_e2e import assert_never_recommends_seen
 
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.e2e
 
 def test_pipeline_on_real_sample_beats_popularity(tmp_path, real_data_dir, capfd):
     # Worker processes, as for a large file: this small sample would otherwise run Beam in the process.
-    beam_args = local_runner.local_beam_args(workers=2)
+    beam_args = local_beam_args.local_beam_args(workers=2)
     result = local_runner.run_local(real_data_dir, str(tmp_path / "out"), beam_pipeline_args=beam_args, progress=print)
     # The workers write to this process's stderr: no traceback from them either (TensorFlow's
     # failures at their exit are what worker_startup quiets).

@@ -53,7 +53,7 @@ def test_compiled_task_commands_run_the_pipeline(tmp_path):
         "eval",
         "catalog",
     ]
-    with open(os.path.join(outputs["Trainer"]["model_run"][0]["uri"], "training_history.json")) as fh:
+    with open(os.path.join(outputs["Trainer"]["model_run"][0]["uri"], artifacts.HISTORY_FILE)) as fh:
         assert json.load(fh)["config"]["batch_size"] == 256
     # A first run: the resolver finds no blessed model, nothing to compare with.
     assert any("resolver, nothing found" in line for line in first_lines)
@@ -78,6 +78,6 @@ def test_compiled_task_commands_run_the_pipeline(tmp_path):
     assert second["Trainer"]["model"][0]["uri"] != first_model, "the changed parameter trains a new model"
     second_blessing = second["RetrievalEvaluator"]["blessing"][0]["metadata"]
     assert second_blessing["baseline_model"] == first_model
-    with open(os.path.join(second["RetrievalEvaluator"]["evaluation"][0]["uri"], "metrics.json")) as fh:
+    with open(os.path.join(second["RetrievalEvaluator"]["evaluation"][0]["uri"], artifacts.METRICS_FILE)) as fh:
         assert "last_blessed" in json.load(fh)
     assert len(artifacts.complete_versions(serving_dir)) == 1 + second_blessing["blessed"]

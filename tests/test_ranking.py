@@ -330,9 +330,7 @@ def _clustered_data(users=80, seed=0) -> TrainingData:
             user.append(u)
             item.append(a)
     user, item = np.array(user), np.array(item)
-    held = evaluation.interactions.is_validation(
-        user + 1000, item + 100, evaluation.interactions.validation_users(user + 1000, item + 100, 20, 5), 20
-    )
+    held = evaluation.interactions.validation_rows(user + 1000, item + 100)
     n_users = users + 1
     history_splits, history_values = _csr(user[~held], item[~held], n_users)
     validation_splits, validation_values = _csr(user[held], item[held], n_users)

@@ -249,3 +249,14 @@ def test_validation_task_holds_out_liked_rows_of_users_with_enough_history():
     order = rng.permutation(len(user_id))
     shuffled = m.validation_task(user_id[order], anime_id[order], anime_id[order], liked[order], 20, 20, 5)
     assert [sorted(t) for t in shuffled.truth] == [sorted(t) for t in task.truth]
+
+
+def test_the_console_summary_reads_every_column_the_metrics_have():
+    """The run's console line names its columns from the metrics' owner (evaluation.KS)."""
+    from animerec.report import SUMMARY_COLUMNS, summary_line
+
+    ranked = np.array([[1, 2, 3] + [-1] * 97, [4, 5, 6] + [-1] * 97])
+    metrics = m.retrieval_metrics(ranked, [{1, 9}, {6}], catalog_size=10)
+    line = summary_line("model", metrics)
+    assert line.split() == ["model"] + [word for c in SUMMARY_COLUMNS for word in (c, f"{metrics[c]:.4f}")]
+    assert "recall@10 0.7500" in line and "coverage@50 0.6000" in line

@@ -36,6 +36,7 @@ import numpy as np
 
 from animerec import features
 from animerec.data import files, interactions, kaggle
+from animerec.pipeline import beam_args
 
 REPORT_FILE = "conversion_report.json"
 # Interaction records per output shard; shards let Beam read in parallel.
@@ -48,8 +49,7 @@ SHUFFLE_SEED = 0
 RANGE_BYTES = 32 << 20
 INTERACTION_SPLITS = (features.TRAIN_SPLIT, features.EVAL_SPLIT)
 # Without beam_pipeline_args the converter runs in-process (small inputs, tests).
-# (Beam's FnApiRunner in memory: see animerec.pipeline.local_runner.local_beam_args.)
-IN_PROCESS_BEAM_ARGS = ["--runner=FnApiRunner", "--direct_running_mode=in_memory", "--direct_num_workers=1"]
+IN_PROCESS_BEAM_ARGS = list(beam_args.IN_PROCESS)
 # Records compressed with GZIP (as TFX's ExampleGen writes them) take zlib's fastest level:
 # they are read a few times and then kept, and the default level takes several times as
 # long for a few percent less.

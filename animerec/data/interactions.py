@@ -122,6 +122,17 @@ def validation_users(
     return users[(liked >= min_history) & (held > 0) & (held < liked)]
 
 
+def validation_rows(
+    user_id: np.ndarray,
+    anime_id: np.ndarray,
+    percent: int = VALIDATION_PERCENT,
+    min_history: int = VALIDATION_MIN_HISTORY,
+) -> np.ndarray:
+    """The validation carve: True for the liked training rows (raw ids, in any order) held
+    out for validation. The Trainer's choices and the Evaluator's EASE tuning both use it."""
+    return is_validation(user_id, anime_id, validation_users(user_id, anime_id, percent, min_history), percent)
+
+
 def is_validation(
     user_id: np.ndarray,
     anime_id: np.ndarray,
@@ -322,10 +333,7 @@ def _label(block, catalog_ids, liked_filter, split, report, stats) -> LabeledBlo
     if duplicate.any():
         report.set_aside[DUPLICATE] += int(duplicate.sum())
 
-    position = np.searchsorted(catalog_ids, block.anime_id)
-    in_catalog = (position < len(catalog_ids)) & (
-        catalog_ids[np.minimum(position, len(catalog_ids) - 1)] == block.anime_id
-    )
+    in_catalog = positions_in(catalog_ids, block.anime_id) >= 0
     missing = ~in_catalog & ~duplicate
     reason[missing] = REASONS.index(NOT_IN_CATALOG)
     stats.anime_without_metadata.update(np.unique(block.anime_id[missing]).tolist())

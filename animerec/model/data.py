@@ -297,9 +297,8 @@ def load_training_data(
     fit = liked
     if validation_percent > 0:
         user_id, anime_id = user_ids[users[liked]], catalog.anime_id[positions[liked]]
-        eligible = interactions.validation_users(user_id, anime_id, validation_percent)
         held = np.zeros(len(users), dtype=bool)
-        held[liked] = interactions.is_validation(user_id, anime_id, eligible, validation_percent)
+        held[liked] = interactions.validation_rows(user_id, anime_id, validation_percent)
         fit = liked & ~held
         splits, values = _csr(users[held], items[held], n_users)
         validation = dict(

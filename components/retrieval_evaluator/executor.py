@@ -19,12 +19,9 @@ from animerec import features as f
 from animerec.config import parse_config
 from animerec.data import files
 from animerec.ids import catalog_positions
+from animerec.pipeline.artifacts import CURVES_FILE, METRICS_FILE, RECALL_PLOT, REPORT_FILE, VERDICT_FILE
 from animerec.report import evaluation_markdown, plot_recall
 
-METRICS_FILE = "metrics.json"
-REPORT_FILE = "report.md"
-VERDICT_FILE = "verdict.json"
-RECALL_PLOT = "recall_at_k.png"
 RECALL_CURVE_KS = (5, 10, 20, 30, 50, 75, 100)
 MAX_EVAL_USERS = 20000
 
@@ -124,7 +121,7 @@ def write_report(out_dir: str, results: dict, curves: dict, blessed: bool, reaso
     files.write_text(
         os.path.join(out_dir, VERDICT_FILE), json.dumps({"blessed": blessed, "reasons": reasons}, indent=2)
     )
-    files.write_text(os.path.join(out_dir, "curves.json"), json.dumps({"k": list(RECALL_CURVE_KS), **curves}, indent=2))
+    files.write_text(os.path.join(out_dir, CURVES_FILE), json.dumps({"k": list(RECALL_CURVE_KS), **curves}, indent=2))
     plot_recall({"k": list(RECALL_CURVE_KS), **curves}, os.path.join(out_dir, RECALL_PLOT))
     lines = evaluation_markdown(results, blessed, reasons) + ["", f"![recall@k]({RECALL_PLOT})"]
     files.write_text(os.path.join(out_dir, REPORT_FILE), "\n".join(lines) + "\n")

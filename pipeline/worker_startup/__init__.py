@@ -11,6 +11,12 @@ import os
 JOB_SERVICE_LOGGER = "apache_beam.runners.portability.local_job_service"
 
 
+# Library warnings no user of a command can act on: the Google client libraries'
+# FutureWarning about Python 3.10 (TFX 1.16 needs it) on every import, and deprecations
+# inside TFX and Beam. The command line sets it for itself and the processes it starts.
+QUIET_WARNINGS = "ignore::FutureWarning,ignore::DeprecationWarning"
+
+
 @contextlib.contextmanager
 def quiet_job_service():
     """Mutes the local job service's forwarded worker lines (see JOB_SERVICE_LOGGER)."""
@@ -31,7 +37,7 @@ def quiet_workers():
     Restored on the way out."""
     previous = {k: os.environ.get(k) for k in ("TF_CPP_MIN_LOG_LEVEL", "PYTHONWARNINGS", "PYTHONPATH")}
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    os.environ["PYTHONWARNINGS"] = "ignore::FutureWarning,ignore::DeprecationWarning,ignore::UserWarning"
+    os.environ["PYTHONWARNINGS"] = QUIET_WARNINGS + ",ignore::UserWarning"
     os.environ["PYTHONPATH"] = os.pathsep.join(
         [os.path.dirname(__file__)] + ([previous["PYTHONPATH"]] if previous["PYTHONPATH"] else [])
     )
