@@ -63,18 +63,24 @@ def build_parser() -> argparse.ArgumentParser:
     data = commands.add_parser("data", help="generate, validate and convert MyAnimeList data")
     data_commands = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
 
+    from animerec.data.synth import SynthConfig  # the demo's defaults are its own
+
+    defaults = SynthConfig()
     synth = data_commands.add_parser("synth", help="write a synthetic dataset with the Kaggle schema")
     synth.add_argument("--out", required=True, help="folder for the five CSV files")
-    synth.add_argument("--users", type=int, default=8000, help="number of users (default %(default)s)")
-    synth.add_argument("--anime", type=int, default=2500, help="number of anime (default %(default)s)")
+    synth.add_argument("--users", type=int, default=defaults.users, help="number of users (default %(default)s)")
+    synth.add_argument("--anime", type=int, default=defaults.anime, help="number of anime (default %(default)s)")
     synth.add_argument(
         "--rows-per-user",
         type=float,
-        default=130.0,
+        default=defaults.mean_rows_per_user,
         help="mean animelist rows per user before de-duplication (default %(default)s)",
     )
     synth.add_argument(
-        "--seed", type=int, default=42, help="random seed; the same seed writes the same files (default %(default)s)"
+        "--seed",
+        type=int,
+        default=defaults.seed,
+        help="random seed; the same seed writes the same files (default %(default)s)",
     )
     synth.set_defaults(func=_data_synth)
 

@@ -404,9 +404,7 @@ def _add_kubeflow_commands(commands) -> None:
     compile_.add_argument(
         "--serving-dir", default="gs://YOUR_BUCKET/animerec/serving", help="where Pusher writes versions for TF Serving"
     )
-    compile_.add_argument(
-        "--image", default="animerec-pipeline:0.1.0", help="the pipeline image built from kubeflow/Dockerfile"
-    )
+    compile_.add_argument("--image", default=f.PIPELINE_IMAGE, help="the pipeline image built from kubeflow/Dockerfile")
     _add_gate_args(compile_, GateConfig(), compiled=True)
     cli_args.add_filter_args(compile_)
     compile_.add_argument(
@@ -560,9 +558,9 @@ def _add_serving_commands(commands) -> None:
     """serve and recommend."""
     serve = commands.add_parser("serve", help="serve the newest pushed model over TF Serving's gRPC and REST APIs")
     serve.add_argument("--model-dir", required=True, help="the serving dir Pusher writes (numbered versions)")
-    serve.add_argument("--port", type=int, default=8500, help="gRPC port (default %(default)s, as TF Serving)")
+    serve.add_argument("--port", type=int, default=f.GRPC_PORT, help="gRPC port (default %(default)s, as TF Serving)")
     serve.add_argument(
-        "--rest-port", type=int, default=8501, help="REST port (default %(default)s, as TF Serving; 0: no REST)"
+        "--rest-port", type=int, default=f.REST_PORT, help="REST port (default %(default)s, as TF Serving; 0: no REST)"
     )
     serve.add_argument(
         "--intra-op-threads",

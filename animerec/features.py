@@ -4,6 +4,8 @@ Transform, Trainer, Evaluator, the serving signatures and the client import
 these names; none of them types a feature name as a string literal.
 """
 
+from animerec import __version__
+
 # Raw features of the examples ExampleGen reads. Every record carries all of
 # them so that the three splits share one dense schema: interaction records
 # have empty text, catalog records have user_id = NO_USER.
@@ -51,8 +53,17 @@ USER_VOCAB = "user_id_vocab"
 ANIME_VOCAB = "anime_id_vocab"
 TEXT_VOCAB = {NAME_TOKENS: "name_vocab", GENRE_TOKENS: "genre_vocab", SYNOPSIS_TOKENS: "synopsis_vocab"}
 
+# The pipeline: its name in ML Metadata and Kubeflow (a local run and a compiled one keep
+# one lineage of blessed models), and the image its Kubeflow tasks run by default
+# (kubeflow/Dockerfile, tagged with the package's version).
+PIPELINE_NAME = "animerec"
+PIPELINE_IMAGE = f"animerec-pipeline:{__version__}"
+
 # The served model: its name in TF Serving (models.config, clients), signatures and tensors.
 MODEL_NAME = "animerec"
+# TF Serving's default ports (--port, --rest_api_port): the stand-in's and the client's too.
+GRPC_PORT = 8500
+REST_PORT = 8501
 # How known users' top titles are found: the SavedModel's brute-force product (what stock
 # TF Serving runs), or a ScaNN index over the same arrays (animerec.serving.scann_index).
 BRUTE_FORCE_INDEX = "brute_force"

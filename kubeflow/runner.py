@@ -23,9 +23,9 @@ import os
 from animerec.config import TrainingConfig
 from animerec.data import interactions
 from animerec.evaluation import GateConfig
+from animerec.features import PIPELINE_IMAGE, PIPELINE_NAME
 
-PIPELINE_NAME = "animerec"
-DEFAULT_IMAGE = "animerec-pipeline:0.1.0"
+DEFAULT_IMAGE = PIPELINE_IMAGE
 # Where kubeflow/Dockerfile puts the repository inside the pipeline image.
 IMAGE_SCHEMA_FILE = "/pipeline/schema/schema.pbtxt"
 DATA_ROOT_PARAMETER = "data_root"

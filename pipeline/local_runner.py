@@ -19,12 +19,11 @@ from collections.abc import Callable
 from animerec.config import TrainingConfig
 from animerec.data import files, interactions
 from animerec.evaluation import GateConfig
+from animerec.features import PIPELINE_NAME
 from animerec.pipeline import artifacts, shutdown, worker_startup
 from animerec.pipeline import progress as progress_module
 from animerec.pipeline.beam_args import default_beam_args
 from animerec.pipeline.pipeline import SCHEMA_FILE, create_pipeline
-
-PIPELINE_NAME = "animerec"
 
 
 def output_paths(output_dir: str) -> dict[str, str]:

@@ -36,7 +36,7 @@ from animerec import features as f
 from animerec.serving import predict, versions
 from animerec.serving.batching import RequestError
 
-DEFAULT_REST_PORT = 8501
+DEFAULT_REST_PORT = f.REST_PORT
 # Request bodies above this size are refused (413), as gRPC refuses messages over its limit.
 MAX_BODY_BYTES = 64 * 1024 * 1024
 

@@ -27,7 +27,7 @@ from animerec.serving.predict import model_metadata, model_status, predict, run_
 from animerec.serving.versions import INTRA_OP_THREADS, POLL_SECONDS, ModelManager, session_config
 
 DEFAULT_MODEL_NAME = f.MODEL_NAME
-DEFAULT_PORT = 8500
+DEFAULT_PORT = f.GRPC_PORT
 MAX_CONCURRENT_RPCS = 64
 WORKERS = 8
 

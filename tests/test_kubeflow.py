@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 
 import pytest
 import yaml
@@ -16,6 +17,7 @@ from animerec.config import TrainingConfig
 from animerec.data import interactions
 from animerec.evaluation import GateConfig
 from animerec.kubeflow import runner
+from animerec.pipeline.pipeline import SCHEMA_FILE
 
 IMAGE = "registry.example/animerec-pipeline:test"
 BEAM_ARGS = ["--runner=DataflowRunner", "--project=demo-project", "--region=europe-west1"]
@@ -184,3 +186,17 @@ def test_runtime_parameters_are_wired(job):
     assert pusher["filesystem"]["base_directory"] == "gs://b/serving"
     schema = tasks["ImportSchemaGen"]["inputs"]["parameters"]["schema_file"]["runtimeValue"]["constant"]
     assert schema == runner.IMAGE_SCHEMA_FILE
+
+
+def test_the_compiled_schema_path_is_where_the_image_puts_the_schema():
+    """kubeflow/Dockerfile's WORKDIR and its COPY of schema/ decide where the schema is
+    inside the image; the compiled ImportSchemaGen reads runner.IMAGE_SCHEMA_FILE."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "kubeflow", "Dockerfile")) as fh:
+        lines = [line.split() for line in fh if line.strip() and not line.startswith("#")]
+    workdir = [words[1] for words in lines if words[0] == "WORKDIR"][-1]
+    copied = [words[2] for words in lines if words[:2] == ["COPY", "schema"]]
+    assert copied, "the Dockerfile copies schema/ into the image"
+    image_schema = os.path.normpath(os.path.join(workdir, copied[0], os.path.basename(SCHEMA_FILE)))
+    assert image_schema == runner.IMAGE_SCHEMA_FILE
+    assert os.path.basename(os.path.dirname(SCHEMA_FILE)) == "schema"
