@@ -245,8 +245,7 @@ def _read_own_animelist(path: str) -> tuple[list[int], list[int]]:
         raise kaggle.DataError(f"{path}: holds the rows of {len(users)} users; give one user's rows")
     liked, seen = [], []
     for block in blocks:
-        reason = interactions.LikedFilter().classify(block.rating, block.status)
-        liked += block.anime_id[reason == interactions.REASONS.index(interactions.LIKED)].tolist()
+        liked += block.anime_id[interactions.LikedFilter().liked(block.rating, block.status)].tolist()
         seen += block.anime_id.tolist()
     if report.kept < report.rows_read:
         print("\n".join(report.lines()), file=sys.stderr)

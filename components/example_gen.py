@@ -38,6 +38,7 @@ from tfx.types import standard_component_specs as keys
 from tfx.utils import proto_utils
 
 from animerec import features
+from animerec.config import parse_config
 from animerec.data import convert, interactions
 
 # Every split reads (and the driver fingerprints) the files the converter reads:
@@ -84,18 +85,10 @@ def settings(custom_config_json: str | None) -> tuple[interactions.LikedFilter, 
 
 
 def _from_dict(cls, values: dict):
-    unknown = sorted(set(values) - {field.name for field in dataclasses.fields(cls)})
-    if unknown:
-        raise ValueError(f"KaggleExampleGen: custom_config has unknown {cls.__name__} field(s) {unknown}")
-    defaults, typed = cls(), {}
-    for name, value in values.items():
-        kind = type(getattr(defaults, name))
-        if not isinstance(value, int | float) or kind(value) != value:
-            raise ValueError(
-                f"KaggleExampleGen: custom_config's {cls.__name__}.{name} is {value!r}, not a {kind.__name__}"
-            )
-        typed[name] = kind(value)
-    return cls(**typed)
+    """cls from a Struct's values, checked as every config of the package is
+    (config.parse_config). Struct numbers are all floats: whole ones are read as ints."""
+    values = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in values.items()}
+    return parse_config(cls, values, f"KaggleExampleGen: custom_config's {cls.__name__}")
 
 
 class Executor(base_beam_executor.BaseBeamExecutor):

@@ -29,6 +29,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow.python.ops import gen_functional_ops
 
 from animerec import features as f
+from animerec.ids import positions_in
 from animerec.serving.batching import RequestError
 
 # The signatures an index answers; width: their outputs' columns.
@@ -221,8 +222,8 @@ class ScannRetrieval:
 
     def _lookup(self, keys: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndarray:
         """values[i] where keys[i] == query (keys sorted), -1 where absent."""
-        at = np.minimum(np.searchsorted(keys, query), len(keys) - 1)
-        return np.where(keys[at] == query, values[at], -1) if len(keys) else np.full(query.shape, -1)
+        at = positions_in(keys, query)
+        return np.where(at >= 0, values[at], -1) if len(keys) else np.full(np.shape(query), -1)
 
     def user_rows(self, user_ids: np.ndarray) -> np.ndarray:
         return self._lookup(self._user_ids, self._user_rows, user_ids)

@@ -103,14 +103,16 @@ def test_custom_config_round_trips_and_rejects_unknown_fields():
     assert example_gen.settings(None) == (interactions.LikedFilter(), interactions.SplitConfig())
     bad = json.loads(config)
     bad["custom_config"]["value"]["split"]["eval_fraction"] = 0.2
-    with pytest.raises(ValueError, match=r"unknown SplitConfig field\(s\) \['eval_fraction'\]"):
+    with pytest.raises(
+        ValueError, match=r"custom_config's SplitConfig: unknown key\(s\) eval_fraction; known: eval_percent"
+    ):
         example_gen.settings(json.dumps(bad))
     del bad["custom_config"]["value"]["split"]["eval_fraction"]
     bad["custom_config"]["value"]["split"]["min_history"] = 2.5
-    with pytest.raises(ValueError, match=r"SplitConfig.min_history is 2.5, not a int"):
+    with pytest.raises(ValueError, match=r"custom_config's SplitConfig: min_history must be an integer; got 2.5$"):
         example_gen.settings(json.dumps(bad))
     bad["custom_config"]["value"]["split"]["min_history"] = "5"
-    with pytest.raises(ValueError, match=r"SplitConfig.min_history is '5', not a int"):
+    with pytest.raises(ValueError, match=r"custom_config's SplitConfig: min_history must be an integer; got \"5\"$"):
         example_gen.settings(json.dumps(bad))
     # The record format is in the config (a new format misses TFX's cache), and only it.
     assert json.loads(config)["custom_config"]["value"]["record_format"] == convert.RECORD_FORMAT

@@ -298,7 +298,6 @@ def _label_and_spill(task: _RangeTask) -> int:
     if task.regroup_ranges and _failed(task.spill_dir):
         return task.index
     rng = np.random.default_rng([SHUFFLE_SEED, task.index])
-    liked_index = interactions.REASONS.index(interactions.LIKED)
     spills = {
         (split_name, b): files.open_write(_spill_path(task.spill_dir, split_name, b, task.index))
         for split_name in INTERACTION_SPLITS
@@ -316,7 +315,7 @@ def _label_and_spill(task: _RangeTask) -> int:
                 features.USER_ID: block.user_id,
                 features.ANIME_ID: block.anime_id,
                 features.RATING: block.rating,
-                features.LIKED: (block.reason == liked_index).astype(np.int64),
+                features.LIKED: block.liked.astype(np.int64),
             }
             for split_name, rows in ((features.EVAL_SPLIT, block.is_eval), (features.TRAIN_SPLIT, ~block.is_eval)):
                 # Spilled as int64 columns in RAW_INT_FEATURES' order (read back by _write_bucket).

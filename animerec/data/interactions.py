@@ -52,6 +52,15 @@ class LikedFilter:
         reason[status == kaggle.ON_HOLD] = REASONS.index(ON_HOLD)
         return reason
 
+    def liked(self, rating: np.ndarray, status: np.ndarray) -> np.ndarray:
+        """True for the rows this filter keeps as liked."""
+        return is_liked(self.classify(rating, status))
+
+
+def is_liked(reason: np.ndarray) -> np.ndarray:
+    """True where a row's reason (an index into REASONS, LikedFilter.classify's) is liked."""
+    return reason == REASONS.index(LIKED)
+
 
 @dataclasses.dataclass(frozen=True)
 class SplitConfig:
@@ -156,7 +165,7 @@ class LabeledBlock:
 
     @property
     def liked(self) -> np.ndarray:
-        return self.reason == REASONS.index(LIKED)
+        return is_liked(self.reason)
 
 
 @dataclasses.dataclass
@@ -340,7 +349,7 @@ def _label(block, catalog_ids, liked_filter, split, report, stats) -> LabeledBlo
     stats.anime_in_interactions.update(np.unique(block.anime_id).tolist())
 
     keep = ~duplicate & in_catalog
-    liked = reason == REASONS.index(LIKED)
+    liked = is_liked(reason)
     is_eval = np.zeros(len(reason), dtype=bool)
     is_eval[keep] = assign_eval(block.user_id[keep], block.anime_id[keep], liked[keep], split)
 

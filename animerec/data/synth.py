@@ -31,7 +31,9 @@ ANIME_HEADER = (
 ).split(",")
 SYNOPSIS_HEADER = ["MAL_ID", "Name", "Score", "Genres", "sypnopsis"]
 # The real file: a space after the comma in the header and no final newline.
-WATCHING_STATUS_TEXT = "status, description\n1,Currently Watching\n2,Completed\n3,On Hold\n4,Dropped\n6,Plan to Watch"
+WATCHING_STATUS_TEXT = "status, description\n" + "\n".join(
+    f"{code},{name}" for code, name in kaggle.WATCHING_STATUS_NAMES.items()
+)
 
 GENRES = (
     "Action",
@@ -304,18 +306,19 @@ def _user_rows(world: _World, config: SynthConfig, user_ids: np.ndarray, rng: np
     user_of_row, anime, matches = user_of_row[first], anime[first], matches[first]
     n = len(first)
 
+    statuses = [kaggle.WATCHING, kaggle.COMPLETED, kaggle.ON_HOLD, kaggle.DROPPED, kaggle.PLAN_TO_WATCH]
     status = np.where(
         matches,
-        rng.choice([1, 2, 3, 4, 6], size=n, p=[0.08, 0.72, 0.03, 0.03, 0.14]),
-        rng.choice([1, 2, 3, 4, 6], size=n, p=[0.05, 0.45, 0.06, 0.14, 0.30]),
+        rng.choice(statuses, size=n, p=[0.08, 0.72, 0.03, 0.03, 0.14]),
+        rng.choice(statuses, size=n, p=[0.05, 0.45, 0.06, 0.14, 0.30]),
     )
     score = np.where(matches, rng.normal(8.3, 1.0, n), rng.normal(6.0, 1.6, n))
     score = np.clip(np.rint(score), 1, 10).astype(np.int64)
-    scored = (rng.random(n) < 0.55) & (status != 6)
+    scored = (rng.random(n) < 0.55) & (status != kaggle.PLAN_TO_WATCH)
     rating = np.where(scored, score, 0)
     episodes_total = world.episodes[anime]
     watched = np.select(
-        [status == 2, status == 6, status == 4],
+        [status == kaggle.COMPLETED, status == kaggle.PLAN_TO_WATCH, status == kaggle.DROPPED],
         [episodes_total, 0, rng.integers(0, np.maximum(episodes_total, 1))],
         default=rng.integers(0, episodes_total + 1),
     )
