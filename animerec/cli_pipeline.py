@@ -11,8 +11,6 @@ import numpy as np
 from animerec import cli_args
 from animerec import features as f
 
-DEFAULT_K = 10
-
 
 def _run(args) -> int:
     from animerec.config import TrainingConfig
@@ -590,7 +588,7 @@ def _add_serving_commands(commands) -> None:
     who.add_argument("--user", type=int, help="MyAnimeList user_id the model knows")
     who.add_argument("--liked", type=_anime_ids, help="a new user: comma-separated anime ids they liked")
     who.add_argument("--animelist", help="a new user: a CSV of their own rows in animelist.csv's layout")
-    recommend.add_argument("-k", type=_positive_int, default=DEFAULT_K, help="how many titles (default %(default)s)")
+    recommend.add_argument("-k", type=_positive_int, default=f.DEFAULT_K, help="how many titles (default %(default)s)")
     recommend.add_argument(
         "--exclude", type=_anime_ids, default=None, help="comma-separated anime ids to leave out on this request"
     )

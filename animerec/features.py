@@ -64,6 +64,8 @@ MODEL_NAME = "animerec"
 # TF Serving's default ports (--port, --rest_api_port): the stand-in's and the client's too.
 GRPC_PORT = 8500
 REST_PORT = 8501
+# Titles the client (serving/client.py, `animerec recommend`) asks for when not told.
+DEFAULT_K = 10
 # How known users' top titles are found: the SavedModel's brute-force product (what stock
 # TF Serving runs), or a ScaNN index over the same arrays (animerec.serving.scann_index).
 BRUTE_FORCE_INDEX = "brute_force"

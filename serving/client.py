@@ -59,11 +59,11 @@ class RecommenderClient:
         response = self.stub.Predict(self.request(user_ids, k, exclude_anime_ids), timeout=self.timeout)
         return parse_response(response, user_ids)
 
-    def from_liked_request(self, liked, k: int = 10, exclude_anime_ids=None) -> predict_pb2.PredictRequest:
+    def from_liked_request(self, liked, k: int = f.DEFAULT_K, exclude_anime_ids=None) -> predict_pb2.PredictRequest:
         """The recommend_from_liked signature: one row of liked anime ids per new user."""
         return self._request(*from_liked_inputs(liked, k, exclude_anime_ids))
 
-    def recommend_from_liked(self, liked, k: int = 10, exclude_anime_ids=None) -> list[UserRecommendations]:
+    def recommend_from_liked(self, liked, k: int = f.DEFAULT_K, exclude_anime_ids=None) -> list[UserRecommendations]:
         """Top k for users the model may not know, from their liked anime ids (user_id -1)."""
         response = self.stub.Predict(self.from_liked_request(liked, k, exclude_anime_ids), timeout=self.timeout)
         return parse_response(response, [NEW_USER] * len(liked))
@@ -96,7 +96,7 @@ def by_user_inputs(user_ids, k: int | None = None, exclude_anime_ids=None) -> tu
     }
 
 
-def from_liked_inputs(liked, k: int = 10, exclude_anime_ids=None) -> tuple[str, dict]:
+def from_liked_inputs(liked, k: int = f.DEFAULT_K, exclude_anime_ids=None) -> tuple[str, dict]:
     """The signature and input arrays for new users: one row of liked anime ids each."""
     return f.FROM_LIKED_SIGNATURE, {
         f.SERVING_LIKED: _pad(liked, len(liked)),
@@ -177,7 +177,7 @@ class RestClient:
         signature, inputs = by_user_inputs(user_ids, k, exclude_anime_ids)
         return _results(self.predict(signature, {a: v.tolist() for a, v in inputs.items()}), user_ids)
 
-    def recommend_from_liked(self, liked, k: int = 10, exclude_anime_ids=None) -> list[UserRecommendations]:
+    def recommend_from_liked(self, liked, k: int = f.DEFAULT_K, exclude_anime_ids=None) -> list[UserRecommendations]:
         signature, inputs = from_liked_inputs(liked, k, exclude_anime_ids)
         return _results(self.predict(signature, {a: v.tolist() for a, v in inputs.items()}), [NEW_USER] * len(liked))
 
