@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
 import sys
 import warnings
 
@@ -105,6 +106,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stdout_reader_gone() -> bool:
+    """True when stdout is a pipe whose reading end is closed (poll reports an error on it)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no file descriptor (captured), or no poll
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     # TensorFlow's C++ start-up lines (CUDA probing on a CPU machine) are noise here.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -119,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # here, where a reader gone away is caught, not at exit
         return code
     except BrokenPipeError:
+        if not _stdout_reader_gone():
+            raise  # another pipe or socket broke: an error, not the end of the output
         # The reader went away (`animerec data summary ... | head`): as Python's signal
         # docs advise, the rest of the output goes nowhere, with no traceback; 128 + SIGPIPE.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

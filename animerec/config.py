@@ -96,26 +96,47 @@ class TrainingConfig:
         return dataclasses.asdict(self)
 
 
-def _type_error(value, annotation) -> str | None:
+def _is_number(value) -> bool:
+    """An int or a float that is not NaN (infinities are numbers: `max_regression` inf
+    turns the regression check off)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return not (isinstance(value, float) and math.isnan(value))
+
+
+def _shaped_like(value, default) -> bool:
+    """A tuple field's value against its default: lists where it has tuples, at any depth,
+    and elements of its elements' types (the grids' numbers, the ranker shapes' ints)."""
+    if isinstance(default, tuple):
+        return isinstance(value, list | tuple) and (not default or all(_shaped_like(v, default[0]) for v in value))
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    return _is_number(value)
+
+
+def _type_error(value, annotation, default=None) -> str | None:
     """Why a JSON value does not fit a config field's annotation (None: it fits). The
-    fields' types are int, float, bool, str, tuple (a JSON list) and `X | None`."""
+    fields' types are int, float, bool, str, tuple (a JSON list shaped like the field's
+    `default`, never empty) and `X | None`."""
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         options = typing.get_args(annotation)
         if value is None and type(None) in options:
             return None
-        errors = [_type_error(value, a) for a in options if a is not type(None)]
+        errors = [_type_error(value, a, default) for a in options if a is not type(None)]
         return None if None in errors else errors[0]
     if annotation is bool:
         return None if isinstance(value, bool) else "true or false"
     if annotation is int:
         return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
     if annotation is float:
-        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-        return None if ok else "a finite number"
+        return None if _is_number(value) else "a number"
     if annotation is str:
         return None if isinstance(value, str) else "a string"
     if annotation is tuple:
-        return None if isinstance(value, list | tuple) else "a JSON list"
+        ok = isinstance(value, list | tuple) and len(value) > 0 and _shaped_like(value, default)
+        return None if ok else f"a non-empty JSON list shaped like {json.dumps(default)}"
     return None
 
 
@@ -138,8 +159,9 @@ def parse_config(config_class, value: str | dict | None, name: str):
     unknown = sorted(set(value) - known)
     if unknown:
         raise ValueError(f"{name}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    defaults = {field.name: field.default for field in dataclasses.fields(config_class)}
     for key, item in value.items():
-        expected = _type_error(item, hints[key])
+        expected = _type_error(item, hints[key], defaults[key])
         if expected:
             raise ValueError(f"{name}: {key} must be {expected}; got {json.dumps(item)}")
     return config_class(**value)

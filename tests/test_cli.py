@@ -65,11 +65,11 @@ def test_synth_then_summary(tmp_path):
     assert "Users: 120 in animelist.csv" in out and "Catalog: 90 anime" in out
 
 
-def test_a_reader_gone_away_is_no_traceback(real_data_dir):
+def test_a_reader_gone_away_is_no_traceback(tiny_synth_dir):
     """`animerec data summary ... | head`: head exits before the summary is written."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONWARNINGS="ignore")
     proc = subprocess.Popen(
-        ANIMEREC + ["data", "summary", "--data-dir", real_data_dir],
+        ANIMEREC + ["data", "summary", "--data-dir", tiny_synth_dir],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -221,3 +221,19 @@ def test_serve_stops_cleanly_on_sigterm(serving_dir):
         assert "Traceback" not in proc.stderr.read()
     finally:
         proc.kill()
+
+
+def test_a_broken_pipe_elsewhere_is_still_an_error(monkeypatch):
+    """Only stdout's reader going away ends a command quietly; a BrokenPipeError from
+    another pipe or socket (stdout fine) is raised as the error it is."""
+    from animerec import cli
+
+    def broken(args):
+        raise BrokenPipeError("a socket, not stdout")
+
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    args = parser.parse_args(["data", "summary", "--data-dir", "x"])
+    monkeypatch.setattr(parser, "parse_args", lambda argv: args.__class__(**{**vars(args), "func": broken}))
+    with pytest.raises(BrokenPipeError, match="a socket"):
+        cli.main(["data", "summary", "--data-dir", "x"])

@@ -24,14 +24,30 @@ def test_values_are_typed_as_the_fields():
     refused = {
         "epochs": (True, "epochs must be an integer; got true"),
         "use_user_embedding": (1, "use_user_embedding must be true or false; got 1"),
-        "learning_rate": ("0.1", 'learning_rate must be a finite number; got "0.1"'),
+        "learning_rate": ("0.1", 'learning_rate must be a number; got "0.1"'),
         "item_item_candidate_titles": (2.0, "item_item_candidate_titles must be an integer; got 2.0"),
-        "ranker_hidden_units": (32, "ranker_hidden_units must be a JSON list; got 32"),
+        "ranker_hidden_units": (
+            32,
+            r"ranker_hidden_units must be a non-empty JSON list shaped like \[\[32\]\]; got 32",
+        ),
+        # A flat list where the default nests, elements of the wrong type, an empty grid:
+        # each would fail inside the Trainer, after ExampleGen and Transform.
+        "ease_l2_grid": (["a"], r'ease_l2_grid must be a non-empty JSON list shaped like \[50.0, .*\]; got \["a"\]'),
+        "popularity_prior_grid": ([], r"popularity_prior_grid must be a non-empty JSON list .*; got \[\]"),
     }
+    with pytest.raises(ValueError, match=r"ranker_hidden_units must be .*; got \[32\]$"):
+        parse_config(TrainingConfig, {"ranker_hidden_units": [32]}, "training_config")
+    with pytest.raises(ValueError, match=r"ranker_hidden_units must be .*; got \[\[16.5\]\]$"):
+        parse_config(TrainingConfig, {"ranker_hidden_units": [[16.5]]}, "training_config")
+    shapes = parse_config(TrainingConfig, {"ranker_hidden_units": [[], [64, 32]], "ease_l2_grid": [100, 250.5]}, "t")
+    assert shapes.ranker_hidden_units == [[], [64, 32]] and shapes.ease_l2_grid == [100, 250.5]
     for key, (value, message) in refused.items():
         with pytest.raises(ValueError, match=f"^training_config: {message}$"):
             parse_config(TrainingConfig, {key: value}, "training_config")
     with pytest.raises(ValueError, match="^gate_config: metric must be a string; got 50$"):
         parse_config(GateConfig, '{"metric": 50}', "gate_config")
-    with pytest.raises(ValueError, match="^gate_config: min_value must be a finite number; got NaN$"):
+    with pytest.raises(ValueError, match="^gate_config: min_value must be a number; got NaN$"):
         parse_config(GateConfig, '{"min_value": NaN}', "gate_config")
+    # An infinite tolerance turns the regression check off (`--max-regression inf`).
+    assert parse_config(GateConfig, '{"max_regression": Infinity}', "g").max_regression == float("inf")
+    assert parse_config(GateConfig, {"min_value": 10**400}, "g").min_value == 10**400
