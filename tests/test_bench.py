@@ -25,6 +25,8 @@ def test_benchmarks_run_and_report_their_figures():
         assert alternating["requests"] > 0 and all(math.isfinite(alternating[q]) for q in ("p50_ms", "p99_ms"))
         # The transport's floor: the same client against a server that answers with canned bytes.
         assert serve[model]["grpc_floor"]["requests"] > 0 and serve[model]["grpc_floor"]["errors"] == 0
+    low, high = serve["one client, alternating"]["two stages"]["rise_interval_ms"]["p99"]
+    assert math.isfinite(low) and math.isfinite(high) and low <= high
     # The model's 300 titles: ScaNN scores every one, so it finds exactly what brute force finds.
     assert serve["scann"]["300"]["overlap@50"] == 1.0
     assert serve["scann"]["5000"]["overlap@50"] > 0.9 and math.isfinite(serve["scann"]["5000"]["scann_ms"])
@@ -44,3 +46,24 @@ def test_a_run_whose_requests_all_fail_reports_its_errors():
     figures = drive(f"localhost:{_free_port()}", clients=1, seconds=0.3, users=10)
     assert figures["requests"] == 0 and figures["errors"] > 0
     assert all(figures[f"p{q}_ms"] != figures[f"p{q}_ms"] for q in (50, 95, 99))  # NaN
+
+
+def test_the_rise_interval_resamples_whole_rounds():
+    """The machine drifts within a run and moves both models' blocks of a round alike: a
+    resample keeps each round's pair together, so a model exactly 1 ms slower than the
+    other in every round has a rise of exactly 1 ms in every resample, however much the
+    rounds differ from each other (resampling the models apart would spread it)."""
+    import numpy as np
+
+    from animerec.bench.serve import rise_interval
+
+    rng = np.random.default_rng(0)
+    base = [list((r + rng.random(200)) / 1000) for r in range(30)]  # seconds, drifting by round
+    other = [[s + 0.001 for s in block] for block in base]
+    for q in (50, 99):
+        low, high = rise_interval(base, other, q, resamples=200)
+        assert abs(low - 1.0) < 1e-6 and abs(high - 1.0) < 1e-6
+    # Noise of its own: the interval widens, and still holds the rise it was built around.
+    noisy = [[s + 0.001 + rng.normal(0, 0.0005) for s in block] for block in base]
+    low, high = rise_interval(base, noisy, 50, resamples=200)
+    assert low < 1.0 < high and high - low > 0.01

@@ -101,6 +101,35 @@ def latency_figures(seconds: list[float]) -> dict:
     }
 
 
+def rise_interval(
+    base_rounds: list[list[float]],
+    other_rounds: list[list[float]],
+    q: float = 99,
+    level: float = 90,
+    resamples: int = 1000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """How far `other`'s q-th latency percentile (ms) lies above `base`'s, as an interval at
+    `level` percent: the rounds (round r holds each model's block r, seconds) are resampled
+    whole, with replacement, so that the machine's drift within a run, which moves both
+    blocks of a round, is in the interval. A single run's rise is one draw of this."""
+    if len(base_rounds) != len(other_rounds) or not base_rounds:
+        raise ValueError(f"needs paired rounds; got {len(base_rounds)} and {len(other_rounds)}")
+    rng = np.random.default_rng(seed)
+    base = [np.asarray(r, np.float64) * 1000 for r in base_rounds]
+    other = [np.asarray(r, np.float64) * 1000 for r in other_rounds]
+    rises = []
+    for _ in range(resamples):
+        chosen = rng.integers(0, len(base), len(base))
+        rises.append(
+            np.percentile(np.concatenate([other[i] for i in chosen]), q)
+            - np.percentile(np.concatenate([base[i] for i in chosen]), q)
+        )
+    tail = (100 - level) / 2
+    low, high = np.percentile(rises, [tail, 100 - tail])
+    return round(float(low), 3), round(float(high), 3)
+
+
 def model_only_ms(model_dirs: dict[str, str], users: int, rounds: int = 10, block: int = 250) -> dict[str, dict]:
     """Latency of one serving_default call for one user (median `{kind}_ms` and
     `{kind}_p99_ms`), for each model of `model_dirs` (name -> version folder), three kinds:
@@ -328,10 +357,13 @@ def bench_serve(
             {name: os.path.dirname(path) for name, path in model_dirs.items()}, users, 6 * seconds, progress
         )
         out["one client, alternating"] = both
+        interval = both["two stages"]["rise_interval_ms"]
         progress(
             "the second stage adds "
             + ", ".join(
-                f"{both['two stages'][q] - both['retrieval only'][q]:.2f} ms at {q[:3]}" for q in ("p50_ms", "p99_ms")
+                f"{both['two stages'][f'{q}_ms'] - both['retrieval only'][f'{q}_ms']:.2f} ms at {q} "
+                f"(90% interval over the run's rounds: {interval[q][0]:.2f} to {interval[q][1]:.2f})"
+                for q in ("p50", "p99")
             )
         )
         progress("== each model alone, one user a call, the models in turns of 250 calls")
@@ -393,26 +425,31 @@ def alternating(serving_dirs: dict[str, str], users: int, seconds: float, progre
             servers.append(server)
             clients[name] = RecommenderClient(target, timeout=10)
         rng = np.random.default_rng(3)
-        latencies: dict[str, list[float]] = {name: [] for name in clients}
+        rounds: dict[str, list[list[float]]] = {name: [] for name in clients}
         for _ in range(max(1, int(seconds / block / len(clients)))):
             for name, client in clients.items():
+                rounds[name].append([])
                 end = time.perf_counter() + block
                 while time.perf_counter() < end:
                     request = client.request([int(rng.integers(0, users))])
                     start = time.perf_counter()
                     client.stub.Predict(request, timeout=10)
-                    latencies[name].append(time.perf_counter() - start)
+                    rounds[name][-1].append(time.perf_counter() - start)
     finally:
         for client in clients.values():
             client.close()
         for server in servers:
             server.terminate()
             server.wait(timeout=30)
-    out = {name: latency_figures(values) for name, values in latencies.items()}
+    out = {name: latency_figures([s for r in values for s in r]) for name, values in rounds.items()}
     for name, figures in out.items():
         progress(
             f"{name}: {figures['requests']} requests, p50 {figures['p50_ms']:.2f} ms, p99 {figures['p99_ms']:.2f} ms"
         )
+    # Against the first model: each other model's rise, with its interval over the rounds.
+    names = list(rounds)
+    for name in names[1:]:
+        out[name]["rise_interval_ms"] = {f"p{q}": rise_interval(rounds[names[0]], rounds[name], q) for q in (50, 99)}
     return out
 
 
