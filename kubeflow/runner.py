@@ -25,7 +25,6 @@ from animerec.data import interactions
 from animerec.evaluation import GateConfig
 from animerec.features import PIPELINE_IMAGE, PIPELINE_NAME
 
-DEFAULT_IMAGE = PIPELINE_IMAGE
 # Where kubeflow/Dockerfile puts the repository inside the pipeline image.
 IMAGE_SCHEMA_FILE = "/pipeline/schema/schema.pbtxt"
 DATA_ROOT_PARAMETER = "data_root"
@@ -101,7 +100,7 @@ def compile_pipeline(
     pipeline_root: str,
     data_root: str,
     serving_dir: str,
-    image: str = DEFAULT_IMAGE,
+    image: str = PIPELINE_IMAGE,
     beam_pipeline_args: list[str] | None = None,
     training: TrainingConfig = TrainingConfig(),
     gate: GateConfig = GateConfig(),

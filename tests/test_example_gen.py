@@ -18,6 +18,7 @@ from tfx.utils import proto_utils
 from animerec import features
 from animerec.components import example_gen
 from animerec.data import convert, interactions, kaggle
+from animerec.pipeline import beam_args
 
 
 def _records(folder: str) -> list[tf.train.Example]:
@@ -32,7 +33,7 @@ def _records(folder: str) -> list[tf.train.Example]:
 def _run_executor(input_base: str, out_uri: str, component: example_gen.KaggleExampleGen):
     examples = standard_artifacts.Examples()
     examples.uri = out_uri
-    context = base_beam_executor.BaseBeamExecutor.Context(beam_pipeline_args=convert.IN_PROCESS_BEAM_ARGS)
+    context = base_beam_executor.BaseBeamExecutor.Context(beam_pipeline_args=list(beam_args.IN_PROCESS))
     properties = component.exec_properties
     example_gen.Executor(context).Do(
         {},

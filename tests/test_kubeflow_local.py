@@ -6,10 +6,10 @@ import os
 import pytest
 
 from animerec.config import TrainingConfig
-from animerec.data import convert, synth
+from animerec.data import synth
 from animerec.evaluation import GateConfig
 from animerec.kubeflow import local_launcher, runner
-from animerec.pipeline import artifacts
+from animerec.pipeline import artifacts, beam_args
 from tests.test_e2e import assert_never_recommends_seen
 
 pytestmark = pytest.mark.e2e
@@ -29,7 +29,7 @@ def test_compiled_task_commands_run_the_pipeline(tmp_path):
         schema_file=SCHEMA,
         gate=GateConfig(min_value=0.0, min_lift_over_popularity=-1.0, max_regression=1.0),
         # Tiny data: Beam in each container's own process, no worker start-ups.
-        beam_pipeline_args=convert.IN_PROCESS_BEAM_ARGS,
+        beam_pipeline_args=list(beam_args.IN_PROCESS),
     )
     training = json.dumps(TrainingConfig(epochs=1, batch_size=256).to_json_dict())
 

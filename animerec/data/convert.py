@@ -48,8 +48,6 @@ SHUFFLE_SEED = 0
 # animelist.csv is read in user-aligned ranges of about this size, in parallel.
 RANGE_BYTES = 32 << 20
 INTERACTION_SPLITS = (features.TRAIN_SPLIT, features.EVAL_SPLIT)
-# Without beam_pipeline_args the converter runs in-process (small inputs, tests).
-IN_PROCESS_BEAM_ARGS = list(beam_args.IN_PROCESS)
 # Records compressed with GZIP (as TFX's ExampleGen writes them) take zlib's fastest level:
 # they are read a few times and then kept, and the default level takes several times as
 # long for a few percent less.
@@ -352,13 +350,13 @@ def _write_bucket(task: _BucketTask) -> None:
 
 
 def beam_pipeline_factory(beam_pipeline_args: list[str] | None = None) -> Callable:
-    """A function that makes a Beam pipeline with these arguments (IN_PROCESS_BEAM_ARGS by default)."""
+    """A function that makes a Beam pipeline with these arguments (beam_args.IN_PROCESS by default: in this process)."""
 
     def make_pipeline():
         import apache_beam as beam  # heavy import
         from apache_beam.options.pipeline_options import PipelineOptions
 
-        return beam.Pipeline(options=PipelineOptions(beam_pipeline_args or IN_PROCESS_BEAM_ARGS))
+        return beam.Pipeline(options=PipelineOptions(beam_pipeline_args or list(beam_args.IN_PROCESS)))
 
     return make_pipeline
 
@@ -591,7 +589,7 @@ def convert_kaggle(
     beam_pipeline_args: list[str] | None = None,
 ) -> dict:
     """`animerec data convert`: write_examples into out_dir/<split>/ (a local folder), on
-    Beam with `beam_pipeline_args` (IN_PROCESS_BEAM_ARGS by default).
+    Beam with `beam_pipeline_args` (beam_args.IN_PROCESS by default: in this process).
 
     Returns the conversion report, also written to out_dir/conversion_report.json. The
     work is skipped when the report's fingerprint (input files, settings) is unchanged.
