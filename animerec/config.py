@@ -38,8 +38,9 @@ class TrainingConfig:
     ranking_candidates: int = 150
     # ... together with this many of the item-item top titles (animerec.model.ranking).
     item_item_candidates: int = 100
-    # Share of each user's liked training rows held out for validation (the Trainer's; the
-    # Evaluator tunes EASE's L2 on the default carve, interactions.validation_rows).
+    # Share of each user's liked training rows held out for validation
+    # (interactions.validation_rows). The model ships this config, and the Evaluator tunes
+    # EASE's L2 on the same carve (the default one when this is 0: no validation split).
     validation_percent: int = interactions.VALIDATION_PERCENT
     # Rank of the EASE factorization behind the item-item feature and candidates.
     item_item_rank: int = 256

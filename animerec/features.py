@@ -74,6 +74,10 @@ RETRIEVAL_INDEXES = (BRUTE_FORCE_INDEX, SCANN_INDEX)
 DEFAULT_SIGNATURE = "serving_default"
 # TF Serving replays these PredictionLog records when it loads a version (SavedModel warmup).
 WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
+# The TrainingConfig that trained the model (JSON), shipped beside the warmup file (TF
+# Serving reads nothing else there): the Evaluator tunes its EASE baseline on the same
+# validation carve, and whoever promotes a model can see what trained it.
+TRAINING_CONFIG_FILE = "assets.extra/animerec_training_config.json"
 SERVING_EXAMPLES = "examples"
 SERVING_LIKED = "liked_anime_ids"
 SERVING_USER_ID = USER_ID

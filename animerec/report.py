@@ -143,7 +143,9 @@ def evaluation_markdown(results: dict, blessed: bool, reasons: list[str], level:
     ease = results["ease"]
     lines += [
         "",
-        f"EASE's L2 ({ease['l2']:g}) was chosen on the validation split: recall@50 {ease['l2_validation_recall@50']}.",
+        f"EASE's L2 ({ease['l2']:g}) was chosen on the validation split"
+        + (f" ({ease['validation_percent']}% of train's liked rows)" if "validation_percent" in ease else "")
+        + f": recall@50 {ease['l2_validation_recall@50']}.",
     ]
     return lines + ["", f"{h}# Blessing", ""] + [f"- {r}" for r in reasons]
 

@@ -119,6 +119,9 @@ def run_fn(fn_args) -> None:
     export.export_serving_model(
         model, data, embeddings, config.top_k, fn_args.serving_model_dir, catalog_bias, second_stage
     )
+    files.write_text(
+        os.path.join(fn_args.serving_model_dir, f.TRAINING_CONFIG_FILE), json.dumps(config.to_json_dict(), indent=2)
+    )
     write_model_run(
         fn_args.model_run_dir,
         {

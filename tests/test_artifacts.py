@@ -112,7 +112,10 @@ def test_the_evaluator_writes_its_report_where_the_artifact_is(folder):
             "slices": {"1-5": {"users": 40, "recall@50": recall}},
         }
 
-    results = {"model": system(0.4), "ease": {**system(0.3), "l2": 100.0, "l2_validation_recall@50": {"100": 0.3}}}
+    results = {
+        "model": system(0.4),
+        "ease": {**system(0.3), "l2": 100.0, "l2_validation_recall@50": {"100": 0.3}, "validation_percent": 15},
+    }
     curves = {name: [0.1] * len(executor.RECALL_CURVE_KS) for name in results}
     out = os.path.join(folder, "evaluation")
     executor.write_report(out, results, curves, True, ["model beats ease"])
@@ -126,3 +129,4 @@ def test_the_evaluator_writes_its_report_where_the_artifact_is(folder):
     report = files.read_text(os.path.join(out, artifacts.REPORT_FILE))
     assert report.startswith("# Retrieval evaluation: BLESSED\n")
     assert "| model | 0.4000" in report and "- model beats ease" in report
+    assert "EASE's L2 (100) was chosen on the validation split (15% of train's liked rows)" in report

@@ -13,6 +13,7 @@ import sys
 import pandas as pd
 import pytest
 
+from animerec import features
 from animerec.config import TrainingConfig
 from animerec.data import kaggle, synth
 from animerec.evaluation import GateConfig
@@ -112,6 +113,11 @@ def test_pipeline_on_synthetic_data_caches_and_gates(tmp_path):
     assert set(metrics) == {"model", "retrieval only", "popularity", "ease"}
     assert 0.0 <= metrics["model"]["recall@50"] <= 1.0
     assert metrics["ease"]["l2"] in TrainingConfig().ease_l2_grid, "EASE's L2 is chosen on validation"
+    # The pushed model says what trained it, and EASE was tuned on that config's carve.
+    with open(os.path.join(first["pushed_model"], features.TRAINING_CONFIG_FILE)) as fh:
+        shipped = json.load(fh)
+    assert (shipped["epochs"], shipped["batch_size"]) == (1, 256)
+    assert metrics["ease"]["validation_percent"] == shipped["validation_percent"]
     assert os.path.exists(os.path.join(os.path.dirname(first["evaluation"]["report"]), "recall_at_k.png"))
     assert_never_recommends_seen(first["pushed_model"], data_dir)
     # Transform analyzes each split on its own (a joint analysis held every row in memory),

@@ -193,3 +193,28 @@ def test_rows_in_any_order_are_regrouped_on_a_remote_filesystem(ram_kaggle_dir, 
 
     for split in (features.TRAIN_SPLIT, features.EVAL_SPLIT):
         assert pairs(split_dirs[split]) == pairs(str(tmp_path / "local" / split)), split
+
+
+def test_the_evaluator_tunes_ease_on_the_trainers_validation_carve(real_data_dir, tmp_path, monkeypatch):
+    """The Evaluator reads the carve from the TrainingConfig the model ships and holds out
+    exactly the rows interactions.validation_rows holds out at that percent."""
+    from animerec.components.retrieval_evaluator import executor
+
+    monkeypatch.setattr(sys, "argv", sys.argv[:1])
+    component = example_gen.KaggleExampleGen(input_base=real_data_dir)
+    examples = _run_executor(real_data_dir, str(tmp_path / "examples"), component)
+    train = executor._read_split(examples, features.TRAIN_SPLIT)
+    liked = (train[features.LIKED] == 1) & (train[features.USER_ID] != features.NO_USER)
+    model_dir = tmp_path / "model"
+    (model_dir / "assets.extra").mkdir(parents=True)
+    held = {}
+    for percent in (10, 40):
+        (model_dir / features.TRAINING_CONFIG_FILE).write_text(json.dumps({"validation_percent": percent, "epochs": 1}))
+        carve = executor.trained_validation_percent(str(model_dir))
+        _, validation, _ = executor.load_tasks(examples, validation_percent=carve)
+        held[percent] = sum(len(t) for t in validation.truth)
+        expected = interactions.validation_rows(
+            train[features.USER_ID][liked], train[features.ANIME_ID][liked], percent
+        )
+        assert held[percent] == expected.sum() > 0
+    assert held[40] > 2 * held[10]

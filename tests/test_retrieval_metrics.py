@@ -260,3 +260,26 @@ def test_the_console_summary_reads_every_column_the_metrics_have():
     line = summary_line("model", metrics)
     assert line.split() == ["model"] + [word for c in SUMMARY_COLUMNS for word in (c, f"{metrics[c]:.4f}")]
     assert "recall@10 0.7500" in line and "coverage@50 0.6000" in line
+
+
+def test_the_evaluator_reads_the_validation_carve_the_model_shipped(tmp_path):
+    import json
+
+    from animerec import features as f
+    from animerec.components.retrieval_evaluator import executor
+    from animerec.config import TrainingConfig
+    from animerec.data import interactions
+
+    default = interactions.VALIDATION_PERCENT
+    # An older model, without the file: the default carve, never the eval split.
+    assert executor.trained_validation_percent(str(tmp_path)) == default
+    path = tmp_path / f.TRAINING_CONFIG_FILE
+    path.parent.mkdir()
+    # A Trainer that carved none (0, or 100 and over: no user keeps a row to fit on): the default.
+    for percent, expected in ((35, 35), (1, 1), (99, 99), (0, default), (100, default), (-5, default)):
+        path.write_text(json.dumps({**TrainingConfig().to_json_dict(), "validation_percent": percent}))
+        assert executor.trained_validation_percent(str(tmp_path)) == expected
+    for bad in ("[1]", "{}", '{"validation_percent": 12.5}', '{"validation_percent": true}', "{not json"):
+        path.write_text(bad)
+        with pytest.raises(ValueError, match=str(path)):
+            executor.trained_validation_percent(str(tmp_path))

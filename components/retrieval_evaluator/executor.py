@@ -17,7 +17,7 @@ from tfx.utils import io_utils, path_utils
 from animerec import evaluation as m
 from animerec import features as f
 from animerec.config import parse_config
-from animerec.data import files
+from animerec.data import files, interactions
 from animerec.ids import catalog_positions
 from animerec.pipeline.artifacts import CURVES_FILE, METRICS_FILE, RECALL_PLOT, REPORT_FILE, VERDICT_FILE
 from animerec.report import evaluation_markdown, plot_recall
@@ -34,9 +34,11 @@ def _read_split(examples: types.Artifact, split: str) -> dict[str, np.ndarray]:
     return {k: v.reshape(-1) for k, v in read_examples(pattern, spec).items()}
 
 
-def load_tasks(examples: types.Artifact, max_users: int = MAX_EVAL_USERS) -> tuple[m.EvalData, m.EvalData, np.ndarray]:
-    """The eval task (train rows -> eval split), the validation task carved out of train,
-    and the sorted catalog ids."""
+def load_tasks(
+    examples: types.Artifact, max_users: int = MAX_EVAL_USERS, validation_percent: int = interactions.VALIDATION_PERCENT
+) -> tuple[m.EvalData, m.EvalData, np.ndarray]:
+    """The eval task (train rows -> eval split), the validation task carved out of train
+    (validation_percent of each eligible user's liked rows), and the sorted catalog ids."""
     catalog_ids = np.sort(_read_split(examples, f.CATALOG_SPLIT)[f.ANIME_ID])
     train = _read_split(examples, f.TRAIN_SPLIT)
     interaction = train[f.USER_ID] != f.NO_USER
@@ -54,8 +56,39 @@ def load_tasks(examples: types.Artifact, max_users: int = MAX_EVAL_USERS) -> tup
         catalog_positions(catalog_ids, eval_[f.ANIME_ID]),
         max_users=max_users,
     )
-    validation = m.validation_task(user, anime, position, liked, len(catalog_ids))
+    validation = m.validation_task(user, anime, position, liked, len(catalog_ids), percent=validation_percent)
     return data, validation, catalog_ids
+
+
+def trained_validation_percent(model_dir: str) -> int:
+    """The validation carve (percent of liked training rows) of the Trainer that built the
+    model, from the TrainingConfig it shipped (features.TRAINING_CONFIG_FILE), so that EASE
+    is tuned on the rows the model's own choices were made on. The default carve when the
+    model ships none (an older model) or carved none (validation_percent 0, or 100 and
+    over): EASE is never tuned on the eval split."""
+    path = os.path.join(model_dir, f.TRAINING_CONFIG_FILE)
+    if not files.exists(path):
+        logging.warning(
+            "RetrievalEvaluator: %s not found; EASE's L2 is chosen on the default %d%% validation carve",
+            path,
+            interactions.VALIDATION_PERCENT,
+        )
+        return interactions.VALIDATION_PERCENT
+    try:
+        percent = json.loads(files.read_text(path))["validation_percent"]
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"{path}: not a TrainingConfig with a validation_percent") from None
+    if isinstance(percent, bool) or not isinstance(percent, int):
+        raise ValueError(f"{path}: validation_percent must be an integer; got {json.dumps(percent)}")
+    if not 0 < percent < 100:  # 0 or less holds out nothing, 100 or more every row (no user keeps any)
+        logging.warning(
+            "RetrievalEvaluator: the Trainer carved no validation split (validation_percent %d); EASE's L2 is "
+            "chosen on the default %d%% carve",
+            percent,
+            interactions.VALIDATION_PERCENT,
+        )
+        return interactions.VALIDATION_PERCENT
+    return percent
 
 
 def rank_model(
@@ -79,11 +112,14 @@ def rank_model(
 def evaluate(examples: types.Artifact, model_dir: str, baseline_model_dir: str | None) -> tuple[dict, dict]:
     """Metrics, slices and recall curves for the model (two stages, and retrieval alone),
     the baselines (EASE with its L2 chosen on validation) and the last blessed model."""
-    data, validation, catalog_ids = load_tasks(examples)
+    percent = trained_validation_percent(model_dir)
+    data, validation, catalog_ids = load_tasks(examples, validation_percent=percent)
     k = min(max(m.KS), data.catalog_size)
     start = time.time()
     l2, l2_scores = m.tune_ease_l2(validation)
-    logging.info("RetrievalEvaluator: EASE L2 %s chosen on validation (recall@50 %s)", l2, l2_scores)
+    logging.info(
+        "RetrievalEvaluator: EASE L2 %s chosen on the %d%% validation carve (recall@50 %s)", l2, percent, l2_scores
+    )
     ease_seconds = time.time() - start
 
     def rank_ease():
@@ -108,6 +144,7 @@ def evaluate(examples: types.Artifact, model_dir: str, baseline_model_dir: str |
         logging.info("RetrievalEvaluator: %s %s", name, results[name])
     results["ease"]["l2"] = l2
     results["ease"]["l2_validation_recall@50"] = {str(key): value for key, value in l2_scores.items()}
+    results["ease"]["validation_percent"] = percent
     results["ease"]["seconds"] = round(results["ease"]["seconds"] + ease_seconds, 2)
     return results, curves
 
