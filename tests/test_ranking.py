@@ -579,3 +579,52 @@ def test_a_scann_index_serves_the_trained_two_stages_as_the_savedmodel(served):
             else:
                 np.testing.assert_array_equal(got[key], value.numpy(), err_msg=f"{name} {key}")
     assert got[f.OUTPUT_IS_FALLBACK].tolist() == [False] * 4 + [True]
+
+
+def test_stored_item_item_candidates_answer_as_chosen_per_request_and_are_chosen_again_on_a_clash(served):
+    """Known users' item-item candidates and their EASE scores are stored at export. Served
+    with them (serving_default: N = 6 retrieved and 4 item-item of 24 titles), the top 5 are
+    those the second stage computes from scratch; a request that excludes stored candidates
+    (rank_retrieved, width 5) gets the answer computed from scratch with those exclusions."""
+    full, model, stage, loaded, embeddings, bias, _ = served
+    users = np.arange(80)
+    queries = retrieval.query_embeddings(model, full, users)
+    history = two_stage.padded_histories(*two_stage.liked_positions(full), users)
+    stored = loaded.user_item_item_candidates.numpy()[users].astype(np.int64)  # rows of the user ids 1000 + users
+
+    def retrieval_scores(asked: np.ndarray) -> np.ndarray:
+        scores = queries @ embeddings.T + bias
+        for row, user in enumerate(users):
+            scores[row, full.seen_values[full.seen_splits[user] : full.seen_splits[user + 1]]] = -np.inf
+            scores[row, asked[row][asked[row] >= 0]] = -np.inf
+        return scores
+
+    def from_scratch(asked: np.ndarray) -> np.ndarray:
+        candidates, features, present = stage.features(
+            tf.constant(history), tf.constant(retrieval_scores(asked), tf.float32), 6, 4
+        )
+        order = ranking.rerank(stage.ranker, features.numpy(), present.numpy())
+        return np.take_along_axis(candidates.numpy(), order, axis=1)[:, :5] + 100
+
+    nothing = np.full((len(users), 1), -1)
+    out = loaded.signatures[f.DEFAULT_SIGNATURE](user_id=tf.constant(users + 1000, tf.int64))
+    served_ids = out[f.OUTPUT_ANIME_IDS].numpy()
+    np.testing.assert_array_equal(served_ids, from_scratch(nothing))
+    retrieved = np.argsort(-retrieval_scores(nothing), axis=1, kind="stable")[:, :6]
+    from_item_item = [set(a) - set(r + 100) for a, r in zip(served_ids, retrieved)]
+    assert sum(map(len, from_item_item)) > 0, "some answers hold stored item-item candidates"
+
+    asked = stored[:, :1]  # each user's best stored candidate excluded: chosen again
+    expected = from_scratch(asked)
+    retrieved = np.argsort(-retrieval_scores(asked), axis=1, kind="stable")[:, :6]
+    rechosen = [set(e) - set(s + 100) - set(r + 100) for e, s, r in zip(expected, stored, retrieved)]
+    assert sum(map(len, rechosen)) > 0, "some answers hold a candidate the stored ones did not"
+    got = loaded.rank_retrieved(
+        tf.constant(users + 1000, tf.int64),
+        tf.fill([len(users)], 5),
+        tf.constant(np.concatenate([nothing, asked + 100], axis=1), tf.int64),
+        tf.constant(retrieved, tf.int32),
+        tf.constant(5),
+        tf.constant(True),
+    )
+    np.testing.assert_array_equal(got[f.OUTPUT_ANIME_IDS].numpy(), expected)

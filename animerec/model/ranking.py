@@ -255,6 +255,7 @@ class RankingFeatures(tf.Module):
         retrieved: int,
         item_item_candidates: int,
         user_side: tuple | None = None,
+        item_item: tuple | None = None,
     ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """The candidates, their features and which are present.
 
@@ -264,7 +265,8 @@ class RankingFeatures(tf.Module):
         `item_item_candidates`, ordered by retrieval score: [batch, retrieved +
         item_item_candidates] catalog positions, with `present` false on padding
         when the union is smaller (its features are finite, and meaningless). Only
-        the candidates' lists are sorted, never the catalog again.
+        the candidates' lists are sorted, never the catalog again. `user_side` and
+        `item_item`: as of_retrieved's.
         """
         top = tf.math.top_k(retrieval_scores, k=retrieved)
         return self.of_retrieved(
@@ -275,6 +277,7 @@ class RankingFeatures(tf.Module):
             lambda positions: tf.gather(retrieval_scores, positions, batch_dims=1),
             item_item_candidates,
             user_side=user_side,
+            item_item=item_item,
         )
 
     def of_retrieved(
@@ -287,6 +290,7 @@ class RankingFeatures(tf.Module):
         item_item_candidates: int,
         exact: bool | tf.Tensor = True,
         user_side: tuple | None = None,
+        item_item: tuple | None = None,
     ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """As __call__, from retrieval's top titles found elsewhere (a ScaNN index):
         `retrieved` [batch, N] catalog positions with their `retrieved_scores`, best first
@@ -296,18 +300,23 @@ class RankingFeatures(tf.Module):
         `exact`: `retrieved` is the exact top N, so a title scoring above its last one was
         retrieved; otherwise (an approximate index) an item-item title counts as retrieved
         only if it is among `retrieved`, and one the index missed is kept. `user_side`:
-        user_side(history), when it was computed ahead (None: computed here)."""
+        user_side(history), when it was computed ahead (None: computed here). `item_item`:
+        (item_item_candidates' titles, their item_item_of scores, clash), when they were
+        computed ahead for the exclusions known then (None: chosen here); clash None, or a
+        boolean scalar: true when a request excludes more, and they are chosen here again."""
         user_side = self.user_side(history) if user_side is None else user_side
         user = user_side[0]
-        # Item-item's top unseen titles, found among EASE's columns.
-        unseen = tf.math.is_finite(tf.gather(exclusion, self.ease_items, axis=1))
-        by_item_item = tf.gather(
-            self.ease_items,
-            tf.math.top_k(
-                tf.where(unseen, tf.matmul(user[:, : self.candidate_rank], self.candidate_out), float("-inf")),
-                k=min(item_item_candidates, self.ease_items.shape[0]),
-            ).indices,
-        )
+
+        def chosen_here() -> tuple[tf.Tensor, tf.Tensor]:
+            positions = self.item_item_candidates(user, exclusion, item_item_candidates)
+            return positions, self.item_item_of(user, positions)
+
+        if item_item is None:
+            by_item_item, by_item_item_ease = chosen_here()
+        elif item_item[2] is None:
+            by_item_item, by_item_item_ease = item_item[:2]
+        else:  # chosen here where the stored ones clash with the request's exclusions
+            by_item_item, by_item_item_ease = tf.cond(item_item[2], chosen_here, lambda: tuple(item_item[:2]))
         # A title both retrievers propose counts once: retrieval proposed every title scoring
         # above its last one's score (and, of those tied with it, some: the rest are dropped
         # too). A seen one (fewer unseen than asked) counts not at all.
@@ -318,10 +327,24 @@ class RankingFeatures(tf.Module):
             twice = tf.where(exact, twice, _read_marks(retrieved, found, by_item_item, self.catalog_size) > 0)
         union = tf.concat([retrieved, by_item_item], axis=1)
         union_scores = tf.concat([retrieved_scores, tf.where(twice, float("-inf"), item_item_scores)], axis=1)
+        union_ease = tf.concat([self.item_item_of(user, retrieved), by_item_item_ease], axis=1)
         top = tf.math.top_k(union_scores, k=tf.shape(union)[1])
         candidates, present = tf.gather(union, top.indices, batch_dims=1), tf.math.is_finite(top.values)
-        item_item = self.item_item_of(user, candidates)
-        return candidates, self.features(history, candidates, top.values, item_item, present, user_side), present
+        ease = tf.gather(union_ease, top.indices, batch_dims=1)
+        return candidates, self.features(history, candidates, top.values, ease, present, user_side), present
+
+    def item_item_candidates(self, user: tf.Tensor, exclusion: tf.Tensor, n: int) -> tf.Tensor:
+        """[batch, n] catalog positions: item-item's top n titles for item_item_user's `user`
+        that `exclusion` ([batch, catalog], -inf where excluded) leaves, chosen among EASE's
+        candidate columns by its leading components (seen ones last when fewer remain)."""
+        unseen = tf.math.is_finite(tf.gather(exclusion, self.ease_items, axis=1))
+        return tf.gather(
+            self.ease_items,
+            tf.math.top_k(
+                tf.where(unseen, tf.matmul(user[:, : self.candidate_rank], self.candidate_out), float("-inf")),
+                k=min(n, self.ease_items.shape[0]),
+            ).indices,
+        )
 
     def features(
         self,
