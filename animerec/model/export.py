@@ -238,9 +238,11 @@ class RecommenderModule(tf.Module):
             self.user_item_item_candidates = tf.Variable(positions, trainable=False, name="user_item_item_candidates")
             self.user_item_item_ease = tf.Variable(ease, trainable=False, name="user_item_item_ease")
 
-    def _item_item_table(self, rows: int, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    def _item_item_table(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
         """RankingFeatures.item_item_candidates and their item_item_of scores for user rows
-        [0, rows), with each row's seen and held-out titles excluded, in blocks of rows."""
+        [0, rows), with each row's seen and held-out titles excluded, in blocks of rows
+        whose [block, catalog] exclusion map stays within 64 MB."""
+        block = max(1, min(1024, (16 << 20) // self.catalog_size))
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.int64)], autograph=False)
         def choose(row: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
