@@ -4,6 +4,7 @@ Each pushed model is then loaded in a fresh process, as a server would, and
 asked for recommendations for real users of the input data.
 """
 
+import dataclasses
 import json
 import os
 import re
@@ -83,11 +84,11 @@ def test_pipeline_on_synthetic_data_caches_and_gates(tmp_path):
     beam_args = local_beam_args.default_beam_args(data_dir)
     assert "--direct_running_mode=in_memory" in beam_args
 
-    def run(gate: GateConfig = PERMISSIVE_GATE, train_steps: int = 20) -> dict:
+    def run(gate: GateConfig = PERMISSIVE_GATE, train_steps: int = 20, config: TrainingConfig = training) -> dict:
         return local_runner.run_local(
             data_dir,
             out_dir,
-            training=training,
+            training=config,
             gate=gate,
             train_steps=train_steps,
             progress=print,
@@ -113,11 +114,11 @@ def test_pipeline_on_synthetic_data_caches_and_gates(tmp_path):
     assert set(metrics) == {"model", "retrieval only", "popularity", "ease"}
     assert 0.0 <= metrics["model"]["recall@50"] <= 1.0
     assert metrics["ease"]["l2"] in TrainingConfig().ease_l2_grid, "EASE's L2 is chosen on validation"
-    # The pushed model says what trained it, and EASE was tuned on that config's carve.
+    # The pushed model says what trained it (the third run below checks that the
+    # Evaluator tunes EASE on its carve).
     with open(os.path.join(first["pushed_model"], features.TRAINING_CONFIG_FILE)) as fh:
         shipped = json.load(fh)
     assert (shipped["epochs"], shipped["batch_size"]) == (1, 256)
-    assert metrics["ease"]["validation_percent"] == shipped["validation_percent"]
     assert os.path.exists(os.path.join(os.path.dirname(first["evaluation"]["report"]), "recall_at_k.png"))
     assert_never_recommends_seen(first["pushed_model"], data_dir)
     # Transform analyzes each split on its own (a joint analysis held every row in memory),
@@ -137,9 +138,11 @@ def test_pipeline_on_synthetic_data_caches_and_gates(tmp_path):
 
     # A new model (more steps) that cannot pass a strict gate: evaluated against the last
     # blessed model, not blessed, and Pusher pushes nothing.
+    # Trained with another validation carve, which the Evaluator's EASE is tuned on too.
     strict = GateConfig(min_value=1.01)
-    third = run(strict, train_steps=25)
+    third = run(strict, train_steps=25, config=dataclasses.replace(training, validation_percent=30))
     assert third["cached"]["Transform"] and not third["cached"]["Trainer"]
+    assert third["evaluation"]["metrics"]["ease"]["validation_percent"] == 30
     assert not third["evaluation"]["blessed"]
     assert "last_blessed" in third["evaluation"]["metrics"]
     assert os.listdir(third["paths"]["serving_dir"]) == [os.path.basename(first["pushed_model"])]

@@ -628,3 +628,24 @@ def test_stored_item_item_candidates_answer_as_chosen_per_request_and_are_chosen
         tf.constant(True),
     )
     np.testing.assert_array_equal(got[f.OUTPUT_ANIME_IDS].numpy(), expected)
+
+
+def test_stored_item_item_candidates_leave_out_held_out_titles(served, tmp_path):
+    """Titles held out for evaluation are excluded from the served lists, so the stored
+    candidates are chosen without them: each user's best stored candidate, held out,
+    gives way to the from-scratch choice with seen and held-out titles excluded."""
+    full, model, stage, loaded, embeddings, bias, _ = served
+    users = np.arange(80)
+    best = loaded.user_item_item_candidates.numpy()[users, 0].astype(np.int64)
+    held = full.with_heldout(users, best + 100)
+    path = str(tmp_path / "held")
+    export.export_serving_model(model, held, embeddings, CONFIG.top_k, path, bias, stage)
+    stored = tf.saved_model.load(path).user_item_item_candidates.numpy()[users].astype(np.int64)
+    assert not (stored == best[:, None]).any()
+    exclusion = np.zeros((len(users), len(full.catalog.anime_id)), np.float32)
+    for row, user in enumerate(users):
+        exclusion[row, full.seen_values[full.seen_splits[user] : full.seen_splits[user + 1]]] = -np.inf
+        exclusion[row, best[row]] = -np.inf
+    user_side = stage.features.user_side_table(*two_stage.liked_positions(full))[0][users]
+    expected = stage.features.item_item_candidates(tf.constant(user_side), tf.constant(exclusion), stored.shape[1])
+    np.testing.assert_array_equal(stored, expected.numpy())

@@ -261,9 +261,18 @@ class RecommenderModule(tf.Module):
     def _stored_item_item(self, row: tf.Tensor, asked: tf.Tensor | None) -> tuple:
         """RankingFeatures' `item_item` of known users' rows, as stored at export; `asked`:
         the request's excluded catalog positions (-1 padded), which clash when any of them
-        is among a row's stored candidates."""
+        is among a row's stored candidates (then the whole batch chooses them again: the
+        same titles, but for a near-tie within float rounding, since a product over a
+        batch of another size may sum in another order)."""
         positions = tf.cast(tf.gather(self.user_item_item_candidates, row), tf.int32)
-        clash = None if asked is None else tf.reduce_any(asked[:, :, None] == positions[:, None, :])
+        clash = None
+        if asked is not None and positions.shape[1]:  # none stored (no EASE title): nothing to clash with
+            # Each asked title looked up in its row's sorted candidates: [batch, M] work and
+            # memory, however long the exclusion list.
+            stored = tf.sort(positions, axis=1)
+            found = tf.searchsorted(stored, asked)
+            found = tf.gather(stored, tf.minimum(found, tf.shape(stored)[1] - 1), batch_dims=1)
+            clash = tf.reduce_any((found == asked) & (asked >= 0))
         return positions, tf.gather(self.user_item_item_ease, row), clash
 
     def _recommend(
