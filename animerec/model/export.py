@@ -246,17 +246,23 @@ class RecommenderModule(tf.Module):
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.int64)], autograph=False)
         def choose(row: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            excluded = [
-                _padded_rows(self.seen_values, self.seen_splits, row),
-                _padded_rows(self.heldout_values, self.heldout_splits, row),
-            ]
-            exclusion = _mask_columns(tf.zeros([tf.shape(row)[0], self.catalog_size]), tf.concat(excluded, axis=1))
+            excluded = tf.concat(self._stored_exclusions(row, exclude_heldout=True), axis=1)
+            exclusion = _mask_columns(tf.zeros([tf.shape(row)[0], self.catalog_size]), excluded)
             user = tf.gather(self.user_item_item, row)
             positions = self.ranking_features.item_item_candidates(user, exclusion, self.item_item_candidates)
             return positions, self.ranking_features.item_item_of(user, positions)
 
         parts = [choose(tf.range(start, min(start + block, rows), dtype=tf.int64)) for start in range(0, rows, block)]
         return np.concatenate([p[0].numpy() for p in parts]), np.concatenate([p[1].numpy() for p in parts])
+
+    def _stored_exclusions(self, row: tf.Tensor, exclude_heldout: bool) -> list:
+        """The titles the model itself excludes for user rows `row` (catalog positions, -1
+        padded): their seen titles, and the held-out ones unless for evaluation. The stored
+        item-item candidates are chosen with both excluded, as a served request has them."""
+        excluded = [_padded_rows(self.seen_values, self.seen_splits, row)]
+        if exclude_heldout:
+            excluded.append(_padded_rows(self.heldout_values, self.heldout_splits, row))
+        return excluded
 
     def _stored_item_item(self, row: tf.Tensor, asked: tf.Tensor | None) -> tuple:
         """RankingFeatures' `item_item` of known users' rows, as stored at export; `asked`:
@@ -322,9 +328,7 @@ class RecommenderModule(tf.Module):
         with tf.control_dependencies(checks):
             user_index = self.user_table.lookup(user_id)
         row = tf.where(user_index >= 0, user_index, self.empty_user_row)
-        excluded = [_padded_rows(self.seen_values, self.seen_splits, row)]
-        if exclude_heldout:
-            excluded.append(_padded_rows(self.heldout_values, self.heldout_splits, row))
+        excluded = self._stored_exclusions(row, exclude_heldout)
         if exclude_anime_ids is not None:
             excluded.append(self.anime_table.lookup(exclude_anime_ids))
         return k, row, excluded
