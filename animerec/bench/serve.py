@@ -320,27 +320,21 @@ def bench_serve(
     scann_titles: int = 1_000_000,
     progress=print,
 ) -> dict:
-    """Both serving models, back to back in one run: retrieval alone, then the two stages,
-    each served and driven by 1, 4 and 16 clients; each served with a ScaNN index for
-    retrieval, and ScaNN against brute force (bench_scann); one client alternating between
-    both models' servers; then both models alone, called in turn."""
+    """Both serving models, back to back in one run: both built first, so that no build (a
+    minute for the two stages) separates their levels; then retrieval alone and the two
+    stages, each served and driven by 1, 4 and 16 clients; each served with a ScaNN index
+    for retrieval, and ScaNN against brute force (bench_scann); one client alternating
+    between both models' servers; then both models alone, called in turn."""
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         model_dirs = {}
         for name, second_stage in (("retrieval only", False), ("two stages", True)):
-            progress(f"== {name}")
-            model_dirs[name], out[name] = _bench_one_model(
-                os.path.join(tmp, name.replace(" ", "_")),
-                users,
-                anime,
-                dim,
-                history,
-                seen,
-                seconds,
-                levels,
-                second_stage,
-                progress,
+            model_dirs[name], out[name] = _build(
+                os.path.join(tmp, name.replace(" ", "_")), users, anime, dim, history, seen, second_stage, progress
             )
+        for name, model_dir in model_dirs.items():
+            progress(f"== {name}")
+            out[name].update(_drive_one_model(os.path.dirname(model_dir), users, seconds, levels, progress))
         for name in model_dirs:
             progress(f"== {name}, served with --index scann")
             out[f"{name}, ScaNN"] = {
@@ -396,19 +390,25 @@ def bench_serve(
     return out
 
 
-def _bench_one_model(serving_dir, users, anime, dim, history, seen, seconds, levels, second_stage, progress):
-    """Builds one model under serving_dir, serves it and drives it; returns its version folder and figures."""
+def _build(serving_dir, users, anime, dim, history, seen, second_stage, progress) -> tuple[str, dict]:
+    """Builds one model under serving_dir; returns its version folder and size."""
     start = time.time()
     model_dir = build_serving_model(serving_dir, users, anime, dim, history, seen, second_stage)
     size_mb = sum(os.path.getsize(os.path.join(d, n)) for d, _, ns in os.walk(model_dir) for n in ns) / 1e6
+    what = "two-stage" if second_stage else "retrieval-only"
     progress(
-        f"Built a {users:,}-user, {anime:,}-anime, dim-{dim} model ({size_mb:,.0f} MB) in {time.time() - start:.0f}s"
+        f"Built a {users:,}-user, {anime:,}-anime, dim-{dim} {what} model ({size_mb:,.0f} MB) "
+        f"in {time.time() - start:.0f}s"
     )
+    return model_dir, {"size_mb": round(size_mb)}
+
+
+def _drive_one_model(serving_dir, users, seconds, levels, progress) -> dict:
+    """Serves the model under serving_dir and drives it, then the gRPC floor for its response."""
     responses: list = []
     results = serve_and_drive(serving_dir, users, seconds, levels, progress, responses=responses)
     progress("  the gRPC floor (a server answering with the same response's bytes, no model):")
-    floor = grpc_floor(responses[0], users, seconds, progress)
-    return model_dir, {"levels": results, "grpc_floor": floor, "size_mb": round(size_mb)}
+    return {"levels": results, "grpc_floor": grpc_floor(responses[0], users, seconds, progress)}
 
 
 def alternating(serving_dirs: dict[str, str], users: int, seconds: float, progress, block: float = 1.0) -> dict:
