@@ -192,6 +192,39 @@ def _cosine(users, positions, catalog_size):
     return (x.T @ x) / np.maximum(np.outer(norms, norms), 1e-12)
 
 
+def _rows_of_scores():
+    """[batch, catalog] score rows that each path of ranking.top_k meets, by name."""
+    rng = np.random.default_rng(4)
+    catalog = 6_000
+    plain = rng.normal(size=(1, catalog)).astype(np.float32)
+    # Few distinct values: ties at the k-th value, which top_k resolves by lower index.
+    ties = rng.integers(0, 40, (1, catalog)).astype(np.float32)
+    # Fewer unseen titles than k: the rest excluded (-inf), the threshold -inf.
+    mostly_seen = np.full((1, catalog), -np.inf, np.float32)
+    mostly_seen[0, rng.choice(catalog, 60, replace=False)] = rng.normal(size=60)
+    # Every sampled (stride-th) title scores above every other: too few clear the threshold.
+    sampled_best = rng.normal(size=(1, catalog)).astype(np.float32)
+    sampled_best[0, ::10] += 100.0
+    return {
+        "one row": plain,
+        "ties": ties,
+        "mostly seen": mostly_seen,
+        "too few above the threshold": sampled_best,
+        "a batch": rng.normal(size=(3, catalog)).astype(np.float32),
+        "no rows": np.zeros((0, catalog), np.float32),
+    }
+
+
+@pytest.mark.parametrize("case", list(_rows_of_scores()))
+def test_top_k_gives_tf_top_k_values_and_indices(case):
+    scores = _rows_of_scores()[case]
+    expected = tf.math.top_k(scores, k=150)
+    in_graph = tf.function(lambda s: ranking.top_k(s, 150), input_signature=[tf.TensorSpec([None, 6_000])])
+    for values, indices in (ranking.top_k(tf.constant(scores), 150), in_graph(scores)):
+        np.testing.assert_array_equal(indices.numpy(), expected.indices.numpy())
+        np.testing.assert_array_equal(values.numpy(), expected.values.numpy())
+
+
 def test_cosine_neighbours_are_each_titles_nearest_by_co_likes():
     rng = np.random.default_rng(4)
     users, positions = _liked(rng, users=20, items=10, rows=60)

@@ -357,8 +357,7 @@ class RecommenderModule(tf.Module):
             )
             positions, values = self._rank(candidates, features, present, use_model, width)
         else:
-            top = tf.math.top_k(scores, k=width)
-            positions, values = top.indices, top.values
+            values, positions = ranking.top_k(scores, width)
         return self._outputs(positions, values, use_model, k, width)
 
     def _outputs(self, positions: tf.Tensor, values: tf.Tensor, use_model: tf.Tensor, k: tf.Tensor, width) -> dict:

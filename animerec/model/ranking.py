@@ -102,6 +102,34 @@ def genre_matrix(genre_tokens: np.ndarray, genre_vocab_size: int) -> np.ndarray:
     return matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-6)
 
 
+def top_k(scores: tf.Tensor, k: int, stride: int = 10) -> tuple[tf.Tensor, tf.Tensor]:
+    """tf.math.top_k(scores, k) ([batch, catalog] -> values and int32 indices, [batch, k]),
+    the same values and indices, ties included. For one row (a lone request) over a large
+    catalog it sorts only the titles above a threshold: the (2k / stride)-th best of every
+    stride-th score, about 2k titles; where fewer than k clear it, or for a batch, the
+    whole row is sorted as before."""
+    width = scores.shape[-1]
+    if width is None or width < 20 * k:
+        return tuple(tf.math.top_k(scores, k=k))
+
+    def whole() -> tuple[tf.Tensor, tf.Tensor]:
+        return tuple(tf.math.top_k(scores, k=k))
+
+    def one_row() -> tuple[tf.Tensor, tf.Tensor]:
+        row = scores[0]
+        threshold = tf.math.top_k(row[::stride], k=-(-2 * k // stride)).values[-1]
+        above = tf.cast(tf.where(row >= threshold)[:, 0], tf.int32)
+
+        def of_above() -> tuple[tf.Tensor, tf.Tensor]:
+            # Titles above the threshold keep their catalog order: ties resolve as top_k's do.
+            top = tf.math.top_k(tf.gather(row, above), k=k)
+            return top.values[None], tf.gather(above, top.indices)[None]
+
+        return tf.cond(tf.size(above) >= k, of_above, whole)
+
+    return tf.cond(tf.shape(scores)[0] == 1, one_row, whole)
+
+
 def _read_marks(positions: tf.Tensor, marked: tf.Tensor, queries: tf.Tensor, width: int) -> tf.Tensor:
     """1.0 where each of `queries` ([batch, ...] positions below `width`) is among its row's
     `positions` ([batch, n]) where `marked`, 0.0 elsewhere. The marks go on a flat
@@ -268,11 +296,11 @@ class RankingFeatures(tf.Module):
         the candidates' lists are sorted, never the catalog again. `user_side` and
         `item_item`: as of_retrieved's.
         """
-        top = tf.math.top_k(retrieval_scores, k=retrieved)
+        values, indices = top_k(retrieval_scores, retrieved)
         return self.of_retrieved(
             history,
-            top.indices,
-            top.values,
+            indices,
+            values,
             retrieval_scores,
             lambda positions: tf.gather(retrieval_scores, positions, batch_dims=1),
             item_item_candidates,
