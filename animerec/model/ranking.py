@@ -109,12 +109,13 @@ def top_k(scores: tf.Tensor, k: int, stride: int = 10) -> tuple[tf.Tensor, tf.Te
     (2k / stride)-th best of every stride-th score (about 2k titles clear it): a third
     less time than a top 100 or 150 of the Kaggle catalog's row. Where fewer than k clear
     it, for a batch, or for a smaller catalog, the whole row is sorted."""
-    width = scores.shape[-1]
-    if width is None or width < 20 * k:
-        return tuple(tf.math.top_k(scores, k=k))
 
     def whole() -> tuple[tf.Tensor, tf.Tensor]:
         return tuple(tf.math.top_k(scores, k=k))
+
+    width = scores.shape[-1]
+    if width is None or width < 20 * k:
+        return whole()
 
     def one_row() -> tuple[tf.Tensor, tf.Tensor]:
         row = scores[0]
