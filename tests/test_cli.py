@@ -9,9 +9,10 @@ import sys
 import pandas as pd
 import pytest
 
+from animerec import features as f
 from animerec.data import kaggle
 from animerec.model import export, retrieval
-from tests.model_fixtures import small_training_data
+from tests.model_fixtures import USER_IDS, small_training_data
 
 ANIMEREC = [sys.executable, "-m", "animerec.cli"]
 SUBCOMMANDS = [
@@ -178,7 +179,23 @@ def test_batch_recommend_on_worker_processes_is_quiet(serving_dir, tmp_path):
     )
     assert re.match(r"Top 3 for \d+ users from .* -> \d Parquet file", out.stdout)
     recs = pd.concat(pd.read_parquet(p) for p in tmp_path.glob("recs*.parquet"))
-    assert len(recs) and recs["rank"].max() <= 3
+    # Every known user once, with the SavedModel's own top 3 in order: no row lost or
+    # written twice by the worker processes.
+    import tensorflow as tf
+
+    users = USER_IDS.tolist()
+    top = (
+        tf.saved_model.load(os.path.join(serving_dir, "1"))
+        .signatures[f.RECOMMEND_SIGNATURE](
+            user_id=tf.constant(users, tf.int64),
+            k=tf.fill([len(users)], 3),
+            exclude_anime_ids=tf.fill([len(users), 1], tf.constant(-1, tf.int64)),
+        )[f.OUTPUT_ANIME_IDS]
+        .numpy()[:, :3]
+    )
+    got = sorted(zip(recs[f.USER_ID], recs["rank"], recs[f.ANIME_ID]))
+    assert got == sorted((u, r + 1, int(top[b, r])) for b, u in enumerate(users) for r in range(3) if top[b, r] >= 0)
+    assert len(got) == 9  # user 100 has 3 titles left unseen, the others more
     assert out.stderr.strip() == "", out.stderr[-2000:]
 
 

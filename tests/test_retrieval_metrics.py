@@ -205,6 +205,11 @@ def test_tune_ease_l2_picks_the_best_value_of_the_grid():
     assert scores[best] == max(scores.values())
     index = m.EaseIndex.of(data)
     assert scores[10.0] == data.metrics(index.rank_each(data, [10.0], 30)[10.0])["recall@50"]
+    # A tie goes to the smaller L2, wherever it stands in the grid: a twin of the best value
+    # ranks every user's titles alike.
+    twin = best * (1 - 1e-9)
+    tied, tied_scores = m.tune_ease_l2(data, grid=(best, twin), index=index)
+    assert tied_scores[best] == tied_scores[twin] and tied == twin
 
 
 def test_catalog_positions_map_padding_and_unknown_ids_to_minus_one():

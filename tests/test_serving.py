@@ -21,7 +21,7 @@ from animerec import features as f
 from animerec.data import files
 from animerec.serving import client, predict, server, versions
 from animerec.serving.batching import BatchingConfig
-from tests.model_fixtures import ANIME_IDS, export_small_model
+from tests.model_fixtures import ANIME_IDS, export_small_model, small_training_data
 
 MAX_BATCH = 8
 # As serving/batching.config, with a smaller batch so that the limit is cheap to test.
@@ -88,13 +88,18 @@ def test_client_gets_recommendations(running_rest):
     recommender = client.RecommenderClient(srv.target)
     results = recommender.recommend([100, 999])
     assert [r.user_id for r in results] == [100, 999]
-    assert [i.anime_id for i in results[0].items] and not {10, 20, 30} & {i.anime_id for i in results[0].items}
-    assert results[0].items[0].title.startswith("Title ")
+    # User 100 has seen 10, 20 and 30 (model_fixtures): exactly the other three come back,
+    # each with its own title and genres.
+    assert sorted(i.anime_id for i in results[0].items) == [40, 50, 60]
+    catalog = small_training_data().catalog
+    genres = {int(a): g.decode() for a, g in zip(catalog.anime_id, catalog.genres)}
+    assert all(i.title == f"Title {i.anime_id}" and i.genres == genres[i.anime_id] for i in results[0].items)
     assert not results[0].is_fallback and results[1].is_fallback
     scores = [i.score for i in results[0].items]
     assert scores == sorted(scores, reverse=True)
     limited = recommender.recommend([101], k=2, exclude_anime_ids=[[10]])
-    assert len(limited[0].items) == 2 and 10 not in {i.anime_id for i in limited[0].items}
+    # User 101 has seen 20, 30 and 40 and excludes 10: 50 and 60 are all that is left.
+    assert sorted(i.anime_id for i in limited[0].items) == [50, 60]
     text = client.format_recommendations(results[0])
     assert "Top" in text and results[0].items[0].title in text
     recommender.close()
@@ -172,7 +177,7 @@ BAD_REQUESTS = {
     "non-UTF-8 example": (
         _request(f.TF_EXAMPLE_SIGNATURE, examples=np.array([b"\xff\xfe\x00garbage"], object)),
         grpc.StatusCode.INVALID_ARGUMENT,
-        "",
+        "an input could not be parsed",
     ),
     "empty batch": (_request(user_id=np.zeros(0, np.int64)), grpc.StatusCode.INVALID_ARGUMENT, "batch is empty"),
     "oversized batch": (

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from animerec import features as f
 from animerec import trainer
+from animerec.data import interactions
 from animerec.model import data as model_data
 from animerec.model import retrieval
 
@@ -219,6 +220,13 @@ def test_validation_rows_are_carved_out_of_histories_and_training_batches(tmp_pa
     held = _rows(data.validation_splits, data.validation_values)
     fit = _rows(data.history_splits, data.history_values)
     assert 0 < sum(map(len, held)) < 0.4 * len(rows)
+    # Exactly the Evaluator's carve (interactions.validation_rows on the raw ids), which tunes
+    # EASE on the same rows: not merely some fifth of each history.
+    raw = np.array([(r[f.USER_ID], r[f.ANIME_ID]) for r in rows], np.int64)
+    carve = interactions.validation_rows(raw[:, 0], raw[:, 1], 20)
+    assert {(u, a) for u in range(n_users) for a in held[u]} == {
+        (int(user) - 1000, int(anime) - 500) for user, anime in raw[carve]
+    }
     assert all(not held[u] for u in range(25, n_users + 1)), "users below the minimum history keep every row"
     assert all(fit[u] for u in range(n_users)), "every user keeps rows to fit on"
     assert all(not set(fit[u]) & set(held[u]) for u in range(n_users))
@@ -232,6 +240,55 @@ def test_validation_rows_are_carved_out_of_histories_and_training_batches(tmp_pa
     user_index, anime_index, weight, *_ = next(iter(retrieval.training_dataset(data, batch_size=data.liked_rows)))
     rows = sorted(zip(user_index.numpy().tolist(), anime_index.numpy().tolist(), weight.numpy().tolist()))
     assert rows == sorted((u, a, _weight(u, a)) for u in range(n_users) for a in fit[u])
+
+
+def test_likes_by_catalog_position_follows_raw_anime_ids(tmp_path):
+    """Transform's anime vocabulary orders titles by frequency, not by id: anime index and
+    catalog position differ. The popularity the fallback and the prior use must count each
+    title's liked rows by its raw id, whatever its index."""
+    rng = np.random.default_rng(1)
+    n_users, n_anime = 20, 12
+    index_of = rng.permutation(n_anime)  # anime 500 + a has vocabulary index index_of[a]
+    liked = []
+    for user in range(n_users):
+        for anime in rng.choice(n_anime - 1, rng.integers(1, 8), replace=False):
+            liked.append((user, anime))  # the last anime: in the catalog, liked by nobody
+    rows = [
+        {
+            f.USER_ID: 1000 + user,
+            f.USER_INDEX: user,
+            f.ANIME_ID: 500 + anime,
+            f.ANIME_INDEX: index_of[anime],
+            f.LIKED: 1,
+            f.WEIGHT: 1.0,
+            f.NAME: b"",
+            f.GENRES: b"",
+            **{n: [] for n in f.TEXT_MAX_TOKENS},
+        }
+        for user, anime in liked
+    ]
+    catalog = [
+        {
+            f.USER_ID: f.NO_USER,
+            f.USER_INDEX: n_users,
+            f.ANIME_ID: 500 + a,
+            f.ANIME_INDEX: index_of[a],
+            f.LIKED: 0,
+            f.WEIGHT: 0.0,
+            f.NAME: b"t",
+            f.GENRES: b"g",
+            **{n: [1] for n in f.TEXT_MAX_TOKENS},
+        }
+        for a in range(n_anime)
+    ]
+    _write(str(tmp_path / "Split-train"), rows)
+    _write(str(tmp_path / "Split-catalog"), catalog)
+    files = [str(tmp_path / "Split-train" / "*"), str(tmp_path / "Split-catalog" / "*")]
+    data = _load(files, [str(1000 + user).encode() for user in range(n_users)], n_anime)
+    assert not np.array_equal(data.catalog.anime_index, np.arange(n_anime)), "the test needs index != position"
+    counts = collections.Counter(500 + anime for _, anime in liked)
+    assert data.likes_by_catalog_position().tolist() == [counts[a] for a in data.catalog.anime_id.tolist()]
+    assert data.likes_by_catalog_position()[data.catalog.anime_id.tolist().index(500 + n_anime - 1)] == 0
 
 
 def _csr_of(data):
