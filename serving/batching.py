@@ -80,18 +80,19 @@ class BatchingConfig:
 
 
 def task_size(inputs: dict) -> int:
-    """Rows of a task: the inputs' shared dim 0, or TF Serving's refusal."""
+    """Rows of a task: the inputs' shared dim 0, or TF Serving's refusal (batching_util.h,
+    ComputeTensorBatchSize, which BatchingSession::ComputeInputSize calls)."""
     sizes = set()
     for value in inputs.values():
         if np.ndim(value) == 0:
             raise RequestError(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                "Batching session Run() input tensors must have at least one dimension",
+                "Batching Run() input tensors must have at least one dimension",
             )
         sizes.add(np.shape(value)[0])
     if len(sizes) != 1:
         raise RequestError(
-            grpc.StatusCode.INVALID_ARGUMENT, "Batching session Run() input tensors must have equal 0th-dimension size"
+            grpc.StatusCode.INVALID_ARGUMENT, "Batching Run() input tensors must have equal 0th-dimension size"
         )
     return sizes.pop()
 

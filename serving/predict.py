@@ -142,12 +142,14 @@ def validate_predict(loaded: LoadedVersion, request: predict_pb2.PredictRequest)
             value = to_ndarray(proto, declared)
         except (TypeError, ValueError) as error:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"input {key}: {error}") from None
-        if not spec.shape.is_compatible_with(value.shape):
+        # A scalar goes on to the batching session, which refuses it with TF Serving's own
+        # message (batching_util.h, ComputeTensorBatchSize): no signature check comes first.
+        if value.ndim and not spec.shape.is_compatible_with(value.shape):
             raise RequestError(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"input {key}: shape {list(value.shape)} is not compatible with {spec.shape}",
             )
-        if spec.shape.rank and value.shape[0] == 0:
+        if spec.shape.rank and value.ndim and value.shape[0] == 0:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"input {key}: the batch is empty")
         inputs[key] = value
     # predict_util.cc, PreProcessPrediction: each alias known, none twice.

@@ -6,8 +6,14 @@ util/json_tensor.cc:
   GET  /v1/models/{name}[/versions/{v}]/metadata   signature_def metadata
   POST /v1/models/{name}[/versions/{v}]:predict    {"signature_name": ..., "instances": [...]}
                                                    or {"inputs": {...}}
-  (/labels/{label} in place of /versions/{v}: no label is configured, so TF Serving's
-  "Unrecognized servable version label")
+  (/labels/{label} in place of /versions/{v}: no label is configured, so predict and
+  metadata answer TF Serving's "Unrecognized servable version label"; status ignores a
+  label and answers every version, as GetModelStatusImpl does)
+Paths are matched with TF Serving's own patterns (http_rest_api_util.cc, case-insensitive);
+any other path under /v1/ is 400 "Malformed request: METHOD PATH", and :classify and
+:regress are 501, as the gRPC stand-in answers them. A predict body is read as
+json_tensor.cc's FillPredictRequestFromJson reads it, with its checks in its order and
+its messages.
 The row format ("instances": one entry per batch row, an object of named inputs or a bare
 value when the signature has one input) answers {"predictions": [...]}, the columnar
 format ("inputs") answers {"outputs": {...}}; a signature with one output gets its values
@@ -24,7 +30,9 @@ import asyncio
 import base64
 import json
 import math
+import re
 import threading
+import urllib.parse
 
 import grpc
 import numpy as np
@@ -65,117 +73,260 @@ def _bad(message: str) -> RequestError:
     return RequestError(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
-def _model_spec(spec, name: str, version: str | None, label: str | None = None) -> None:
+def _model_spec(spec, name: str, version: int | None, label: str | None = None) -> None:
+    """FillModelSpecWithNameVersionAndLabel (the path's patterns allow one of the two)."""
     spec.name = name
-    if label is not None:
-        spec.version_label = label  # resolved as TF Serving resolves one it has not configured
     if version is not None:
-        if not version.isdigit():
-            raise _bad(f"Invalid version: {version!r}")
-        spec.version.value = int(version)
+        spec.version.value = version
+    if label is not None:
+        spec.version_label = label
 
 
-def _strings(value):
-    """JSON strings (and {"b64": ...} objects) as bytes, recursively."""
-    if isinstance(value, list):
-        return [_strings(v) for v in value]
+# DataTypeString (tensorflow/core/framework/types.cc) of the dtypes signatures take.
+_DTYPE_NAMES = {
+    np.dtype(np.float32): "float",
+    np.dtype(np.float64): "double",
+    np.dtype(np.int8): "int8",
+    np.dtype(np.int16): "int16",
+    np.dtype(np.int32): "int32",
+    np.dtype(np.int64): "int64",
+    np.dtype(np.uint8): "uint8",
+    np.dtype(np.uint32): "uint32",
+    np.dtype(np.uint64): "uint64",
+    np.dtype(bool): "bool",
+    np.dtype(object): "string",
+}
+# The integer range each dtype's JSON check accepts (rapidjson's IsInt, IsInt64, IsUint, IsUint64).
+_INT_RANGES = {
+    "int8": (-(2**31), 2**31 - 1),  # int8 to int32 are read with IsInt, as json_tensor.cc does
+    "int16": (-(2**31), 2**31 - 1),
+    "int32": (-(2**31), 2**31 - 1),
+    "uint8": (-(2**31), 2**31 - 1),
+    "int64": (-(2**63), 2**63 - 1),
+    "uint32": (0, 2**32 - 1),
+    "uint64": (0, 2**64 - 1),
+}
+
+
+def _json_text(value) -> str:
+    """JsonValueToString: the value as JSON text, for error messages."""
+    return json.dumps(value, allow_nan=True, default=repr)
+
+
+def _json_type(value) -> str:
+    """JsonTypeString."""
+    if value is None:
+        return "Null"
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    return {dict: "Object", list: "Array", str: "String"}.get(type(value), "Number")
+
+
+def _type_error(value, dtype: np.dtype) -> RequestError:
+    return _bad(
+        f"JSON Value: {_json_text(value)} Type: {_json_type(value)} is not of expected type: {_DTYPE_NAMES[dtype]}"
+    )
+
+
+def _is_base64(value) -> bool:
+    """IsValBase64Object: an object whose one key, "b64", holds a string."""
+    return isinstance(value, dict) and len(value) == 1 and isinstance(value.get("b64"), str)
+
+
+def _leaf(value, dtype: np.dtype):
+    """One element of a tensor (AddValueToTensor, or JsonDecodeBase64Object for an object
+    where a string is expected), or TF Serving's refusal."""
     if isinstance(value, dict):
-        if set(value) != {"b64"} or not isinstance(value["b64"], str):
-            raise _bad(f"JSON Value: {json.dumps(value)} not formatted correctly for base64 data")
+        if dtype.kind != "O":
+            raise _type_error(value, dtype)
+        if not _is_base64(value):
+            raise _bad(f"JSON Value: {_json_text(value)} not formatted correctly for base64 data")
         try:
-            # absl::Base64Unescape (json_tensor.cc) takes the padding as optional.
-            # It skips whitespace too (base64.encodebytes writes a newline every 76 characters).
+            # absl::Base64Unescape takes the padding as optional, and skips whitespace
+            # (base64.encodebytes writes a newline every 76 characters).
             text = "".join(value["b64"].split())
             return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
         except ValueError:
             raise _bad("Unable to base64 decode") from None
-    if not isinstance(value, str):
-        raise _bad(f"JSON Value: {json.dumps(value)} is not of expected type: string")
-    return value.encode("utf-8")
-
-
-def _array(value, dtype: np.dtype, alias: str) -> np.ndarray:
-    """A JSON value as an array of the signature input's dtype, or TF Serving's refusal."""
-    dtype = np.dtype(dtype)
     if dtype.kind == "O":
-        value = _strings(value)
-    else:
-        _check_numbers(value, dtype)
-    try:
-        return np.array(value, dtype=dtype)
-    except (TypeError, ValueError, OverflowError):
-        raise _bad(
-            f"input {alias}: {json.dumps(value, default=repr)[:200]} is not a dense {dtype.name} tensor"
-        ) from None
+        if not isinstance(value, str):
+            raise _type_error(value, dtype)
+        return value.encode("utf-8")
+    if dtype.kind == "b":
+        if not isinstance(value, bool):
+            raise _type_error(value, dtype)
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _type_error(value, dtype)
+    if dtype.kind == "f":
+        # IsLosslessDecimal: an integer beyond the float's exact range, or a number
+        # beyond its largest, loses precision.
+        exact = 2 ** np.finfo(dtype).nmant * 2 - 1
+        largest = float(np.finfo(dtype).max)
+        if (isinstance(value, int) and abs(value) > exact) or (math.isfinite(value) and abs(value) > largest):
+            raise _bad(
+                f"Cannot convert JSON value: {_json_text(value)} to {_DTYPE_NAMES[dtype]} without loss of precision."
+            )
+        return value
+    low, high = _INT_RANGES[_DTYPE_NAMES[dtype]]
+    if not isinstance(value, int) or not low <= value <= high:
+        raise _type_error(value, dtype)
+    return value
 
 
-_JSON_TYPES = {str: "String", bool: "True", dict: "Object", type(None): "Null", float: "Number", int: "Number"}
+def _dense_shape(value) -> list[int]:
+    """GetDenseTensorShape: the sizes of the first list at each level."""
+    shape = []
+    while isinstance(value, list):
+        shape.append(len(value))
+        if not value:
+            break
+        value = value[0]
+    return shape
 
 
-def _check_numbers(value, dtype: np.dtype) -> None:
-    """Every leaf an integer (int dtypes) or a number (float dtypes), as json_tensor.cc checks."""
-    if isinstance(value, list):
-        for v in value:
-            _check_numbers(v, dtype)
+def _fill(value, level: int, dtype: np.dtype, shape: list[int], out: list) -> None:
+    """FillTensorProto: every element at the tensor's rank, every list of its level's size."""
+    rank = len(shape)
+    if not isinstance(value, list):
+        if level != rank:
+            raise _bad(
+                f"JSON Value: {_json_text(value)} found at incorrect level: {level + 1} in the JSON DOM. "
+                f"Expected at level: {rank}"
+            )
+        out.append(_leaf(value, dtype))
         return
-    ok = isinstance(value, int) if dtype.kind in "iu" else isinstance(value, int | float)
-    if not ok or isinstance(value, bool):
+    if level >= rank:
+        raise _bad(f"Encountered list at unexpected level: {level} expected < {rank}")
+    if len(value) != shape[level]:
+        raise _bad(f"Encountered list at unexpected size: {len(value)} at level: {level} expected size: {shape[level]}")
+    for item in value:
+        _fill(item, level + 1, dtype, shape, out)
+
+
+def _tensor(value, dtype) -> np.ndarray:
+    """A JSON value as a dense array of `dtype`, or TF Serving's refusal."""
+    dtype = np.dtype(dtype)
+    shape, flat = _dense_shape(value), []
+    _fill(value, 0, dtype, shape, flat)
+    return np.array(flat, dtype=dtype).reshape(shape)
+
+
+def _from_instances(instances: list, dtypes: dict) -> dict:
+    """FillTensorMapFromInstancesList: one tensor an input, its rows the instances."""
+    if not isinstance(instances[0], dict) and len(dtypes) > 1:
         raise _bad(
-            f"JSON Value: {json.dumps(value)} Type: {_JSON_TYPES.get(type(value), 'Value')} "
-            f"is not of expected type: {dtype.name}"
+            "instances is a plain list, but expecting list of objects as multiple input tensors required as "
+            "per tensorinfo_map"
         )
+
+    def is_object(value) -> bool:
+        return isinstance(value, dict) and not _is_base64(value)
+
+    objects = is_object(instances[0])
+    rows: dict[str, list] = {}
+
+    def add(value, name: str) -> None:  # AddInstanceItem
+        if name not in dtypes:
+            raise _bad(f"JSON object: does not have named input: {name}")
+        row = _tensor(value, dtypes[name])
+        if name in rows:
+            first = rows[name][0]
+            if first.size != row.size:
+                raise _bad(f"Expecting tensor size: {first.size} but got: {row.size}")
+            if first.shape != row.shape:
+                raise _bad(
+                    f"Expecting shape [{','.join(map(str, first.shape))}] but got: [{','.join(map(str, row.shape))}]"
+                )
+        rows.setdefault(name, []).append(row)
+
+    for i, element in enumerate(instances):
+        if objects:
+            if not is_object(element):
+                raise _bad(f"Expecting object but got list at item {i} of input list")
+            for name, value in element.items():
+                try:
+                    add(value, name)
+                except RequestError as error:
+                    raise _bad(
+                        f"Failed to process element: {i} key: {name} of 'instances' list. Error: "
+                        f"INVALID_ARGUMENT: {error}"
+                    ) from None
+            if set(element) != set(dtypes):
+                raise _bad(
+                    f"Failed to process element: {i} of 'instances' list. JSON object: {_json_text(element)} "
+                    f"keys must be equal to: {','.join(sorted(dtypes))}"
+                )
+        else:
+            if is_object(element):
+                raise _bad(f"Expecting value/list but got object at item {i} of input list")
+            try:
+                add(element, next(iter(dtypes)))
+            except RequestError as error:
+                raise _bad(
+                    f"Failed to process element: {i} of 'instances' list. Error: INVALID_ARGUMENT: {error}"
+                ) from None
+    return {name: np.stack(values) for name, values in rows.items()}
+
+
+def _from_inputs(inputs, dtypes: dict) -> dict:
+    """FillTensorMapFromInputsMap: a plain value (one input), or an object of the named
+    inputs (other keys ignored)."""
+    if not isinstance(inputs, dict) or _is_base64(inputs):
+        if len(dtypes) > 1:
+            raise _bad(
+                "inputs is a plain value/list, but expecting an object as multiple input tensors required as per "
+                "tensorinfo_map"
+            )
+        ((name, dtype),) = dtypes.items()
+        return {name: _tensor(inputs, dtype)}
+    columns = {}
+    for name in sorted(dtypes):
+        if name not in inputs:
+            raise _bad(f"Missing named input: {name} in 'inputs' object.")
+        columns[name] = _tensor(inputs[name], dtypes[name])
+    return columns
 
 
 def predict_request(
-    body: dict, manager: versions.ModelManager, name: str, version: str | None, label: str | None = None
-):
-    """A PredictRequest from a REST predict body (row or columnar format) and whether it was rows."""
+    body, manager: versions.ModelManager, name: str, version: int | None, label: str | None = None
+) -> tuple[predict_pb2.PredictRequest, bool]:
+    """A PredictRequest from a REST predict body and whether it was in the row format:
+    FillPredictRequestFromJson's checks in its order (the body an object, signature_name a
+    string, the model and signature found, then "instances" or "inputs")."""
     if not isinstance(body, dict):
-        raise _bad("JSON Value: request body is not an object")
+        raise _bad(f"JSON Value: {_json_text(body)} Is not object")
     request = predict_pb2.PredictRequest()
     _model_spec(request.model_spec, name, version, label)
     signature_name = body.get("signature_name", f.DEFAULT_SIGNATURE)
     if not isinstance(signature_name, str):
-        raise _bad("'signature_name' key must be a string value.")
+        raise _bad(
+            f"JSON Value: {_json_text(body)} not formatted correctly. 'signature_name' key must be a string value."
+        )
     request.model_spec.signature_name = signature_name
-    if ("instances" in body) == ("inputs" in body):
-        raise _bad('JSON object: must have exactly one of "instances" (row format) or "inputs" (columnar format)')
     loaded = manager.resolve(request.model_spec)
     if signature_name not in loaded.signature_defs:
         raise _bad(f'Serving signature name: "{signature_name}" not found in signature def')
-    specs = loaded.input_specs(signature_name)
+    dtypes = {alias: spec.dtype.as_numpy_dtype for alias, spec in loaded.input_specs(signature_name).items()}
+    if not dtypes:
+        raise _bad(f"Failed to get input map for signature: {signature_name}")
     rows = "instances" in body
+    if rows and "inputs" in body:
+        raise _bad(
+            f"JSON Value: {_json_text(body)} Not formatted correctly expecting only one of 'inputs' or "
+            "'instances' keys to exist "
+        )
     if rows:
-        instances = body["instances"]
-        if not isinstance(instances, list) or not instances:
-            raise _bad('"instances" must be a non-empty JSON list')
-        named = all(isinstance(i, dict) and not (len(i) == 1 and "b64" in i) for i in instances)
-        if named:
-            keys = set(instances[0])
-            if any(set(i) != keys for i in instances):
-                raise _bad("Expecting all instances to have the same named inputs")
-            columns = {k: [i[k] for i in instances] for k in keys}
-        elif len(specs) == 1:
-            columns = {next(iter(specs)): instances}
-        else:
-            raise _bad(f"instances must be objects of the named inputs {sorted(specs)}")
+        if not isinstance(body["instances"], list):
+            raise _bad(f"JSON Value: {_json_text(body)} Excepting 'instances' to be an list/array")
+        if not body["instances"]:
+            raise _bad(f"JSON Value: {_json_text(body)} No values in 'instances' array")
+        columns = _from_instances(body["instances"], dtypes)
+    elif "inputs" in body:
+        columns = _from_inputs(body["inputs"], dtypes)
     else:
-        inputs = body["inputs"]
-        # An object names the inputs (a {"b64": ...} object is one input's value).
-        named = isinstance(inputs, dict) and not (set(inputs) == {"b64"} and len(specs) == 1)
-        if named:
-            # As json_tensor.cc's FillTensorMapFromInputsMap: the signature's inputs are
-            # looked up, other keys ignored.
-            missing = [alias for alias in sorted(specs) if alias not in inputs]
-            if missing:
-                raise _bad(f"Missing named input: {missing[0]} in 'inputs' object.")
-            columns = {alias: inputs[alias] for alias in specs}
-        else:
-            columns = {next(iter(specs)): inputs}
-    for alias, value in columns.items():
-        if alias not in specs:
-            raise _bad(f"JSON object: does not have named input: {alias}")
-        array = _array(value, specs[alias].dtype.as_numpy_dtype, alias)
+        raise _bad("Missing 'inputs' or 'instances' key")
+    for alias, array in columns.items():
         predict.fill_tensor_proto(request.inputs[alias], array, content=True)
     return request, rows
 
@@ -226,6 +377,16 @@ def predict_json(response: predict_pb2.PredictResponse, rows: bool) -> dict:
     return {"predictions": [{k: columns[k][i] for k in columns} for i in range(batch.pop())]}
 
 
+# The paths TF Serving's REST handler serves (http_rest_api_util.cc, kPredictionApiGegex and
+# kModelStatusApiRegex), matched against the whole path, case-insensitively.
+PREDICT_PATH = re.compile(
+    r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)", re.IGNORECASE
+)
+MODEL_PATH = re.compile(r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?", re.I)
+# http_rest_api_handler.cc's kPathRegex: what the HTTP server hands to the REST handler.
+API_PATH = re.compile(r"/v1/.*", re.IGNORECASE)
+
+
 class RestApi:
     """The REST handlers over a model manager and batcher (those of the gRPC server)."""
 
@@ -234,19 +395,36 @@ class RestApi:
         self.batcher = batcher
 
     def routes(self) -> list:
-        name, version = "{name:[^/:]+}", "{version:[^/:]+}"
-        return [
-            web.get(f"/v1/models/{name}", self.status),
-            web.get(f"/v1/models/{name}/versions/{version}", self.status),
-            web.get(f"/v1/models/{name}/metadata", self.metadata),
-            web.get(f"/v1/models/{name}/versions/{version}/metadata", self.metadata),
-            web.post(f"/v1/models/{name}:predict", self.predict),
-            web.post(f"/v1/models/{name}/versions/{version}:predict", self.predict),
-            # Version labels (http_rest_api_handler.cc's paths): the stand-in configures none.
-            web.get(f"/v1/models/{name}/labels/{{label:[^/:]+}}", self.status),
-            web.get(f"/v1/models/{name}/labels/{{label:[^/:]+}}/metadata", self.metadata),
-            web.post(f"/v1/models/{name}/labels/{{label:[^/:]+}}:predict", self.predict),
-        ]
+        # One route: the paths are told apart as TF Serving tells them (ProcessRequest).
+        return [web.route("*", "/{path:.*}", self.dispatch)]
+
+    async def dispatch(self, http: web.Request) -> web.Response:
+        """ParseModelInfo, then ProcessRequest's dispatch, for a request to any path."""
+        path = http.rel_url.raw_path
+        if not API_PATH.fullmatch(path):
+            raise web.HTTPNotFound()
+        method = http.method
+        match = PREDICT_PATH if method == "POST" else MODEL_PATH if method == "GET" else None
+        match = match.fullmatch(path) if match else None
+        if match is None:
+            return await self._answer(lambda: _raise(_bad(f"Malformed request: {method} {path}")))
+        name, version, label, verb = (urllib.parse.unquote(g) if g is not None else None for g in match.groups())
+        if version is not None:
+            number = int(version)
+            if number >= 2**63:
+                # ParseModelInfo returns before the error is written: an empty body.
+                return web.Response(status=400, content_type="application/json")
+            version = number
+        if method == "POST":
+            if verb.lower() != "predict":
+                message = f"{verb.capitalize()} is not supported by this retrieval model; use Predict"
+                return await self._answer(lambda: _raise(RequestError(grpc.StatusCode.UNIMPLEMENTED, message)))
+            return await self.predict(http, name, version, label)
+        if not name:
+            return await self._answer(lambda: _raise(_bad("Missing model name in request.")))
+        if verb is not None:  # the metadata subresource
+            return await self.metadata(name, version, label)
+        return await self.status(name, version, label)
 
     async def _answer(self, compute) -> web.Response:
         try:
@@ -257,13 +435,11 @@ class RestApi:
         # allow_nan: -inf scores are written -Infinity, as TF Serving writes them.
         return web.Response(text=json.dumps(body, allow_nan=True), status=status, content_type="application/json")
 
-    async def status(self, http: web.Request) -> web.Response:
+    async def status(self, name: str, version: int | None, label: str | None) -> web.Response:
         def compute():
             request = get_model_status_pb2.GetModelStatusRequest()
-            label = http.match_info.get("label")
-            if label is not None:
-                raise _bad(f"Unrecognized servable version label: {label}")
-            _model_spec(request.model_spec, http.match_info["name"], http.match_info.get("version"))
+            # A label is set and ignored: GetModelStatusImpl reads only a version.
+            _model_spec(request.model_spec, name, version, label)
             # Every field printed, as TF Serving prints them (error_code "OK" included).
             return json_format.MessageToDict(
                 predict.model_status(self.manager, request),
@@ -273,11 +449,10 @@ class RestApi:
 
         return await self._answer(compute)
 
-    async def metadata(self, http: web.Request) -> web.Response:
+    async def metadata(self, name: str, version: int | None, label: str | None) -> web.Response:
         def compute():
             request = get_model_metadata_pb2.GetModelMetadataRequest()
-            match = http.match_info
-            _model_spec(request.model_spec, match["name"], match.get("version"), match.get("label"))
+            _model_spec(request.model_spec, name, version, label)
             request.metadata_field.append("signature_def")
             response = predict.model_metadata(self.manager, request)
             # As http_rest_api_util.cc's ToJsonString: the model spec and the unpacked
@@ -292,18 +467,24 @@ class RestApi:
 
         return await self._answer(compute)
 
-    async def predict(self, http: web.Request) -> web.Response:
+    async def predict(self, http: web.Request, name: str, version: int | None, label: str | None) -> web.Response:
+        text = await http.read()
+        if not text:
+            return web.json_response({"error": "JSON Parse error: The document is empty"}, status=400)
         try:
-            body = json.loads(await http.read())
+            body = json.loads(text)
         except (ValueError, UnicodeDecodeError) as error:
             return web.json_response({"error": f"JSON Parse error: {error}"}, status=400)
 
         def compute():
-            match = http.match_info
-            request, rows = predict_request(body, self.manager, match["name"], match.get("version"), match.get("label"))
+            request, rows = predict_request(body, self.manager, name, version, label)
             return predict_json(predict.predict(self.manager, self.batcher, request), rows)
 
         return await self._answer(compute)
+
+
+def _raise(error: Exception):
+    raise error
 
 
 class RestServer:

@@ -253,17 +253,19 @@ class ModelManager:
     def resolve(self, model_spec) -> LoadedVersion:
         """The loaded version a request's ModelSpec names, or TF Serving's NOT_FOUND."""
         current = self._current
+        which = model_spec.WhichOneof("version_choice")
+        if which == "version_label":
+            # ServerCore::GetServableHandle resolves a label before it looks the model up, and
+            # this server configures none (GetModelVersionForLabel).
+            raise RequestError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"Unrecognized servable version label: {model_spec.version_label}",
+            )
         if model_spec.name != self.name or current is None:
             raise RequestError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Latest({model_spec.name})")
-        which = model_spec.WhichOneof("version_choice")
         if which == "version" and model_spec.version.value != current.version:
             raise RequestError(
                 grpc.StatusCode.NOT_FOUND,
                 f"Servable not found for request: Specific({model_spec.name}, {model_spec.version.value})",
-            )
-        if which == "version_label":
-            raise RequestError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"Unrecognized servable version label: {model_spec.version_label}",
             )
         return current

@@ -152,7 +152,7 @@ BAD_REQUESTS = {
             exclude_anime_ids=np.full((1, 1), -1, np.int64),
         ),
         grpc.StatusCode.INVALID_ARGUMENT,
-        "input k: shape [] is not compatible",
+        "Batching Run() input tensors must have at least one dimension",
     ),
     "k rows differ from users": (
         _request(
@@ -608,19 +608,21 @@ def test_exported_model_carries_warmup_requests_for_every_signature(exported_mod
         versions.warm_up(versions.load_version(serving_dir, 1))
 
 
-def _http(srv, path: str, body=None) -> tuple[int, dict]:
-    """(status, JSON body) of a GET, or of a POST when `body` is given (bytes sent as they are)."""
+def _http(srv, path: str, body=None, method: str | None = None) -> tuple[int, dict | None]:
+    """(status, JSON body, None when empty) of a GET, or of a POST when `body` is given
+    (bytes sent as they are), or of `method`."""
     import json
     import urllib.error
     import urllib.request
 
     data = None if body is None else body if isinstance(body, bytes) else json.dumps(body).encode()
-    request = urllib.request.Request(srv.rest_url + path, data=data)
+    request = urllib.request.Request(srv.rest_url + path, data=data, method=method)
     try:
         with urllib.request.urlopen(request, timeout=10) as answer:
-            return answer.status, json.loads(answer.read())
+            status, text = answer.status, answer.read()
     except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
+        status, text = error.code, error.read()
+    return status, json.loads(text) if text else None
 
 
 def test_rest_status_and_metadata(running_rest):
@@ -641,14 +643,26 @@ def test_rest_status_and_metadata(running_rest):
     signatures = body["metadata"]["signature_def"]["signature_def"]
     assert {f.DEFAULT_SIGNATURE, f.RECOMMEND_SIGNATURE, f.FROM_LIKED_SIGNATURE} <= set(signatures)
     assert _http(running_rest, "/v1/models/other/metadata")[0] == 404
-    # No version label is configured: TF Serving's answer to one it does not know.
+    # No version label is configured: TF Serving's answer to one it does not know, before
+    # the model is looked up (ServerCore::ServableRequestFromModelSpec).
     for path, body in (
-        ("/v1/models/animerec/labels/stable", None),
         ("/v1/models/animerec/labels/stable/metadata", None),
         ("/v1/models/animerec/labels/stable:predict", {"instances": [100]}),
+        ("/v1/models/other/labels/stable:predict", {"instances": [100]}),
     ):
         status, answer = _http(running_rest, path, body)
         assert status == 400 and answer["error"] == "Unrecognized servable version label: stable"
+    # Status reads only a version (GetModelStatusImpl): with a label, every version's status.
+    assert _http(running_rest, "/v1/models/animerec/labels/stable") == _http(running_rest, "/v1/models/animerec")
+    # TF Serving's paths are matched without regard to case.
+    assert _http(running_rest, "/V1/Models/animerec") == _http(running_rest, "/v1/models/animerec")
+    # Other methods are malformed requests; a version beyond int64 fails before any body
+    # is written (http_rest_api_util.cc, ParseModelInfo).
+    assert _http(running_rest, "/v1/models/animerec", b"{}", method="PUT") == (
+        400,
+        {"error": "Malformed request: PUT /v1/models/animerec"},
+    )
+    assert _http(running_rest, f"/v1/models/animerec/versions/{2**63}") == (400, None)
 
 
 def test_rest_predict_formats_match_grpc(running_rest):
@@ -732,7 +746,62 @@ REST_BAD_REQUESTS = {
     "unknown signature": ("/v1/models/animerec:predict", {"signature_name": "x", "instances": [1]}, 400, "not found"),
     "wrong dtype": ("/v1/models/animerec:predict", {"instances": ["100"]}, 400, "is not of expected type"),
     "float for int": ("/v1/models/animerec:predict", {"instances": [1.5]}, 400, "is not of expected type: int64"),
-    "both formats": ("/v1/models/animerec:predict", {"instances": [1], "inputs": [1]}, 400, "exactly one of"),
+    "both formats": (
+        "/v1/models/animerec:predict",
+        {"instances": [1], "inputs": [1]},
+        400,
+        "Not formatted correctly expecting only one of 'inputs' or 'instances' keys to exist",
+    ),
+    "neither format": (
+        "/v1/models/animerec:predict",
+        {"signature_name": "serving_default"},
+        400,
+        "Missing 'inputs' or",
+    ),
+    # The model is looked up before the body's format is read (FillPredictRequestFromJson).
+    "neither format, unknown model": ("/v1/models/other:predict", {}, 404, "Servable not found"),
+    "instances not a list": ("/v1/models/animerec:predict", {"instances": 100}, 400, "'instances' to be an list/array"),
+    "no instances": ("/v1/models/animerec:predict", {"instances": []}, 400, "No values in 'instances' array"),
+    "false for int": (
+        "/v1/models/animerec:predict",
+        {"inputs": [False]},
+        400,
+        "JSON Value: false Type: False is not of expected type: int64",
+    ),
+    "a row of the wrong type": (
+        "/v1/models/animerec:predict",
+        {"instances": [100, 1.5]},
+        400,
+        "Failed to process element: 1 of 'instances' list. Error: INVALID_ARGUMENT: JSON Value: 1.5 Type: Number",
+    ),
+    "instance keys short of the inputs": (
+        "/v1/models/animerec:predict",
+        {"signature_name": "recommend", "instances": [{"user_id": 100, "k": 3}]},
+        400,
+        "keys must be equal to: exclude_anime_ids,k,user_id",
+    ),
+    "instances of different shapes": (
+        "/v1/models/animerec:predict",
+        {
+            "signature_name": "recommend",
+            "instances": [
+                {"user_id": 100, "k": 3, "exclude_anime_ids": [-1]},
+                {"user_id": 101, "k": 3, "exclude_anime_ids": [-1, 10]},
+            ],
+        },
+        400,
+        "Failed to process element: 1 key: exclude_anime_ids of 'instances' list. Error: INVALID_ARGUMENT: "
+        "Expecting tensor size: 1 but got: 2",
+    ),
+    "a path no pattern matches": (
+        "/v1/models/animerec/versions/abc",
+        None,
+        400,
+        "Malformed request: GET /v1/models/animerec/versions/abc",
+    ),
+    "predict by GET": ("/v1/models/animerec:predict", None, 400, "Malformed request: GET /v1/models/animerec:predict"),
+    "no model name": ("/v1/models", None, 400, "Missing model name in request."),
+    "classify": ("/v1/models/animerec:classify", {"examples": []}, 501, "Classify is not supported"),
     "unknown input name": (
         "/v1/models/animerec:predict",
         {"inputs": {"user": [1]}},
@@ -755,7 +824,7 @@ REST_BAD_REQUESTS = {
         "/v1/models/animerec:predict",
         {"signature_name": "recommend", "inputs": {"user_id": [1, 2], "k": [1, 1], "exclude_anime_ids": [[1], [1, 2]]}},
         400,
-        "not a dense",
+        "Encountered list at unexpected size: 2 at level: 1 expected size: 1",
     ),
 }
 
