@@ -16,7 +16,9 @@ batching fails here too:
   dimension, or with another dim 0, fails the batch, as does any error of the
   model call: every task of a failed batch gets the error;
 - tasks queued beyond max_enqueued_batches batches are refused (UNAVAILABLE), and
-  a task whose deadline has passed while it waited is dropped before the call.
+  a batch whose tasks' deadlines have all passed while they waited is not run: each
+  gets RESOURCE_EXHAUSTED "Run() timeout exceeded while waiting in batching queue"
+  (BatchingSession::ProcessBatch); a batch with one task still in time runs whole.
 The parameters come from the same batching.config file TF Serving reads.
 """
 
@@ -283,12 +285,14 @@ class Batcher:
 
     def _run(self, batch: list[_Task]) -> None:
         now = time.monotonic()
-        for task in batch:
-            if task.deadline is not None and task.deadline <= now:
-                task.finish(error=RequestError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded while queued"))
-        live = [task for task in batch if not task.done.is_set()]
-        if not live:
+        if all(task.deadline is not None and task.deadline <= now for task in batch):
+            expired = RequestError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, "Run() timeout exceeded while waiting in batching queue"
+            )
+            for task in batch:
+                task.finish(error=expired)
             return
+        live = batch
         self.batch_sizes.append(len(live))
         try:
             pad = self.config.pad_variable_length_inputs

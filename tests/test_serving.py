@@ -850,7 +850,9 @@ def test_rest_client_gives_what_the_grpc_client_gives(running_rest):
     by_grpc.close()
 
 
-def test_a_request_whose_deadline_passed_in_the_queue_is_dropped_before_the_call():
+def test_a_batch_whose_deadlines_all_passed_in_the_queue_is_not_run():
+    """BatchingSession::ProcessBatch: a batch runs unless every task in it has timed out
+    while queued; then each gets RESOURCE_EXHAUSTED (HTTP 429)."""
     from animerec.serving import batching
 
     calls, started = [], threading.Event()
@@ -858,7 +860,7 @@ def test_a_request_whose_deadline_passed_in_the_queue_is_dropped_before_the_call
     def run(key, inputs):
         calls.append(inputs["x"].tolist())
         started.set()
-        time.sleep(0.5)  # the model is busy: the next request waits in the queue
+        time.sleep(0.5)  # the model is busy: the next requests wait in the queue
         return {"y": inputs["x"]}
 
     batcher = batching.Batcher(run, BatchingConfig(max_batch_size=8, num_batch_threads=1))
@@ -868,9 +870,25 @@ def test_a_request_whose_deadline_passed_in_the_queue_is_dropped_before_the_call
     with pytest.raises(batching.RequestError) as error:
         batcher.call("sig", {"x": np.array([2])}, timeout=0.1)
     first.join()
-    batcher.stop()
-    assert error.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert error.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert str(error.value) == "Run() timeout exceeded while waiting in batching queue"
     assert calls == [[1]], "the expired request never reached the model"
+    # One task of the batch still in time: the whole batch runs, the expired task too.
+    calls.clear()
+    started.clear()
+    first = threading.Thread(target=batcher.call, args=("sig", {"x": np.array([1])}))
+    first.start()
+    started.wait(5)
+    answers = {}
+    late = threading.Thread(target=lambda: answers.update(late=batcher.call("sig", {"x": np.array([2])}, 0.1)))
+    patient = threading.Thread(target=lambda: answers.update(patient=batcher.call("sig", {"x": np.array([3])}, 10)))
+    late.start()
+    patient.start()
+    for thread in (first, late, patient):
+        thread.join()
+    batcher.stop()
+    assert sorted(calls[1]) == [2, 3], calls
+    assert answers["late"]["y"].tolist() == [2] and answers["patient"]["y"].tolist() == [3]
 
 
 def test_stopping_waits_for_the_threads_the_server_started(tmp_path):
