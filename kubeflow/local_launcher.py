@@ -8,9 +8,10 @@ writes back, so the next tasks get the artifacts' metadata (split names, the
 blessing) as they would on a cluster. It checks that the entrypoints in the
 compiled spec work outside LocalDagRunner. It is not a KFP backend, but it keeps ML
 Metadata and caches as one: each task's output artifacts go to an SQLite store under
-the root, and resolver tasks (the latest blessed model) answer their queries from it
-(kubeflow/local_metadata.py), so a second run is evaluated against the first run's
-blessed model. Each run's artifacts live under <root>/<run id>/<task>/.
+the root (kubeflow/local_metadata.py). Each run's artifacts live under
+<root>/<run id>/<task>/. A resolver task is refused, as open-source KFP refuses it when
+it compiles a run into an Argo workflow ("resolver executors not implemented",
+backend/src/v2/compiler/argocompiler/dag.go): the pipeline has none.
 
 Caching follows KFP v2's driver (backend/src/v2/driver, cacheutils.GenerateCacheKey): a
 task whose `cachingOptions.enableCache` is set and whose cache key (its input artifacts'
@@ -135,13 +136,12 @@ def run_compiled_pipeline(
             producer = source["taskOutputArtifact"]
             inputs[key] = outputs[producer["producerTask"]][producer["outputArtifactKey"]]
         if "resolver" in executor:
-            queries = executor["resolver"]["outputArtifactQueries"]
-            outputs[name] = {
-                key: metadata.resolve(queries[key]["filter"], inputs) if key in queries else [] for key in output_keys
-            }
-            found = {key: [a["uri"] for a in found] for key, found in outputs[name].items()}
-            progress(f"{name}: resolver, found {found}" if any(found.values()) else f"{name}: resolver, nothing found")
-            continue
+            raise TaskFailed(
+                f"{name}: resolver executors are not implemented by open-source Kubeflow Pipelines "
+                "(backend/src/v2/compiler/argocompiler/dag.go); the pipeline must not use one"
+            )
+        if "container" not in executor:
+            raise TaskFailed(f"{name}: run-local runs container tasks only; this one is {next(iter(executor), 'none')}")
         task_dir = os.path.join(root, run_id, name)
         executor_input = {
             "inputs": {
@@ -170,8 +170,7 @@ def run_compiled_pipeline(
             },
         }
         for key, artifacts in inputs.items():
-            if artifacts:  # an optional input a resolver left empty is simply absent
-                executor_input["inputs"]["artifacts"][key] = {"artifacts": artifacts}
+            executor_input["inputs"]["artifacts"][key] = {"artifacts": artifacts}
         container = executor["container"]
         fingerprint = cache_fingerprint(container, executor_input)
         caching = task.get("cachingOptions", {}).get("enableCache", False) if enable_caching is None else enable_caching

@@ -1,38 +1,17 @@
-"""ML Metadata for `kubeflow run-local`: the artifacts each task produced, kept across runs
-in an SQLite store, and the pipeline's resolver queries answered from it, so a second run
-finds the first run's blessed model as it would on a cluster.
-
-The compiled spec's resolver tasks hold KFP artifact queries; TFX compiles the latest
-blessed model lookup into two of them:
-    schema_title="tfx.ModelBlessing" AND state=LIVE AND metadata.blessed.number_value=1
-    schema_title="tfx.Model" AND state=LIVE AND name="{{$.inputs.artifacts['input'].metadata['current_model_id']}}"
-The first yields the newest matching artifact. In the second, `current_model_id` is the id
-TFX's KFP entrypoint gave the Trainer's model in the Evaluator's container: a hash of
-the artifact's KFP name (kubeflow_v2_entrypoint_utils._get_hashed_id), so `name` matches
-an artifact whose name hashes to it (or equals it).
+"""ML Metadata for `kubeflow run-local`: the artifacts each task produced and each
+execution's cache fingerprint, kept across runs in an SQLite store, as a KFP backend keeps
+them for its cache.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
-
-from tfx.orchestration.kubeflow.v2.container import kubeflow_v2_entrypoint_utils as entrypoint_utils
 
 # What run-local keeps of an artifact: the ExecutorInput form the next task receives.
 RUNTIME_ARTIFACT = "runtime_artifact"
 # An execution's cache fingerprint (local_launcher.cache_fingerprint), as KFP keeps it per task.
 CACHE_FINGERPRINT = "cache_fingerprint"
-CLAUSE = re.compile(
-    r'^(?:schema_title="(?P<type>[^"]+)"|state=(?P<state>\w+)|metadata\.(?P<key>\w+)\.number_value=(?P<number>[-\d.]+)'
-    r'|name="(?P<name>[^"]*)")$'
-)
-INPUT_METADATA = re.compile(r"\{\{\$\.inputs\.artifacts\['(?P<input>\w+)'\]\.metadata\['(?P<key>\w+)'\]\}\}")
-
-
-class UnsupportedQuery(ValueError):  # noqa: N818 - named for what it reports
-    pass
 
 
 def schema_title(artifact_type: dict) -> str:
@@ -44,11 +23,6 @@ def schema_title(artifact_type: dict) -> str:
         if line.startswith("title:"):
             return line.split(":", 1)[1].strip()
     raise ValueError(f"artifact type {artifact_type} names no schema title")
-
-
-def kfp_artifact_id(name: str) -> int:
-    """The integer id TFX's KFP entrypoint gives an artifact named `name`."""
-    return entrypoint_utils._get_hashed_id(name, {})
 
 
 class LocalMetadata:
@@ -152,56 +126,3 @@ class LocalMetadata:
             )
             ids.setdefault(key, []).append(event.artifact_id)
         return newest.name, outputs, ids
-
-    def resolve(self, query: str, inputs: dict[str, list[dict]]) -> list[dict]:
-        """The artifacts (ExecutorInput form) a KFP resolver query yields: the newest match,
-        or none. `inputs`: the resolver task's input artifacts, for placeholders."""
-        wanted: dict = {}
-        for clause in query.split(" AND "):
-            match = CLAUSE.match(clause.strip())
-            if match is None:
-                raise UnsupportedQuery(f"resolver query clause {clause!r} (in {query!r}) is not one run-local answers")
-            wanted.update({k: v for k, v in match.groupdict().items() if v is not None})
-        if "type" not in wanted:
-            raise UnsupportedQuery(f"resolver query {query!r} names no schema_title")
-        if "name" in wanted:
-
-            def metadata_value(placeholder: re.Match) -> str:
-                found = inputs.get(placeholder["input"], [])
-                if not found:
-                    raise LookupError("no input artifact")
-                value = found[0].get("metadata", {}).get(placeholder["key"])
-                if value is None:
-                    raise LookupError("no such metadata")
-                return str(value)
-
-            try:
-                wanted["name"] = INPUT_METADATA.sub(metadata_value, wanted["name"])
-            except LookupError:
-                return []  # the input it refers to resolved to nothing (a first run)
-        candidates = []
-        for artifact in self.store.get_artifacts_by_type(wanted["type"]):
-            if wanted.get("state", "LIVE") != self._pb.Artifact.State.Name(artifact.state):
-                continue
-            if "key" in wanted:
-                value = artifact.custom_properties.get(wanted["key"])
-                if value is None or value.double_value != float(wanted["number"]):
-                    continue
-            if "name" in wanted and not _names_match(wanted["name"], artifact.name):
-                continue
-            candidates.append(artifact)
-        if not candidates:
-            return []
-        newest = max(candidates, key=lambda a: (a.create_time_since_epoch, a.id))
-        return [json.loads(newest.custom_properties[RUNTIME_ARTIFACT].string_value)]
-
-
-def _names_match(wanted: str, name: str) -> bool:
-    """`wanted` is the artifact's name or its KFP id. Executor outputs carry metadata as
-    JSON numbers (doubles), so an id read back from them is compared as one."""
-    if wanted == name:
-        return True
-    try:
-        return float(wanted) == float(kfp_artifact_id(name))
-    except ValueError:
-        return False

@@ -95,16 +95,12 @@ def create_pipeline(
         custom_config=training.to_json_dict() if isinstance(training, TrainingConfig) else training,
     )
 
-    latest_blessed_model = tfx.dsl.Resolver(
-        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
-    ).with_id("latest_blessed_model_resolver")
-
+    # Compared with the model Pusher serves from serving_dir (the last blessed one), which
+    # the Evaluator reads itself: no Resolver, which open-source Kubeflow cannot run.
     evaluator = RetrievalEvaluator(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
-        baseline_model=latest_blessed_model.outputs["model"],
+        baseline_dir=serving_dir,
         gate_config=json.dumps(dataclasses.asdict(gate)) if isinstance(gate, GateConfig) else gate,
     )
 
@@ -127,7 +123,6 @@ def create_pipeline(
             anomalies_gate,
             transform,
             trainer,
-            latest_blessed_model,
             evaluator,
             pusher,
         ],

@@ -130,3 +130,24 @@ def test_the_evaluator_writes_its_report_where_the_artifact_is(folder):
     assert report.startswith("# Retrieval evaluation: BLESSED\n")
     assert "| model | 0.4000" in report and "- model beats ease" in report
     assert "EASE's L2 (100) was chosen on the validation split (15% of train's liked rows)" in report
+
+
+def test_the_evaluator_knows_the_served_model_from_another(folder):
+    """A model is the one being served when Pusher's copy has its graph and its variables
+    index (each variable's shape, offset and checksum): then it is not blessed again."""
+    from animerec.components.retrieval_evaluator.executor import same_saved_model
+
+    def saved_model(name: str, graph: bytes, index: bytes | None) -> str:
+        path = os.path.join(folder, name)
+        files.makedirs(os.path.join(path, "variables"))
+        files.write_bytes(os.path.join(path, "saved_model.pb"), graph)
+        if index is not None:
+            files.write_bytes(os.path.join(path, "variables", "variables.index"), index)
+        return path
+
+    model = saved_model("model", b"graph", b"index")
+    assert same_saved_model(model, saved_model("pushed", b"graph", b"index"))
+    assert not same_saved_model(model, saved_model("retrained", b"graph", b"other index"))
+    assert not same_saved_model(model, saved_model("other graph", b"graph 2", b"index"))
+    assert not same_saved_model(model, saved_model("incomplete", b"graph", None))
+    assert not same_saved_model(model, os.path.join(folder, "nowhere"))

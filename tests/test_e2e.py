@@ -127,13 +127,16 @@ def test_pipeline_on_synthetic_data_caches_and_gates(tmp_path):
     assert os.path.isdir(os.path.join(out_dir, "pipeline", "Transform", "updated_analyzer_cache"))
     assert not os.path.exists(os.path.join(out_dir, "pipeline", "Transform", "transformed_examples"))
 
-    # The same inputs again: data, Transform and Trainer come from the cache. The Evaluator
-    # runs again (the resolver now finds the first run's blessed model) and, since that is
-    # the same model, nothing new is pushed.
-    second = run()
+    # The same data and training under another (still permissive) gate: data, Transform and
+    # Trainer come from the cache, the Evaluator runs again and finds the model it evaluates
+    # already served (the first run pushed it), so nothing new is pushed.
+    second = run(dataclasses.replace(PERMISSIVE_GATE, max_regression=0.99))
     for component in ("KaggleExampleGen", "StatisticsGen", "Transform", "Trainer"):
         assert second["cached"][component], f"{component} should have been cached"
+    assert not second["cached"]["RetrievalEvaluator"]
     assert not second["evaluation"]["blessed"]
+    with open(second["evaluation"]["report"]) as fh:
+        assert "NOT PUSHED AGAIN" in fh.read()
     assert os.listdir(second["paths"]["serving_dir"]) == [os.path.basename(first["pushed_model"])]
 
     # A new model (more steps) that cannot pass a strict gate: evaluated against the last

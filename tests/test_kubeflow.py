@@ -133,10 +133,15 @@ def test_every_component_is_a_task_with_the_image_and_entrypoint(job):
             "-m",
             "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor",
         ], name
-    # The latest-blessed-model lookup runs in KFP's own resolver, not in a container.
-    assert "resolver" in executors["latest_blessed_model_resolver-model-resolver_executor"]
+    # Every task is a container: open-source KFP's Argo compiler refuses resolver executors
+    # ("resolver executors not implemented"), so the Evaluator finds the served model itself,
+    # under the Pusher's destination.
+    assert all(set(executor) & {"container", "importer"} for executor in executors.values()), executors.keys()
     evaluator_args = executors["RetrievalEvaluator_executor"]["container"]["args"]
     assert "animerec.components.retrieval_evaluator.executor.Executor" in evaluator_args
+    evaluator = tasks["RetrievalEvaluator"]["inputs"]["parameters"]
+    pusher = json.loads(tasks["Pusher"]["inputs"]["parameters"]["push_destination"]["runtimeValue"]["constant"])
+    assert evaluator["baseline_dir"]["runtimeValue"]["constant"] == pusher["filesystem"]["base_directory"]
     # ExampleGen runs our Kaggle executor (from the raw CSV files), in the container too,
     # after TFX's FileBasedExampleGen driver (compiled as the pre-cache-check hook), which
     # fingerprints the input files.

@@ -55,8 +55,7 @@ def test_compiled_task_commands_run_the_pipeline(tmp_path):
     ]
     with open(os.path.join(outputs["Trainer"]["model_run"][0]["uri"], artifacts.HISTORY_FILE)) as fh:
         assert json.load(fh)["config"]["batch_size"] == 256
-    # A first run: the resolver finds no blessed model, nothing to compare with.
-    assert any("resolver, nothing found" in line for line in first_lines)
+    # A first run: no model is served yet, nothing to compare with.
     blessing = outputs["RetrievalEvaluator"]["blessing"][0]["metadata"]
     # The blessing crossed from the Evaluator's container to the Pusher's through the executor output.
     assert blessing["blessed"] == 1 and "baseline_model" not in blessing
@@ -64,20 +63,19 @@ def test_compiled_task_commands_run_the_pipeline(tmp_path):
     assert len(versions) == 1
     assert_never_recommends_seen(os.path.join(serving_dir, str(versions[0])), data_dir)
 
-    # A second run with another training seed: ML Metadata under the root gives the
-    # resolver the first run's blessed model, and the Evaluator compares the new model
-    # against it, as on a cluster. As KFP caches, the tasks whose inputs, parameters and
-    # code are unchanged reuse the first run's outputs; the Trainer and what follows run.
+    # A second run with another training seed: the Evaluator compares the new model with
+    # the one the first run pushed, which it finds under the Pusher's destination, as on a
+    # cluster. As KFP caches, the tasks whose inputs, parameters and code are unchanged
+    # reuse the first run's outputs; the Trainer and what follows run.
     second_lines: list = []
     second = run(second_lines, json.dumps(TrainingConfig(epochs=1, batch_size=256, seed=1).to_json_dict()))
     for task in ("KaggleExampleGen", "ImportSchemaGen", "StatisticsGen", "ExampleValidator", "Transform"):
         assert second[task] == outputs[task], f"{task} was not reused from the first run"
         assert any(line.startswith(f"{task}: cached") for line in second_lines)
     first_model = outputs["Trainer"]["model"][0]["uri"]
-    assert second["latest_blessed_model_resolver-model-resolver"]["model"][0]["uri"] == first_model
     assert second["Trainer"]["model"][0]["uri"] != first_model, "the changed parameter trains a new model"
     second_blessing = second["RetrievalEvaluator"]["blessing"][0]["metadata"]
-    assert second_blessing["baseline_model"] == first_model
+    assert second_blessing["baseline_model"] == os.path.join(serving_dir, str(versions[0]))
     with open(os.path.join(second["RetrievalEvaluator"]["evaluation"][0]["uri"], artifacts.METRICS_FILE)) as fh:
         assert "last_blessed" in json.load(fh)
     assert len(artifacts.complete_versions(serving_dir)) == 1 + second_blessing["blessed"]

@@ -476,7 +476,7 @@ def test_submit_uploads_the_spec_and_runs_it_with_the_parameters(kfp_api, packag
 def test_no_cache_uploads_the_spec_with_every_tasks_caching_off(kfp_api, packages, capsys):
     with open(packages["yaml"], "rb") as fh:
         compiled = _spec_proto(fh.read())
-    # As compiled, the component tasks cache (the resolver tasks have no option).
+    # As compiled, the component tasks cache.
     cached = {name for name, task in compiled.root.dag.tasks.items() if task.caching_options.enable_cache}
     assert {"KaggleExampleGen", "Transform", "Trainer"} <= cached
     code, _, err = animerec_submit(capsys, "--host", kfp_api.url, "--package", packages["yaml"], "--no-cache")
@@ -490,7 +490,7 @@ def test_no_cache_uploads_the_spec_with_every_tasks_caching_off(kfp_api, package
     for name, task in uploaded.root.dag.tasks.items():
         if compiled.root.dag.tasks[name].HasField("caching_options"):
             task.caching_options.CopyFrom(compiled.root.dag.tasks[name].caching_options)
-        else:  # kfp's override sets the option on every task, the resolvers included
+        else:  # kfp's override sets the option on every task, even one compiled without it
             task.ClearField("caching_options")
     assert uploaded == compiled
 

@@ -1,12 +1,11 @@
-"""run-local's ML Metadata answers the resolver queries TFX compiles for the latest blessed model."""
+"""run-local's ML Metadata and cache, as a KFP backend keeps them, and what it refuses as KFP does."""
+
+import json
 
 import pytest
 
-from animerec.kubeflow import local_launcher, local_metadata
+from animerec.kubeflow import local_launcher
 from animerec.kubeflow.local_metadata import LocalMetadata
-
-BLESSING_QUERY = 'schema_title="tfx.ModelBlessing" AND state=LIVE AND metadata.blessed.number_value=1'
-MODEL_QUERY = "schema_title=\"tfx.Model\" AND state=LIVE AND name=\"{{$.inputs.artifacts['input'].metadata['current_model_id']}}\""
 
 
 def _artifact(run: str, task: str, key: str, schema: str, **metadata) -> dict:
@@ -18,45 +17,27 @@ def _artifact(run: str, task: str, key: str, schema: str, **metadata) -> dict:
     }
 
 
-def _run(store: LocalMetadata, run: str, blessed: int) -> dict:
-    model = _artifact(run, "Trainer", "model", "tfx.Model")
-    # As the Evaluator's executor output carries it: the model's KFP id, as a JSON number.
-    blessing = _artifact(
-        run,
-        "RetrievalEvaluator",
-        "blessing",
-        "tfx.ModelBlessing",
-        blessed=blessed,
-        current_model_id=float(local_metadata.kfp_artifact_id(model["name"])),
-    )
-    store.record(run, "Trainer", {"model": [model]})
-    store.record(run, "RetrievalEvaluator", {"blessing": [blessing]})
-    return {"model": model, "blessing": blessing}
-
-
-def test_the_latest_blessed_model_is_resolved_across_runs(tmp_path):
-    path = str(tmp_path / "metadata.sqlite")
-    store = LocalMetadata(path)
-    assert store.resolve(BLESSING_QUERY, {}) == []
-    assert store.resolve(MODEL_QUERY, {"input": []}) == [], "nothing to resolve on a first run"
-
-    first = _run(store, "run-1", blessed=1)
-    _run(LocalMetadata(path), "run-2", blessed=0)  # not blessed: never the baseline
-    store = LocalMetadata(path)  # what a later run-local process sees
-    blessing = store.resolve(BLESSING_QUERY, {})
-    assert blessing == [first["blessing"]]
-    assert store.resolve(MODEL_QUERY, {"input": blessing}) == [first["model"]]
-
-    third = _run(store, "run-3", blessed=1)
-    blessing = store.resolve(BLESSING_QUERY, {})
-    assert blessing == [third["blessing"]], "the newest blessing wins"
-    assert store.resolve(MODEL_QUERY, {"input": blessing}) == [third["model"]]
-
-
-def test_a_query_it_cannot_answer_is_refused(tmp_path):
-    store = LocalMetadata(str(tmp_path / "metadata.sqlite"))
-    with pytest.raises(local_metadata.UnsupportedQuery, match="create_time"):
-        store.resolve('schema_title="tfx.Model" AND create_time>3', {})
+def test_a_resolver_task_is_refused_as_open_source_kfp_refuses_it(tmp_path):
+    """KFP's Argo compiler answers "resolver executors not implemented" when a run is
+    created (backend/src/v2/compiler/argocompiler/dag.go); run-local does the same rather
+    than answer the query itself, so the compiled pipeline cannot rely on one."""
+    job = {
+        "pipelineSpec": {
+            "root": {"dag": {"tasks": {"latest-model": {"componentRef": {"name": "comp-latest-model"}}}}},
+            "components": {"comp-latest-model": {"executorLabel": "exec-latest-model"}},
+            "deploymentSpec": {
+                "executors": {
+                    "exec-latest-model": {
+                        "resolver": {"outputArtifactQueries": {"model": {"filter": 'schema_title="tfx.Model"'}}}
+                    }
+                }
+            },
+        }
+    }
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps(job))
+    with pytest.raises(local_launcher.TaskFailed, match="latest-model: resolver executors are not implemented"):
+        local_launcher.run_compiled_pipeline(str(path), str(tmp_path / "root"), progress=lambda _: None)
 
 
 def _executor_input(run: str, parameters: dict, inputs: dict) -> dict:
@@ -98,6 +79,5 @@ def test_a_cached_execution_gives_back_its_outputs_and_the_hit_is_recorded(tmp_p
     # The hit is recorded as KFP records one: CACHED, with the same artifacts as outputs.
     store.record("run-2", "Trainer", outputs, fingerprint="abc", cached_ids=ids)
     assert store.cached("Trainer", "abc")[0] == "run-1/Trainer"
-    assert store.resolve('schema_title="tfx.Model" AND state=LIVE', {}) == [model]
     states = {e.name: e.last_known_state for e in store.store.get_executions_by_type("Trainer")}
     assert states == {"run-1/Trainer": store._pb.Execution.COMPLETE, "run-2/Trainer": store._pb.Execution.CACHED}

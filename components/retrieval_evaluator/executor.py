@@ -19,7 +19,14 @@ from animerec import features as f
 from animerec.config import parse_config
 from animerec.data import files, interactions
 from animerec.ids import catalog_positions
-from animerec.pipeline.artifacts import CURVES_FILE, METRICS_FILE, RECALL_PLOT, REPORT_FILE, VERDICT_FILE
+from animerec.pipeline.artifacts import (
+    CURVES_FILE,
+    METRICS_FILE,
+    RECALL_PLOT,
+    REPORT_FILE,
+    VERDICT_FILE,
+    newest_version_dir,
+)
 from animerec.report import evaluation_markdown, plot_recall
 
 RECALL_CURVE_KS = (5, 10, 20, 30, 50, 75, 100)
@@ -109,9 +116,21 @@ def rank_model(
     return np.concatenate(ranked) if ranked else np.zeros((0, k), np.int64)
 
 
+def same_saved_model(a: str, b: str) -> bool:
+    """Whether two SavedModel folders hold the same model: the same graph and the same
+    variables index (which records each variable's shape, offset and checksum), as a copy
+    by Pusher keeps them."""
+    names = ("saved_model.pb", os.path.join("variables", "variables.index"))
+    try:
+        return all(files.read_bytes(os.path.join(a, n)) == files.read_bytes(os.path.join(b, n)) for n in names)
+    except (OSError, tf.errors.NotFoundError):
+        return False
+
+
 def evaluate(examples: types.Artifact, model_dir: str, baseline_model_dir: str | None) -> tuple[dict, dict]:
     """Metrics, slices and recall curves for the model (two stages, and retrieval alone),
-    the baselines (EASE with its L2 chosen on validation) and the last blessed model."""
+    the baselines (EASE with its L2 chosen on validation) and the model being served
+    (`baseline_model_dir`, when there is one)."""
     percent = trained_validation_percent(model_dir)
     data, validation, catalog_ids = load_tasks(examples, validation_percent=percent)
     k = min(max(m.KS), data.catalog_size)
@@ -167,7 +186,7 @@ def write_report(out_dir: str, results: dict, curves: dict, blessed: bool, reaso
 class Executor(base_executor.BaseExecutor):
     def Do(self, input_dict, output_dict, exec_properties) -> None:  # noqa: N802 - TFX API
         from animerec.components.retrieval_evaluator.component import (
-            BASELINE_MODEL_KEY,
+            BASELINE_DIR_KEY,
             BLESSING_KEY,
             EVALUATION_KEY,
             EXAMPLES_KEY,
@@ -178,18 +197,17 @@ class Executor(base_executor.BaseExecutor):
         gate = parse_config(m.GateConfig, exec_properties[GATE_CONFIG_KEY], GATE_CONFIG_KEY)
         examples = artifact_utils.get_single_instance(input_dict[EXAMPLES_KEY])
         model = artifact_utils.get_single_instance(input_dict[MODEL_KEY])
-        baselines = input_dict.get(BASELINE_MODEL_KEY) or []
-        baseline = baselines[0] if baselines else None
-        # A rerun over cached inputs resolves the model under evaluation as the last
-        # blessed one: it was pushed already, so there is nothing new to bless.
-        same_model = baseline is not None and baseline.id == model.id
-        baseline_dir = path_utils.serving_model_path(baseline.uri) if baseline is not None and not same_model else None
+        model_dir = path_utils.serving_model_path(model.uri)
+        served = newest_version_dir(exec_properties.get(BASELINE_DIR_KEY) or "")
+        # The Trainer's output taken from the cache under a changed gate: the model being
+        # evaluated is the one served already, so there is nothing new to bless.
+        same_model = served is not None and same_saved_model(model_dir, served)
 
-        results, curves = evaluate(examples, path_utils.serving_model_path(model.uri), baseline_dir)
+        results, curves = evaluate(examples, model_dir, None if same_model else served)
         blessed, reasons = m.decide_blessing(results, gate)
         if same_model:
             blessed = False
-            reasons.append(f"NOT PUSHED AGAIN: this model (artifact {model.id}) is already the last blessed model")
+            reasons.append(f"NOT PUSHED AGAIN: this model (artifact {model.id}) is already served from {served}")
         evaluation = artifact_utils.get_single_instance(output_dict[EVALUATION_KEY])
         write_report(evaluation.uri, results, curves, blessed, reasons)
 
@@ -198,7 +216,6 @@ class Executor(base_executor.BaseExecutor):
         blessing.set_int_custom_property("blessed", int(blessed))
         blessing.set_string_custom_property("current_model", model.uri)
         blessing.set_int_custom_property("current_model_id", model.id)
-        if baseline is not None:
-            blessing.set_string_custom_property("baseline_model", baseline.uri)
-            blessing.set_int_custom_property("baseline_model_id", baseline.id)
+        if served is not None:
+            blessing.set_string_custom_property("baseline_model", served)
         logging.info("RetrievalEvaluator: %s\n  %s", "BLESSED" if blessed else "NOT BLESSED", "\n  ".join(reasons))
