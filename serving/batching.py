@@ -15,7 +15,8 @@ batching fails here too:
 - outputs are split along dim 0 by the tasks' sizes; an output without a batch
   dimension, or with another dim 0, fails the batch, as does any error of the
   model call: every task of a failed batch gets the error;
-- tasks queued beyond max_enqueued_batches batches are refused (UNAVAILABLE), and
+- a task that does not fit its signature's open batch when max_enqueued_batches are
+  queued for that signature and version is refused (UNAVAILABLE), and
   a batch whose tasks' deadlines have all passed while they waited is not run: each
   gets RESOURCE_EXHAUSTED "Run() timeout exceeded while waiting in batching queue"
   (BatchingSession::ProcessBatch); a batch with one task still in time runs whole.
@@ -180,7 +181,6 @@ class Batcher:
         self.config = config or BatchingConfig.read()
         self.batch_sizes: collections.deque = collections.deque(maxlen=1000)  # tasks per call, newest last
         self._queue: list[_Task] = []
-        self._queued_rows = 0
         self._busy = 0  # calls running, inline or on a batch thread
         self._cond = threading.Condition()
         self._stop = False
@@ -207,14 +207,19 @@ class Batcher:
             if inline:
                 self._busy += 1
             else:
-                capacity = self.config.max_enqueued_batches * self.config.max_batch_size
-                if self._queued_rows + size > capacity:
-                    raise RequestError(
-                        grpc.StatusCode.UNAVAILABLE,
-                        "The batch scheduling queue to which this task was submitted is full",
-                    )
+                # Each version's signature has its own queue of batches (shared_batch_scheduler.h,
+                # ValidateBatchTaskQueueCapacity): full when the task does not fit its open
+                # batch and max_enqueued_batches are queued already.
+                batches = self._queued_batches(key)
+                if batches and batches[-1] + size > self.config.max_batch_size:
+                    if len(batches) >= self.config.max_enqueued_batches:
+                        raise RequestError(
+                            grpc.StatusCode.UNAVAILABLE,
+                            "The batch scheduling queue to which this task was submitted is full; currently "
+                            f"{len(batches)} batches enqueued and max_enqueued_batches is "
+                            f"{self.config.max_enqueued_batches}",
+                        )
                 self._queue.append(task)
-                self._queued_rows += size
                 self._cond.notify()
         if inline:
             try:
@@ -227,6 +232,18 @@ class Batcher:
         if task.error is not None:
             raise task.error
         return task.outputs
+
+    def _queued_batches(self, key) -> list[int]:
+        """The sizes of the batches queued for `key`, in order, the last one open: its tasks
+        as they fill batches of max_batch_size rows."""
+        sizes: list[int] = []
+        for task in self._queue:
+            if task.key == key:
+                if sizes and sizes[-1] + task.size <= self.config.max_batch_size:
+                    sizes[-1] += task.size
+                else:
+                    sizes.append(task.size)
+        return sizes
 
     def stop(self) -> None:
         with self._cond:
@@ -264,7 +281,6 @@ class Batcher:
                     if full or waited >= timeout:
                         chosen = set(map(id, batch))
                         self._queue = [t for t in self._queue if id(t) not in chosen]
-                        self._queued_rows -= size
                         self._busy += 1
                         return batch
                     self._cond.wait(timeout - waited)

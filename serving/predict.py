@@ -216,28 +216,40 @@ def run_batch(key: tuple[LoadedVersion, str], inputs: dict) -> dict:
 
 def predict(manager: ModelManager, batcher: Batcher | None, request, timeout: float | None = None):
     """A PredictRequest's PredictResponse, or the RequestError TF Serving would answer with."""
+    _has_model_spec(request)
     loaded = manager.resolve(request.model_spec)
     name, inputs = validate_predict(loaded, request)
-    if batcher is None:
+    # The batching session batches a call whose inputs and outputs are a signature's; a
+    # call fetching only some outputs matches none and runs on its own ("Bypassing
+    # batcher", batching_session.cc; TF Serving sets no default scheduler).
+    partial = set(request.output_filter) not in (set(), set(loaded.signature_defs[name].outputs))
+    if batcher is None or partial:
         outputs = call_signature(loaded, name, inputs)
     else:
         outputs = batcher.call((loaded, name), inputs, timeout)
     return build_response(loaded, request, name, outputs)
 
 
+def _has_model_spec(request) -> None:
+    """predict_impl.cc, get_model_metadata_impl.cc, get_model_status_impl.cc: a request
+    without a ModelSpec is refused before anything else."""
+    if not request.HasField("model_spec"):
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
+
+
 def model_metadata(manager: ModelManager, request) -> get_model_metadata_pb2.GetModelMetadataResponse:
     """The signature_def metadata of the version a GetModelMetadataRequest names."""
-    # get_model_metadata_impl.cc: the request checked first, then every signature of the
-    # MetaGraph copied (__saved_model_init_op too).
-    fields = set(request.metadata_field)
-    if not fields:
+    # get_model_metadata_impl.cc: the request checked first (the first unsupported field
+    # in the request's order), then every signature of the MetaGraph copied
+    # (__saved_model_init_op too).
+    _has_model_spec(request)
+    if not request.metadata_field:
         raise RequestError(
             grpc.StatusCode.INVALID_ARGUMENT, "GetModelMetadataRequest must specify at least one metadata_field"
         )
-    if fields != {"signature_def"}:
-        raise RequestError(
-            grpc.StatusCode.INVALID_ARGUMENT, f"Metadata field {min(fields - {'signature_def'})} is not supported"
-        )
+    unsupported = [field for field in request.metadata_field if field != "signature_def"]
+    if unsupported:
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"Metadata field {unsupported[0]} is not supported")
     loaded = manager.resolve(request.model_spec)
     signature_map = get_model_metadata_pb2.SignatureDefMap()
     for name, signature in loaded.meta_graph_signature_defs.items():
@@ -252,16 +264,21 @@ def model_metadata(manager: ModelManager, request) -> get_model_metadata_pb2.Get
 def model_status(manager: ModelManager, request) -> get_model_status_pb2.GetModelStatusResponse:
     """Every version seen: the served one AVAILABLE; earlier served and unloadable ones END."""
     states_enum = get_model_status_pb2.ModelVersionStatus
+    _has_model_spec(request)
     current = manager.current
-    if request.model_spec.name != manager.name or current is None:
-        raise RequestError(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {request.model_spec.name}")
-    states = {v: states_enum.END for v in manager.retired | set(manager.failed)}
-    states[current.version] = states_enum.AVAILABLE
+    states = {}
+    if request.model_spec.name == manager.name and current is not None:
+        states = {v: states_enum.END for v in manager.retired | set(manager.failed)}
+        states[current.version] = states_enum.AVAILABLE
+    # get_model_status_impl.cc: a version asked for is looked up as (model, version), so an
+    # unknown model with a version is "Could not find version"; without one, every version.
     wanted = request.model_spec.version.value if request.model_spec.HasField("version") else None
     if wanted is not None and wanted not in states:
         raise RequestError(
             grpc.StatusCode.NOT_FOUND, f"Could not find version {wanted} of model {request.model_spec.name}"
         )
+    if not states:
+        raise RequestError(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {request.model_spec.name}")
     response = get_model_status_pb2.GetModelStatusResponse()
     for version in sorted(states, reverse=True):
         if wanted is not None and version != wanted:

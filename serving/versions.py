@@ -254,6 +254,8 @@ class ModelManager:
         """The loaded version a request's ModelSpec names, or TF Serving's NOT_FOUND."""
         current = self._current
         which = model_spec.WhichOneof("version_choice")
+        if not model_spec.name:  # ServerCore::ServableRequestFromModelSpec checks the name first
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "ModelSpec has no name specified.")
         if which == "version_label":
             # ServerCore::GetServableHandle resolves a label before it looks the model up, and
             # this server configures none (GetModelVersionForLabel).

@@ -130,6 +130,56 @@ def test_metadata_and_status(running_rest):
     assert status.model_version_status[0].state == get_model_status_pb2.ModelVersionStatus.AVAILABLE
 
 
+def test_requests_without_a_model_spec_or_name_are_refused_as_tf_serving_refuses_them(running_rest):
+    channel = grpc.insecure_channel(running_rest.target)
+    predictions = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    models = model_service_pb2_grpc.ModelServiceStub(channel)
+
+    def refused(call, request) -> tuple:
+        with pytest.raises(grpc.RpcError) as error:
+            call(request, timeout=10)
+        return error.value.code(), error.value.details()
+
+    no_spec = _request(user_id=np.array([100], np.int64))
+    no_spec.ClearField("model_spec")
+    invalid = grpc.StatusCode.INVALID_ARGUMENT
+    assert refused(predictions.Predict, no_spec) == (invalid, "Missing ModelSpec")
+    no_name = _request(name="", user_id=np.array([100], np.int64))
+    assert refused(predictions.Predict, no_name) == (invalid, "ModelSpec has no name specified.")
+    metadata = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    assert refused(predictions.GetModelMetadata, metadata) == (invalid, "Missing ModelSpec")
+    # The first unsupported field, in the request's order (get_model_metadata_impl.cc).
+    metadata.model_spec.name = "animerec"
+    metadata.metadata_field[:] = ["signature_def", "zeta", "alpha"]
+    assert refused(predictions.GetModelMetadata, metadata) == (invalid, "Metadata field zeta is not supported")
+    assert refused(models.GetModelStatus, get_model_status_pb2.GetModelStatusRequest()) == (
+        invalid,
+        "Missing ModelSpec",
+    )
+    # A version of an unknown model is looked up as (model, version) (get_model_status_impl.cc).
+    status = get_model_status_pb2.GetModelStatusRequest()
+    status.model_spec.name = "other"
+    status.model_spec.version.value = 3
+    assert refused(models.GetModelStatus, status) == (
+        grpc.StatusCode.NOT_FOUND,
+        "Could not find version 3 of model other",
+    )
+
+
+def test_a_call_fetching_some_outputs_is_not_batched(running_rest):
+    """batching_session.cc: a Run() whose outputs are not a signature's matches no batching
+    queue and runs on its own ("Bypassing batcher"), so the batching session's checks do not
+    apply to it."""
+    stub = _stub(running_rest)
+    running_rest.batcher.batch_sizes.clear()  # the batcher's log of calls, newest last
+    before = 0
+    response = stub.Predict(_filtered(_request(user_id=np.array([100], np.int64)), f.OUTPUT_ANIME_IDS), timeout=10)
+    assert set(response.outputs) == {f.OUTPUT_ANIME_IDS}
+    assert len(running_rest.batcher.batch_sizes) == before, "the filtered call went through the batcher"
+    stub.Predict(_request(user_id=np.array([100], np.int64)), timeout=10)
+    assert len(running_rest.batcher.batch_sizes) == before + 1, "a whole-signature call is batched"
+
+
 BAD_REQUESTS = {
     "missing input": (
         _request(f.RECOMMEND_SIGNATURE, user_id=np.array([100], np.int64)),
@@ -848,6 +898,45 @@ def test_rest_client_gives_what_the_grpc_client_gives(running_rest):
     with pytest.raises(client.RestError, match="HTTP 404"):
         client.RestClient(running_rest.rest_url, model_name="other").recommend([100])
     by_grpc.close()
+
+
+def test_a_full_queue_refuses_as_tf_servings_scheduler_does():
+    """shared_batch_scheduler.h: each version's signature queues its own batches; a task is
+    refused when it does not fit the open batch and max_enqueued_batches are queued."""
+    from animerec.serving import batching
+
+    started, release = threading.Event(), threading.Event()
+
+    def run(key, inputs):
+        started.set()
+        release.wait(10)  # the model is busy: the next tasks queue
+        return {"y": inputs["x"]}
+
+    config = BatchingConfig(max_batch_size=2, max_enqueued_batches=1, num_batch_threads=1)
+    batcher = batching.Batcher(run, config)
+    callers = [threading.Thread(target=batcher.call, args=("sig", {"x": np.array([0])}))]
+    callers[0].start()
+    assert started.wait(5)
+    callers.append(threading.Thread(target=batcher.call, args=("sig", {"x": np.array([1, 2])})))
+    callers[-1].start()
+    while not batcher._queue:
+        time.sleep(0.01)
+    with pytest.raises(batching.RequestError) as error:
+        batcher.call("sig", {"x": np.array([3])})
+    assert error.value.code == grpc.StatusCode.UNAVAILABLE
+    assert str(error.value) == (
+        "The batch scheduling queue to which this task was submitted is full; currently 1 batches enqueued "
+        "and max_enqueued_batches is 1"
+    )
+    # Another signature has a queue of its own.
+    callers.append(threading.Thread(target=batcher.call, args=("other", {"x": np.array([4])})))
+    callers[-1].start()
+    while len(batcher._queue) < 2:
+        time.sleep(0.01)
+    release.set()
+    for caller in callers:
+        caller.join()
+    batcher.stop()
 
 
 def test_a_batch_whose_deadlines_all_passed_in_the_queue_is_not_run():
