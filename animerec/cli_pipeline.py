@@ -399,7 +399,10 @@ def _add_kubeflow_commands(commands) -> None:
         help="default of the data_root runtime parameter: the folder of Kaggle CSV files",
     )
     compile_.add_argument(
-        "--serving-dir", default="gs://YOUR_BUCKET/animerec/serving", help="where Pusher writes versions for TF Serving"
+        "--serving-dir",
+        required=True,
+        help="where Pusher writes versions for TF Serving (compiled in: a run cannot change it), and where the "
+        "Evaluator finds the model being served",
     )
     compile_.add_argument("--image", default=f.PIPELINE_IMAGE, help="the pipeline image built from kubeflow/Dockerfile")
     _add_gate_args(compile_, GateConfig(), compiled=True)

@@ -101,10 +101,17 @@ def test_a_local_job_compiles_its_local_paths_absolute(tmp_path, monkeypatch):
 
 
 def test_the_output_extension_chooses_the_format(tmp_path, capsys):
-    assert cli.main(["kubeflow", "compile", "--output", str(tmp_path / "pipeline.txt")]) == 2
+    assert (
+        cli.main(["kubeflow", "compile", "--output", str(tmp_path / "pipeline.txt"), "--serving-dir", "gs://b/s"]) == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith("animerec: error: ") and ".yaml or .yml" in err and ".json" in err
     assert err.count("\n") == 1
+    # The serving dir is compiled in (a run cannot change it): no placeholder default that
+    # would fail only at Pusher, after training.
+    with pytest.raises(SystemExit) as missing:
+        cli.main(["kubeflow", "compile", "--output", str(tmp_path / "pipeline.yaml")])
+    assert missing.value.code == 2 and "--serving-dir" in capsys.readouterr().err
     assert cli.main(["kubeflow", "run-local", "--job", str(tmp_path / "p.yaml"), "--root", str(tmp_path)]) == 2
     assert "compile one with `--output NAME.json`" in capsys.readouterr().err
 
