@@ -32,6 +32,16 @@ MAX_CONCURRENT_RPCS = 64
 WORKERS = 8
 
 
+# model_servers/grpc_status_util.cc, ToGRPCStatus: longer messages are cut, and say so.
+MESSAGE_LIMIT = 1024
+
+
+def grpc_message(error: RequestError) -> str:
+    """A refusal's message as TF Serving's gRPC server sends it."""
+    message = str(error)
+    return message[:MESSAGE_LIMIT] + "...TRUNCATED" if len(message) > MESSAGE_LIMIT else message
+
+
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, manager: ModelManager, batcher: Batcher | None = None):
         self.manager = manager
@@ -41,13 +51,13 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         try:
             return predict(self.manager, self.batcher, request, context.time_remaining())
         except RequestError as error:
-            context.abort(error.code, str(error))
+            context.abort(error.code, grpc_message(error))
 
     def GetModelMetadata(self, request, context):  # noqa: N802
         try:
             return model_metadata(self.manager, request)
         except RequestError as error:
-            context.abort(error.code, str(error))
+            context.abort(error.code, grpc_message(error))
 
     def Classify(self, request, context):  # noqa: N802
         context.abort(grpc.StatusCode.UNIMPLEMENTED, "Classify is not supported by this retrieval model; use Predict")
@@ -69,7 +79,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         try:
             return model_status(self.manager, request)
         except RequestError as error:
-            context.abort(error.code, str(error))
+            context.abort(error.code, grpc_message(error))
 
     def HandleReloadConfigRequest(self, request, context):  # noqa: N802
         context.abort(

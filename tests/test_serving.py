@@ -166,6 +166,15 @@ def test_requests_without_a_model_spec_or_name_are_refused_as_tf_serving_refuses
     )
 
 
+def test_long_refusals_are_cut_as_tf_servings_grpc_status_does(running_rest):
+    """grpc_status_util.cc, ToGRPCStatus: a message over 1,024 characters is cut there."""
+    name = "s" * 2000
+    with pytest.raises(grpc.RpcError) as error:
+        _stub(running_rest).Predict(_request(name, user_id=np.array([100], np.int64)), timeout=10)
+    expected = f'Serving signature key "{name}" not found.'
+    assert error.value.details() == expected[:1024] + "...TRUNCATED"
+
+
 def test_a_call_fetching_some_outputs_is_not_batched(running_rest):
     """batching_session.cc: a Run() whose outputs are not a signature's matches no batching
     queue and runs on its own ("Bypassing batcher"), so the batching session's checks do not
