@@ -112,6 +112,22 @@ def _kubeflow_compile(args) -> int:
     return 0
 
 
+def _token(path: str | None) -> str | None:
+    """The bearer token in the file at `path` (a service account's projected token, say)."""
+    from animerec.kubeflow.submit import SubmitError
+
+    if path is None:
+        return None
+    try:
+        with open(path) as fh:
+            token = fh.read().strip()
+    except OSError as error:
+        raise SubmitError(f"--token-file {path}: {error.strerror}") from None
+    if not token:
+        raise SubmitError(f"--token-file {path}: the file is empty")
+    return token
+
+
 def _kubeflow_submit(args) -> int:
     import sys
 
@@ -129,6 +145,8 @@ def _kubeflow_submit(args) -> int:
             pipeline_root=args.pipeline_root,
             namespace=args.namespace,
             cache=not args.no_cache,
+            token=_token(args.token_file),
+            cookies=args.cookie,
         )
     except submit.SubmitError as error:
         print(f"animerec: error: {error}", file=sys.stderr)
@@ -463,6 +481,17 @@ def _add_kubeflow_commands(commands) -> None:
     submit.add_argument("--pipeline-root", default=None, help="this run's pipeline root (default: the one compiled in)")
     submit.add_argument(
         "--namespace", default=None, help="Kubernetes namespace of the pipeline and experiment (multi-user KFP)"
+    )
+    submit.add_argument(
+        "--token-file",
+        default=None,
+        help="a file holding a bearer token for the API server (a service account token, or an identity "
+        "provider's); read, not passed on the command line",
+    )
+    submit.add_argument(
+        "--cookie",
+        default=None,
+        help="a Cookie header for the API server, e.g. a multi-user Kubeflow's authservice_session=VALUE",
     )
     submit.add_argument(
         "--no-cache",

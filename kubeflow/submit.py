@@ -259,10 +259,14 @@ def submit(
     namespace: str | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     cache: bool = True,
+    token: str | None = None,
+    cookies: str | None = None,
 ) -> Submission:
     """Uploads package (or a new version of it) to the KFP API at host and runs it in
     experiment. cache=False uploads it with every task's caching off, so that every step
-    runs (new data under the same data_root, say)."""
+    runs (new data under the same data_root, say). `token` (sent as a bearer token) and
+    `cookies` (a Cookie header, such as a multi-user Kubeflow's session cookie) reach the
+    API server as kfp.Client's `existing_token` and `cookies` send them."""
     with tempfile.TemporaryDirectory() as folder:
         return _submit(
             host,
@@ -275,6 +279,7 @@ def submit(
             pipeline_root,
             namespace,
             timeout_s,
+            {"existing_token": token, "cookies": cookies},
         )
 
 
@@ -289,6 +294,7 @@ def _submit(
     pipeline_root: str | None,
     namespace: str | None,
     timeout_s: float,
+    auth: dict,
 ) -> Submission:
     import kfp_server_api
     import urllib3
@@ -305,7 +311,7 @@ def _submit(
     try:
         # The client prints "... details: URL" lines of its own; the caller prints the result.
         with _request_timeout(timeout_s), contextlib.redirect_stdout(io.StringIO()):
-            client = _client_class()(host=host)
+            client = _client_class()(host=host, **auth)
             step = f"uploading {os.path.basename(package)} as the pipeline {name!r}"
             pipeline_id, version_id = _upload(client, package, name, version_name or f"{name} {stamp}", namespace)
             step = f"finding or creating the experiment {experiment!r}"

@@ -473,6 +473,37 @@ def test_submit_uploads_the_spec_and_runs_it_with_the_parameters(kfp_api, packag
     assert "details:" not in out, "kfp's own link lines are not printed"
 
 
+def test_a_token_and_a_cookie_reach_every_call(kfp_api, packages, capsys, tmp_path):
+    """Multi-user Kubeflow behind its auth proxy wants a session cookie or a bearer token on
+    every request, as kfp.Client sends its existing_token and cookies."""
+    token = tmp_path / "token"
+    token.write_text("sa-token-123\n")
+    code, _, err = animerec_submit(
+        capsys,
+        "--host",
+        kfp_api.url,
+        "--package",
+        packages["yaml"],
+        "--token-file",
+        str(token),
+        "--cookie",
+        "authservice_session=abc",
+    )
+    assert code == 0, err
+    assert kfp_api.requests, "nothing reached the server"
+    for request in kfp_api.requests:
+        headers = {key.lower(): value for key, value in request.headers.items()}
+        assert headers.get("authorization") == "Bearer sa-token-123", (request.path, headers)
+        assert headers.get("cookie") == "authservice_session=abc", (request.path, headers)
+    # A token file that cannot be read stops submit before anything is sent.
+    sent = len(kfp_api.requests)
+    code, _, err = animerec_submit(
+        capsys, "--host", kfp_api.url, "--package", packages["yaml"], "--token-file", str(tmp_path / "none")
+    )
+    assert code == 2 and err.strip() == f"animerec: error: --token-file {tmp_path / 'none'}: No such file or directory"
+    assert len(kfp_api.requests) == sent
+
+
 def test_no_cache_uploads_the_spec_with_every_tasks_caching_off(kfp_api, packages, capsys):
     with open(packages["yaml"], "rb") as fh:
         compiled = _spec_proto(fh.read())
