@@ -176,44 +176,54 @@ def _weight(user: int, anime: int) -> float:
     return user + anime / 64
 
 
-def test_validation_rows_are_carved_out_of_histories_and_training_batches(tmp_path):
-    """With validation_percent, some liked rows of users with enough history leave the
-    histories and the streamed training rows; put back, they give the histories again."""
-    rng = np.random.default_rng(0)
-    n_users, n_anime = 30, 40
-    rows = []
-    for user in range(n_users):
-        for anime in rng.choice(n_anime, 12 if user < 25 else 3, replace=False):  # users 25+ have too little
-            rows.append(
-                {
-                    f.USER_ID: 1000 + user,
-                    f.USER_INDEX: user,
-                    f.ANIME_ID: 500 + anime,
-                    f.ANIME_INDEX: anime,
-                    f.LIKED: 1,
-                    f.WEIGHT: _weight(user, anime),
-                    f.NAME: b"",
-                    f.GENRES: b"",
-                    **{n: [] for n in f.TEXT_MAX_TOKENS},
-                }
-            )
+def _liked_row(user: int, anime: int, index: int, weight: float = 1.0) -> dict:
+    """A liked training row of user 1000 + user (index user) for anime 500 + anime (vocabulary index `index`)."""
+    return {
+        f.USER_ID: 1000 + user,
+        f.USER_INDEX: user,
+        f.ANIME_ID: 500 + anime,
+        f.ANIME_INDEX: index,
+        f.LIKED: 1,
+        f.WEIGHT: weight,
+        f.NAME: b"",
+        f.GENRES: b"",
+        **{n: [] for n in f.TEXT_MAX_TOKENS},
+    }
+
+
+def _write_splits(tmp_path, rows: list, n_users: int, index_of) -> list:
+    """`rows` as the train split and anime 500 + a (vocabulary index index_of[a]) as the
+    catalog split; the file patterns."""
     catalog = [
         {
             f.USER_ID: f.NO_USER,
             f.USER_INDEX: n_users,
             f.ANIME_ID: 500 + a,
-            f.ANIME_INDEX: a,
+            f.ANIME_INDEX: index,
             f.LIKED: 0,
             f.WEIGHT: 0.0,
             f.NAME: b"t",
             f.GENRES: b"g",
             **{n: [1] for n in f.TEXT_MAX_TOKENS},
         }
-        for a in range(n_anime)
+        for a, index in enumerate(index_of)
     ]
     _write(str(tmp_path / "Split-train"), rows)
     _write(str(tmp_path / "Split-catalog"), catalog)
-    files = [str(tmp_path / "Split-train" / "*"), str(tmp_path / "Split-catalog" / "*")]
+    return [str(tmp_path / "Split-train" / "*"), str(tmp_path / "Split-catalog" / "*")]
+
+
+def test_validation_rows_are_carved_out_of_histories_and_training_batches(tmp_path):
+    """With validation_percent, some liked rows of users with enough history leave the
+    histories and the streamed training rows; put back, they give the histories again."""
+    rng = np.random.default_rng(0)
+    n_users, n_anime = 30, 40
+    rows = [
+        _liked_row(user, anime, anime, _weight(user, anime))
+        for user in range(n_users)
+        for anime in rng.choice(n_anime, 12 if user < 25 else 3, replace=False)  # users 25+ have too little
+    ]
+    files = _write_splits(tmp_path, rows, n_users, range(n_anime))
     vocabulary = [str(1000 + user).encode() for user in range(n_users)]
     whole = _load(files, vocabulary, n_anime)
     data = _load(files, vocabulary, n_anime, validation_percent=20)
@@ -253,37 +263,8 @@ def test_likes_by_catalog_position_follows_raw_anime_ids(tmp_path):
     for user in range(n_users):
         for anime in rng.choice(n_anime - 1, rng.integers(1, 8), replace=False):
             liked.append((user, anime))  # the last anime: in the catalog, liked by nobody
-    rows = [
-        {
-            f.USER_ID: 1000 + user,
-            f.USER_INDEX: user,
-            f.ANIME_ID: 500 + anime,
-            f.ANIME_INDEX: index_of[anime],
-            f.LIKED: 1,
-            f.WEIGHT: 1.0,
-            f.NAME: b"",
-            f.GENRES: b"",
-            **{n: [] for n in f.TEXT_MAX_TOKENS},
-        }
-        for user, anime in liked
-    ]
-    catalog = [
-        {
-            f.USER_ID: f.NO_USER,
-            f.USER_INDEX: n_users,
-            f.ANIME_ID: 500 + a,
-            f.ANIME_INDEX: index_of[a],
-            f.LIKED: 0,
-            f.WEIGHT: 0.0,
-            f.NAME: b"t",
-            f.GENRES: b"g",
-            **{n: [1] for n in f.TEXT_MAX_TOKENS},
-        }
-        for a in range(n_anime)
-    ]
-    _write(str(tmp_path / "Split-train"), rows)
-    _write(str(tmp_path / "Split-catalog"), catalog)
-    files = [str(tmp_path / "Split-train" / "*"), str(tmp_path / "Split-catalog" / "*")]
+    rows = [_liked_row(user, anime, index_of[anime]) for user, anime in liked]
+    files = _write_splits(tmp_path, rows, n_users, index_of)
     data = _load(files, [str(1000 + user).encode() for user in range(n_users)], n_anime)
     assert not np.array_equal(data.catalog.anime_index, np.arange(n_anime)), "the test needs index != position"
     counts = collections.Counter(500 + anime for _, anime in liked)
