@@ -108,6 +108,10 @@ _INT_RANGES = {
 }
 
 
+def _dtype_name(dtype: np.dtype) -> str:
+    return _DTYPE_NAMES.get(dtype, dtype.name)
+
+
 def _json_text(value) -> str:
     """JsonValueToString: the value as JSON text, for error messages."""
     return json.dumps(value, allow_nan=True, default=repr)
@@ -124,7 +128,7 @@ def _json_type(value) -> str:
 
 def _type_error(value, dtype: np.dtype) -> RequestError:
     return _bad(
-        f"JSON Value: {_json_text(value)} Type: {_json_type(value)} is not of expected type: {_DTYPE_NAMES[dtype]}"
+        f"JSON Value: {_json_text(value)} Type: {_json_type(value)} is not of expected type: {_dtype_name(dtype)}"
     )
 
 
@@ -165,10 +169,10 @@ def _leaf(value, dtype: np.dtype):
         largest = float(np.finfo(dtype).max)
         if (isinstance(value, int) and abs(value) > exact) or (math.isfinite(value) and abs(value) > largest):
             raise _bad(
-                f"Cannot convert JSON value: {_json_text(value)} to {_DTYPE_NAMES[dtype]} without loss of precision."
+                f"Cannot convert JSON value: {_json_text(value)} to {_dtype_name(dtype)} without loss of precision."
             )
         return value
-    low, high = _INT_RANGES[_DTYPE_NAMES[dtype]]
+    low, high = _INT_RANGES.get(_dtype_name(dtype), (int(np.iinfo(dtype).min), int(np.iinfo(dtype).max)))
     if not isinstance(value, int) or not low <= value <= high:
         raise _type_error(value, dtype)
     return value
