@@ -181,7 +181,7 @@ def call_signature(loaded: LoadedVersion, name: str, inputs: dict) -> dict:
     try:
         return loaded.run(name, {k: np.asarray(v, dtype=specs[k].dtype.as_numpy_dtype) for k, v in inputs.items()})
     except tf.errors.OpError as error:
-        code = _GRPC_CODES.get(error.error_code, grpc.StatusCode.UNKNOWN)
+        code = GRPC_CODES.get(error.error_code, grpc.StatusCode.UNKNOWN)
         raise RequestError(code, _text(error.message)) from None
     except UnicodeDecodeError:
         # TensorFlow's error quoted bytes of the request that are not UTF-8 (a string
@@ -192,7 +192,7 @@ def call_signature(loaded: LoadedVersion, name: str, inputs: dict) -> dict:
 
 
 # TensorFlow's error codes are gRPC's.
-_GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}
+GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
 def _text(message) -> str:
@@ -288,6 +288,6 @@ def model_status(manager: ModelManager, request) -> get_model_status_pb2.GetMode
         version_status.state = states[version]
         version_status.status.error_code = 0  # OK
         if version in manager.failed and version != current.version:
-            version_status.status.error_code = grpc.StatusCode.UNKNOWN.value[0]
-            version_status.status.error_message = manager.failed[version][0]
+            version_status.status.error_code = manager.failed[version].code.value[0]
+            version_status.status.error_message = manager.failed[version].text
     return response

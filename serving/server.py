@@ -141,7 +141,7 @@ def start_server(
     manager.start()
     if manager.current is None:
         manager.stop()
-        broken = "".join(f"; version {v} does not load: {m}" for v, (m, _) in sorted(manager.failed.items()))
+        broken = "".join(f"; version {v} does not load: {e.message}" for v, e in sorted(manager.failed.items()))
         raise FileNotFoundError(
             f"{model_base_path}: no loadable model version (a numbered folder with saved_model.pb){broken}"
         )

@@ -20,7 +20,7 @@ from animerec.data import files
 from animerec.pipeline.artifacts import complete_versions
 from animerec.serving import scann_index
 from animerec.serving.batching import RequestError
-from animerec.serving.predict import call_signature, validate_predict
+from animerec.serving.predict import GRPC_CODES, call_signature, validate_predict
 
 POLL_SECONDS = 2.0
 # How long stopping waits for the version poller (a load in progress finishes first).
@@ -160,6 +160,29 @@ def warm_up(loaded: LoadedVersion) -> int:
     return count
 
 
+@dataclasses.dataclass(frozen=True)
+class LoadFailure:
+    """Why a version did not load: its error's code (TensorFlow's, which are gRPC's; UNKNOWN
+    for any other exception) and whole text, as TF Serving's model status reports a
+    version's load error (ToStatusProto of its health), its first line for logs, and
+    the saved_model.pb it was tried with."""
+
+    code: grpc.StatusCode
+    text: str
+    stamp: tuple
+
+    @property
+    def message(self) -> str:
+        return self.text.splitlines()[0]
+
+    @classmethod
+    def of(cls, error: Exception, stamp: tuple) -> LoadFailure:
+        code = (
+            GRPC_CODES.get(error.error_code, grpc.StatusCode.UNKNOWN) if isinstance(error, tf.errors.OpError) else None
+        )
+        return cls(code or grpc.StatusCode.UNKNOWN, str(error) or type(error).__name__, stamp)
+
+
 class ModelManager:
     """Holds the served version, as TF Serving's latest-version policy does: the newest
     version that loads is served; a newer one replaces it once it has loaded; a version
@@ -184,9 +207,9 @@ class ModelManager:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = None
-        # Versions that failed to load, with the error and the saved_model.pb they were
-        # tried with (a version copied again is tried again); versions served before.
-        self.failed: dict[int, tuple[str, tuple]] = {}
+        # Versions that failed to load (a version copied again is tried again); versions
+        # served before.
+        self.failed: dict[int, LoadFailure] = {}
         self.retired: set[int] = set()
 
     @property
@@ -209,15 +232,15 @@ class ModelManager:
                 stamp = self._stamp(version)
             except (OSError, tf.errors.NotFoundError):
                 continue  # deleted since it was listed
-            if version in self.failed and self.failed[version][1] == stamp:
+            if version in self.failed and self.failed[version].stamp == stamp:
                 continue
             try:
                 loaded = load_version(self.base_path, version, self.config, self.index)
                 warm_up(loaded)
             except Exception as error:  # noqa: BLE001 - any broken version is skipped, never fatal
-                message = str(error).splitlines()[0] if str(error) else type(error).__name__
-                logging.error("%s version %d does not load; skipped: %s", self.name, version, message)
-                self.failed[version] = (message, stamp)
+                failure = LoadFailure.of(error, stamp)
+                logging.error("%s version %d does not load; skipped: %s", self.name, version, failure.message)
+                self.failed[version] = failure
                 continue
             self.failed.pop(version, None)
             with self._lock:

@@ -595,6 +595,8 @@ def test_broken_versions_are_skipped_and_the_poller_survives(exported_model, tmp
         assert status[1][0] == get_model_status_pb2.ModelVersionStatus.AVAILABLE
         assert status[2][0] == status[3][0] == get_model_status_pb2.ModelVersionStatus.END
         assert status[2][1] and status[3][1], "a version that does not load says why"
+        # Its whole error, as TF Serving reports a version's load error; the log has its first line.
+        assert status[3][1] == srv.manager.failed[3].text and "\n" not in srv.manager.failed[3].message
         # The poller is alive: a good version 4 is picked up.
         push(exported_model, serving_dir, 4)
         assert _wait_for(lambda: srv.manager.current.version == 4)
