@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 # What the wrapper relies on in tfx.orchestration.portable.launcher.Launcher.
 LAUNCHER_METHODS = ("launch", "_run_executor")
-LAUNCHER_ATTRIBUTES = ("_pipeline_node", "_system_node_handler")
+LAUNCHER_ATTRIBUTES = ("_pipeline_node",)
 
 
 class ComponentProgress:
@@ -46,8 +46,7 @@ class ComponentProgress:
             start = time.time()
             result = original_launch(self_, *args, **kwargs)
             tracker.seconds[name] = time.time() - start
-            system_node = getattr(self_, "_system_node_handler", None) is not None
-            how = "cached" if tracker.cached[name] and not system_node else "done"
+            how = "cached" if tracker.cached[name] else "done"
             tracker.progress(f"[{time.strftime('%H:%M:%S')}] {name} {how} in {tracker.seconds[name]:.1f}s")
             return result
 

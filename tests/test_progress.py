@@ -24,7 +24,6 @@ def test_wrapper_reports_runs_and_cache_hits_and_restores_the_launcher(monkeypat
 
     class Fake:
         _pipeline_node = Node()
-        _system_node_handler = None
 
         def __init__(self, runs: bool):
             self.runs = runs
