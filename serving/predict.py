@@ -222,7 +222,7 @@ def predict(manager: ModelManager, batcher: Batcher | None, request, timeout: fl
     # The batching session batches a call whose inputs and outputs are a signature's; a
     # call fetching only some outputs matches none and runs on its own ("Bypassing
     # batcher", batching_session.cc; TF Serving sets no default scheduler).
-    partial = set(request.output_filter) not in (set(), set(loaded.signature_defs[name].outputs))
+    partial = bool(request.output_filter) and set(request.output_filter) != set(loaded.signature_defs[name].outputs)
     if batcher is None or partial:
         outputs = call_signature(loaded, name, inputs)
     else:

@@ -408,10 +408,10 @@ class RestApi:
         if not API_PATH.fullmatch(path):
             raise web.HTTPNotFound()
         method = http.method
-        match = PREDICT_PATH if method == "POST" else MODEL_PATH if method == "GET" else None
-        match = match.fullmatch(path) if match else None
+        pattern = {"POST": PREDICT_PATH, "GET": MODEL_PATH}.get(method)
+        match = pattern.fullmatch(path) if pattern else None
         if match is None:
-            return await self._answer(lambda: _raise(_bad(f"Malformed request: {method} {path}")))
+            return _refusal(_bad(f"Malformed request: {method} {path}"))
         name, version, label, verb = (urllib.parse.unquote(g) if g is not None else None for g in match.groups())
         if version is not None:
             number = int(version)
@@ -422,10 +422,10 @@ class RestApi:
         if method == "POST":
             if verb.lower() != "predict":
                 message = f"{verb.capitalize()} is not supported by this retrieval model; use Predict"
-                return await self._answer(lambda: _raise(RequestError(grpc.StatusCode.UNIMPLEMENTED, message)))
+                return _refusal(RequestError(grpc.StatusCode.UNIMPLEMENTED, message))
             return await self.predict(http, name, version, label)
         if not name:
-            return await self._answer(lambda: _raise(_bad("Missing model name in request.")))
+            return _refusal(_bad("Missing model name in request."))
         if verb is not None:  # the metadata subresource
             return await self.metadata(name, version, label)
         return await self.status(name, version, label)
@@ -433,11 +433,9 @@ class RestApi:
     async def _answer(self, compute) -> web.Response:
         try:
             body = await asyncio.get_running_loop().run_in_executor(None, compute)
-            status = 200
         except RequestError as error:
-            body, status = {"error": str(error)}, HTTP_STATUS.get(error.code, 500)
-        # allow_nan: -inf scores are written -Infinity, as TF Serving writes them.
-        return web.Response(text=json.dumps(body, allow_nan=True), status=status, content_type="application/json")
+            return _refusal(error)
+        return _json_response(body, 200)
 
     async def status(self, name: str, version: int | None, label: str | None) -> web.Response:
         def compute():
@@ -474,11 +472,11 @@ class RestApi:
     async def predict(self, http: web.Request, name: str, version: int | None, label: str | None) -> web.Response:
         text = await http.read()
         if not text:
-            return web.json_response({"error": "JSON Parse error: The document is empty"}, status=400)
+            return _refusal(_bad("JSON Parse error: The document is empty"))
         try:
             body = json.loads(text)
         except (ValueError, UnicodeDecodeError) as error:
-            return web.json_response({"error": f"JSON Parse error: {error}"}, status=400)
+            return _refusal(_bad(f"JSON Parse error: {error}"))
 
         def compute():
             request, rows = predict_request(body, self.manager, name, version, label)
@@ -487,8 +485,14 @@ class RestApi:
         return await self._answer(compute)
 
 
-def _raise(error: Exception):
-    raise error
+def _json_response(body, status: int) -> web.Response:
+    # allow_nan: -inf scores are written -Infinity, as TF Serving writes them.
+    return web.Response(text=json.dumps(body, allow_nan=True), status=status, content_type="application/json")
+
+
+def _refusal(error: RequestError) -> web.Response:
+    """TF Serving's answer to a refused request: {"error": message} with its HTTP status."""
+    return _json_response({"error": str(error)}, HTTP_STATUS.get(error.code, 500))
 
 
 class RestServer:

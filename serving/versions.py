@@ -177,9 +177,7 @@ class LoadFailure:
 
     @classmethod
     def of(cls, error: Exception, stamp: tuple) -> LoadFailure:
-        code = (
-            GRPC_CODES.get(error.error_code, grpc.StatusCode.UNKNOWN) if isinstance(error, tf.errors.OpError) else None
-        )
+        code = GRPC_CODES.get(error.error_code) if isinstance(error, tf.errors.OpError) else None
         return cls(code or grpc.StatusCode.UNKNOWN, str(error) or type(error).__name__, stamp)
 
 

@@ -198,7 +198,8 @@ class Executor(base_executor.BaseExecutor):
         examples = artifact_utils.get_single_instance(input_dict[EXAMPLES_KEY])
         model = artifact_utils.get_single_instance(input_dict[MODEL_KEY])
         model_dir = path_utils.serving_model_path(model.uri)
-        served = newest_version_dir(exec_properties.get(BASELINE_DIR_KEY) or "")
+        baseline_dir = exec_properties.get(BASELINE_DIR_KEY)
+        served = newest_version_dir(baseline_dir) if baseline_dir else None
         # The Trainer's output taken from the cache under a changed gate: the model being
         # evaluated is the one served already, so there is nothing new to bless.
         same_model = served is not None and same_saved_model(model_dir, served)
