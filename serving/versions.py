@@ -12,7 +12,9 @@ import threading
 import grpc
 import tensorflow as tf
 from absl import logging
+from google.protobuf.message import DecodeError
 from tensorflow.core.protobuf import config_pb2
+from tensorflow.python.saved_model import loader_impl
 from tensorflow.python.util import deprecation
 
 from animerec import features as f
@@ -120,50 +122,104 @@ def load_version(base_path: str, version: int, config=None, index: str = f.BRUTE
 
 
 def load_session(path: str, config=None):
-    """The SavedModel at `path` in a Session, as TF Serving loads it: (session, MetaGraphDef)."""
+    """The SavedModel at `path` in a Session, as TF Serving loads it: (session, MetaGraphDef).
+
+    As TensorFlow's C++ loader (`tensorflow/cc/saved_model/loader.cc`, `reader.cc`) does,
+    which TF Serving runs: a saved_model.pb that does not parse is DATA_LOSS, one without
+    a MetaGraph tagged exactly `serve` is NOT_FOUND, and a version without
+    variables/variables.index loads with no variables restored (its first call, the
+    warmup's, then fails). Python's loader raises its own exceptions for all three."""
+    pb = os.path.join(path, "saved_model.pb")
+    try:
+        loader = loader_impl.SavedModelLoader(path)
+    except OSError:
+        if not tf.io.gfile.exists(pb):
+            raise
+        raise RequestError(grpc.StatusCode.DATA_LOSS, f"Can't parse {pb} as binary proto") from None
+    tags = [tf.saved_model.SERVING]
+    if not any(set(meta.meta_info_def.tags) == set(tags) for meta in loader.saved_model.meta_graphs):
+        raise RequestError(
+            grpc.StatusCode.NOT_FOUND,
+            "Could not find meta graph def matching supplied tags: { serve }. To inspect available tag-sets "
+            "in the SavedModel, please use the SavedModel CLI: `saved_model_cli`",
+        )
     graph = tf.Graph()
     session = tf.compat.v1.Session(graph=graph, config=config or session_config())
     # TF Serving's loader (a MetaGraph in a Session) is TF1 API: TensorFlow marks it
     # deprecated and warns on every load, which would end up in every CLI command's output.
     with graph.as_default(), deprecation.silence():
-        meta_graph = tf.compat.v1.saved_model.loader.load(session, [tf.saved_model.SERVING], path)
-    return session, meta_graph
+        saver, _ = loader.load_graph(graph, tags)
+        index = os.path.join(path, "variables", "variables.index")
+        if tf.io.gfile.exists(index):
+            loader.restore_variables(session, saver)
+        else:
+            logging.warning(
+                "The specified SavedModel has no variables; no checkpoints were restored. File does not exist: %s",
+                index,
+            )
+        loader.run_init_ops(session, tags)
+    return session, loader.get_meta_graph_def_from_tags(tags)
 
 
-# TF Serving replays at most this many warmup records per version.
+# TF Serving's most warmup records for a version; a file with more fails the load.
 MAX_WARMUP_RECORDS = 1000
 
 
 def warm_up(loaded: LoadedVersion) -> int:
-    """Replays the version's assets.extra/tf_serving_warmup_requests, as TF Serving does
-    before it serves a version: each PredictLog's request runs through the same
-    validation and signature call as a real one, and a failing record fails the load.
-    Returns the number of requests run (0 without the file: no warmup, as TF Serving)."""
+    """Replays the version's assets.extra/tf_serving_warmup_requests before it serves, as
+    TF Serving's RunSavedModelWarmup does (`saved_model_warmup_util.cc`,
+    `saved_model_warmup.cc`), and fails the load as it does, with its codes: a record that
+    is not a PredictionLog, or over MAX_WARMUP_RECORDS records, is INVALID_ARGUMENT; a
+    file that is not TFRecords is DATA_LOSS; a PredictLog's request runs through the same
+    validation and signature call as a real one, and its error is the load's; a
+    SessionRunLog is UNIMPLEMENTED and a record with no log is skipped. Classify,
+    regress and multi-inference records, which TF Serving runs, the stand-in refuses
+    (UNIMPLEMENTED): it serves Predict only. Returns the number of records read (0
+    without the file: no warmup, as TF Serving)."""
     from tensorflow_serving.apis import prediction_log_pb2
 
     path = os.path.join(loaded.path, f.WARMUP_FILE)
     if not tf.io.gfile.exists(path):
         return 0
     count = 0
-    for record in tf.data.TFRecordDataset(path).take(MAX_WARMUP_RECORDS).as_numpy_iterator():
-        log = prediction_log_pb2.PredictionLog.FromString(record)
-        if log.WhichOneof("log_type") != "predict_log":
-            raise ValueError(f"{path}: record {count + 1} is not a PredictLog; the stand-in replays only those")
-        request = log.predict_log.request
-        try:
-            call_signature(loaded, *validate_predict(loaded, request))
-        except RequestError as error:
-            raise ValueError(
-                f"{path}: warmup request {count + 1} ({request.model_spec.signature_name}) failed: {error}"
-            ) from None
-        count += 1
+    try:
+        for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
+            try:
+                log = prediction_log_pb2.PredictionLog.FromString(record)
+            except DecodeError:
+                raise RequestError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"Failed to parse warmup record: {record.decode('utf-8', 'replace')} from {path}",
+                ) from None
+            kind = log.WhichOneof("log_type")
+            if kind == "predict_log":
+                call_signature(loaded, *validate_predict(loaded, log.predict_log.request))
+            elif kind == "session_run_log":
+                number = log.DESCRIPTOR.fields_by_name[kind].number
+                raise RequestError(grpc.StatusCode.UNIMPLEMENTED, f"Unsupported log_type for warmup: {number}")
+            elif kind is not None:
+                raise RequestError(
+                    grpc.StatusCode.UNIMPLEMENTED,
+                    f"{path}: record {count + 1} is a {kind}; the stand-in serves and replays Predict only",
+                )
+            count += 1
+            if count > MAX_WARMUP_RECORDS:
+                raise RequestError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"Number of warmup records exceeds the maximum ({MAX_WARMUP_RECORDS}) at {path}",
+                )
+    except tf.errors.DataLossError as error:
+        raise RequestError(
+            grpc.StatusCode.DATA_LOSS, f"{error.message}. Please verify your warmup data is in TFRecord format."
+        ) from None
     return count
 
 
 @dataclasses.dataclass(frozen=True)
 class LoadFailure:
-    """Why a version did not load: its error's code (TensorFlow's, which are gRPC's; UNKNOWN
-    for any other exception) and whole text, as TF Serving's model status reports a
+    """Why a version did not load: its error's code (a RequestError's, as TF Serving's
+    loader and warmup give it; TensorFlow's, which are gRPC's; UNKNOWN for any other
+    exception) and whole text, as TF Serving's model status reports a
     version's load error (ToStatusProto of its health), its first line for logs, and
     the saved_model.pb it was tried with."""
 
@@ -177,7 +233,12 @@ class LoadFailure:
 
     @classmethod
     def of(cls, error: Exception, stamp: tuple) -> LoadFailure:
-        code = GRPC_CODES.get(error.error_code) if isinstance(error, tf.errors.OpError) else None
+        if isinstance(error, RequestError):
+            code = error.code
+        elif isinstance(error, tf.errors.OpError):
+            code = GRPC_CODES.get(error.error_code)
+        else:
+            code = None
         return cls(code or grpc.StatusCode.UNKNOWN, str(error) or type(error).__name__, stamp)
 
 

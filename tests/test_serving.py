@@ -567,7 +567,7 @@ def _status(srv) -> dict:
     request = get_model_status_pb2.GetModelStatusRequest()
     request.model_spec.name = "animerec"
     response = model_service_pb2_grpc.ModelServiceStub(grpc.insecure_channel(srv.target)).GetModelStatus(request)
-    return {s.version: (s.state, s.status.error_message) for s in response.model_version_status}
+    return {s.version: (s.state, s.status.error_message, s.status.error_code) for s in response.model_version_status}
 
 
 def _wait_for(condition, seconds: float = 30.0) -> bool:
@@ -595,6 +595,11 @@ def test_broken_versions_are_skipped_and_the_poller_survives(exported_model, tmp
         assert status[1][0] == get_model_status_pb2.ModelVersionStatus.AVAILABLE
         assert status[2][0] == status[3][0] == get_model_status_pb2.ModelVersionStatus.END
         assert status[2][1] and status[3][1], "a version that does not load says why"
+        # With TensorFlow's C++ loader's codes (reader.cc), not Python's loader's exceptions.
+        assert status[2][2] == grpc.StatusCode.NOT_FOUND.value[0]
+        assert status[2][1].startswith("Could not find meta graph def matching supplied tags: { serve }")
+        assert status[3][2] == grpc.StatusCode.DATA_LOSS.value[0]
+        assert status[3][1].endswith("/3/saved_model.pb as binary proto")
         # Its whole error, as TF Serving reports a version's load error; the log has its first line.
         assert status[3][1] == srv.manager.failed[3].text and "\n" not in srv.manager.failed[3].message
         # The poller is alive: a good version 4 is picked up.
@@ -645,8 +650,10 @@ def test_versions_are_served_from_a_path_with_a_scheme(exported_model, running_r
 def test_no_loadable_version_is_one_clear_error(exported_model, tmp_path):
     serving_dir = str(tmp_path / "serving")
     push(exported_model, serving_dir, 1)
+    # As TF Serving's loader, a version without variables loads with none restored; its
+    # warmup's first call is what fails.
     shutil.rmtree(os.path.join(serving_dir, "1", "variables"))
-    with pytest.raises(FileNotFoundError, match="version 1 does not load"):
+    with pytest.raises(FileNotFoundError, match="version 1 does not load: Could not find variable"):
         server.start_server(serving_dir, port=0, batching=BATCHING)
 
 
@@ -660,13 +667,48 @@ def test_exported_model_carries_warmup_requests_for_every_signature(exported_mod
     serving_dir = str(tmp_path / "serving")
     push(exported_model, serving_dir, 1)
     assert versions.warm_up(versions.load_version(serving_dir, 1)) == len(signatures)
-    # A warmup request that fails makes the version fail to load, as in TF Serving.
-    bad = logs[0]
+    warmup = os.path.join(serving_dir, "1", f.WARMUP_FILE)
+
+    def load_error(records: list | None = None) -> tuple:
+        """(code, message) of loading version 1 with these warmup records (None: the file
+        as it is), or (None, the records read)."""
+        if records is not None:
+            with tf.io.TFRecordWriter(warmup) as writer:
+                for record in records:
+                    writer.write(record)
+        try:
+            return None, versions.warm_up(versions.load_version(serving_dir, 1))
+        except Exception as error:  # noqa: BLE001 - what the manager records of any
+            failure = versions.LoadFailure.of(error, ())
+            return failure.code, failure.text
+
+    # As TF Serving's RunSavedModelWarmup: a failing request fails the load with its own error.
+    bad = prediction_log_pb2.PredictionLog()
+    bad.CopyFrom(logs[0])
     bad.predict_log.request.model_spec.signature_name = "no_such_signature"
-    with tf.io.TFRecordWriter(os.path.join(serving_dir, "1", f.WARMUP_FILE)) as writer:
-        writer.write(bad.SerializeToString())
-    with pytest.raises(ValueError, match="warmup request 1 \\(no_such_signature\\) failed"):
-        versions.warm_up(versions.load_version(serving_dir, 1))
+    assert load_error([logs[0].SerializeToString(), bad.SerializeToString()]) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        'Serving signature key "no_such_signature" not found.',
+    )
+    # At most 1,000 records (a record with no log is read and skipped); one more fails the load.
+    assert load_error([b""] * 1000) == (None, 1000)
+    assert load_error([b""] * 1001) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"Number of warmup records exceeds the maximum (1000) at {warmup}",
+    )
+    session_run = prediction_log_pb2.PredictionLog()
+    session_run.session_run_log.SetInParent()
+    assert load_error([session_run.SerializeToString()]) == (
+        grpc.StatusCode.UNIMPLEMENTED,
+        "Unsupported log_type for warmup: 5",
+    )
+    code, message = load_error([b"\x08\x01garbage"])
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and message.startswith("Failed to parse warmup record: ")
+    with open(warmup, "wb") as fh:
+        fh.write(b"not TFRecords at all, but long enough to hold a header")
+    code, message = load_error()
+    assert code == grpc.StatusCode.DATA_LOSS
+    assert message.endswith(". Please verify your warmup data is in TFRecord format.")
 
 
 def _http(srv, path: str, body=None, method: str | None = None) -> tuple[int, dict | None]:
