@@ -82,9 +82,10 @@ class BatchingConfig:
         return cls(**values)
 
 
-def task_size(inputs: dict) -> int:
+def task_size(inputs: dict, max_batch_size: int) -> int:
     """Rows of a task: the inputs' shared dim 0, or TF Serving's refusal (batching_util.h,
-    ComputeTensorBatchSize, which BatchingSession::ComputeInputSize calls)."""
+    ComputeTensorBatchSize, which BatchingSession::ComputeInputSize calls; then the
+    scheduler's, for a task larger than a batch)."""
     sizes = set()
     for value in inputs.values():
         if np.ndim(value) == 0:
@@ -97,7 +98,13 @@ def task_size(inputs: dict) -> int:
         raise RequestError(
             grpc.StatusCode.INVALID_ARGUMENT, "Batching Run() input tensors must have equal 0th-dimension size"
         )
-    return sizes.pop()
+    size = sizes.pop()
+    if size > max_batch_size:
+        raise RequestError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"Task size {size} is larger than maximum input batch size {max_batch_size}",
+        )
+    return size
 
 
 def merge_inputs(tasks: list[dict], pad: bool) -> dict:
@@ -193,12 +200,7 @@ class Batcher:
 
     def call(self, key, inputs: dict, timeout: float | None = None) -> dict:
         """The outputs of `inputs` (one task) once its batch has run; RequestError as TF Serving's."""
-        size = task_size(inputs)
-        if size > self.config.max_batch_size:
-            raise RequestError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"Task size {size} is larger than maximum input batch size {self.config.max_batch_size}",
-            )
+        size = task_size(inputs, self.config.max_batch_size)
         task = _Task(key, inputs, size, None if timeout is None else time.monotonic() + timeout)
         with self._cond:
             if self._stop:

@@ -135,8 +135,9 @@ def start_server(
     (serving/batching.config when None). With `rest_port` (0: a free one), TF Serving's
     REST API is served too, over the same versions and batcher. `index` "scann" answers
     known users' serving_default and recommend from a ScaNN index (serving/scann_index.py)."""
+    batching = batching or BatchingConfig.read()
     manager = ModelManager(
-        model_name, model_base_path, poll_seconds, session_config(intra_op_threads=intra_op_threads), index
+        model_name, model_base_path, poll_seconds, session_config(intra_op_threads=intra_op_threads), index, batching
     )
     manager.start()
     if manager.current is None:
@@ -151,7 +152,7 @@ def start_server(
         maximum_concurrent_rpcs=max_concurrent_rpcs,
         options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)],
     )
-    batcher = Batcher(run_batch, batching or BatchingConfig.read())
+    batcher = Batcher(run_batch, batching)
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(manager, batcher), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager), server)
     bound = server.add_insecure_port(f"{host}:{port}")

@@ -21,7 +21,7 @@ from animerec import features as f
 from animerec.data import files
 from animerec.pipeline.artifacts import complete_versions
 from animerec.serving import scann_index
-from animerec.serving.batching import RequestError
+from animerec.serving.batching import BatchingConfig, RequestError, task_size
 from animerec.serving.predict import GRPC_CODES, call_signature, validate_predict
 
 POLL_SECONDS = 2.0
@@ -165,14 +165,16 @@ def load_session(path: str, config=None):
 MAX_WARMUP_RECORDS = 1000
 
 
-def warm_up(loaded: LoadedVersion) -> int:
+def warm_up(loaded: LoadedVersion, batching: BatchingConfig | None = None) -> int:
     """Replays the version's assets.extra/tf_serving_warmup_requests before it serves, as
     TF Serving's RunSavedModelWarmup does (`saved_model_warmup_util.cc`,
     `saved_model_warmup.cc`), and fails the load as it does, with its codes: a record that
     is not a PredictionLog, or over MAX_WARMUP_RECORDS records, is INVALID_ARGUMENT; a
     file that is not TFRecords is DATA_LOSS; a PredictLog's request runs through the same
-    validation and signature call as a real one, and its error is the load's; a
-    SessionRunLog is UNIMPLEMENTED and a record with no log is skipped. Classify,
+    validation and signature call as a real one (and, with `batching`, the batching
+    session's checks: TF Serving replays the warmup on the session it serves with), and
+    its error is the load's; a SessionRunLog is UNIMPLEMENTED; a record with no log, or a
+    PredictStreamedLog (which only the TFRT runtime replays), is skipped. Classify,
     regress and multi-inference records, which TF Serving runs, the stand-in refuses
     (UNIMPLEMENTED): it serves Predict only. Returns the number of records read (0
     without the file: no warmup, as TF Serving)."""
@@ -183,7 +185,11 @@ def warm_up(loaded: LoadedVersion) -> int:
         return 0
     count = 0
     try:
-        for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
+        # The v1 record reader raises the file's own error ("corrupted record at 0"), not
+        # tf.data's, which wraps it in the iterator op's name.
+        with deprecation.silence():
+            records = tf.compat.v1.io.tf_record_iterator(path)
+        for record in records:
             try:
                 log = prediction_log_pb2.PredictionLog.FromString(record)
             except DecodeError:
@@ -193,11 +199,14 @@ def warm_up(loaded: LoadedVersion) -> int:
                 ) from None
             kind = log.WhichOneof("log_type")
             if kind == "predict_log":
-                call_signature(loaded, *validate_predict(loaded, log.predict_log.request))
+                name, inputs = validate_predict(loaded, log.predict_log.request)
+                if batching is not None:
+                    task_size(inputs, batching.max_batch_size)
+                call_signature(loaded, name, inputs)
             elif kind == "session_run_log":
                 number = log.DESCRIPTOR.fields_by_name[kind].number
                 raise RequestError(grpc.StatusCode.UNIMPLEMENTED, f"Unsupported log_type for warmup: {number}")
-            elif kind is not None:
+            elif kind in ("classify_log", "regress_log", "multi_inference_log"):
                 raise RequestError(
                     grpc.StatusCode.UNIMPLEMENTED,
                     f"{path}: record {count + 1} is a {kind}; the stand-in serves and replays Predict only",
@@ -256,12 +265,14 @@ class ModelManager:
         poll_seconds: float = POLL_SECONDS,
         config=None,
         index: str = f.BRUTE_FORCE_INDEX,
+        batching: BatchingConfig | None = None,
     ):
         self.name = name
         self.base_path = base_path
         self.poll_seconds = poll_seconds
         self.config = config  # the Sessions' ConfigProto (session_config() when None)
         self.index = index  # known users' retrieval: one of features.RETRIEVAL_INDEXES
+        self.batching = batching  # the server's batching, which the warmup's requests go through too
         self._current: LoadedVersion | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -295,7 +306,7 @@ class ModelManager:
                 continue
             try:
                 loaded = load_version(self.base_path, version, self.config, self.index)
-                warm_up(loaded)
+                warm_up(loaded, self.batching)
             except Exception as error:  # noqa: BLE001 - any broken version is skipped, never fatal
                 failure = LoadFailure.of(error, stamp)
                 logging.error("%s version %d does not load; skipped: %s", self.name, version, failure.message)

@@ -677,7 +677,7 @@ def test_exported_model_carries_warmup_requests_for_every_signature(exported_mod
                 for record in records:
                     writer.write(record)
         try:
-            return None, versions.warm_up(versions.load_version(serving_dir, 1))
+            return None, versions.warm_up(versions.load_version(serving_dir, 1), BATCHING)
         except Exception as error:  # noqa: BLE001 - what the manager records of any
             failure = versions.LoadFailure.of(error, ())
             return failure.code, failure.text
@@ -690,11 +690,31 @@ def test_exported_model_carries_warmup_requests_for_every_signature(exported_mod
         grpc.StatusCode.FAILED_PRECONDITION,
         'Serving signature key "no_such_signature" not found.',
     )
-    # At most 1,000 records (a record with no log is read and skipped); one more fails the load.
-    assert load_error([b""] * 1000) == (None, 1000)
+    # At most 1,000 records (a record with no log is read and skipped, as is a
+    # PredictStreamedLog, which only the TFRT runtime replays); one more fails the load,
+    # counted after it has run.
+    streamed = prediction_log_pb2.PredictionLog()
+    streamed.predict_streamed_log.SetInParent()
+    assert load_error([b""] * 999 + [streamed.SerializeToString()]) == (None, 1000)
     assert load_error([b""] * 1001) == (
         grpc.StatusCode.INVALID_ARGUMENT,
         f"Number of warmup records exceeds the maximum (1000) at {warmup}",
+    )
+    assert load_error([b""] * 1000 + [bad.SerializeToString()])[0] == grpc.StatusCode.FAILED_PRECONDITION
+    # The requests go through the batching session, as TF Serving replays them on the
+    # session it serves with.
+    scalar = prediction_log_pb2.PredictionLog()
+    scalar.predict_log.request.CopyFrom(_request(user_id=np.int64(100)))
+    assert load_error([scalar.SerializeToString()]) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "Batching Run() input tensors must have at least one dimension",
+    )
+    too_many = prediction_log_pb2.PredictionLog()
+    users = np.full(MAX_BATCH + 1, 100, np.int64)
+    too_many.predict_log.request.CopyFrom(_request(user_id=users))
+    assert load_error([too_many.SerializeToString()]) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"Task size {MAX_BATCH + 1} is larger than maximum input batch size {MAX_BATCH}",
     )
     session_run = prediction_log_pb2.PredictionLog()
     session_run.session_run_log.SetInParent()
@@ -706,9 +726,11 @@ def test_exported_model_carries_warmup_requests_for_every_signature(exported_mod
     assert code == grpc.StatusCode.INVALID_ARGUMENT and message.startswith("Failed to parse warmup record: ")
     with open(warmup, "wb") as fh:
         fh.write(b"not TFRecords at all, but long enough to hold a header")
-    code, message = load_error()
-    assert code == grpc.StatusCode.DATA_LOSS
-    assert message.endswith(". Please verify your warmup data is in TFRecord format.")
+    # The record reader's own error (tensorflow/core/lib/io/record_reader.cc), as TF Serving's.
+    assert load_error() == (
+        grpc.StatusCode.DATA_LOSS,
+        "corrupted record at 0 (Is this even a TFRecord file?). Please verify your warmup data is in TFRecord format.",
+    )
 
 
 def _http(srv, path: str, body=None, method: str | None = None) -> tuple[int, dict | None]:
