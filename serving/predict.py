@@ -219,15 +219,18 @@ def predict(manager: ModelManager, batcher: Batcher | None, request, timeout: fl
     _has_model_spec(request)
     loaded = manager.resolve(request.model_spec)
     name, inputs = validate_predict(loaded, request)
-    # The batching session batches a call whose inputs and outputs are a signature's; a
-    # call fetching only some outputs matches none and runs on its own ("Bypassing
-    # batcher", batching_session.cc; TF Serving sets no default scheduler).
-    partial = bool(request.output_filter) and set(request.output_filter) != set(loaded.signature_defs[name].outputs)
-    if batcher is None or partial:
+    if batcher is None or not is_batched(loaded, request, name):
         outputs = call_signature(loaded, name, inputs)
     else:
         outputs = batcher.call((loaded, name), inputs, timeout)
     return build_response(loaded, request, name, outputs)
+
+
+def is_batched(loaded: LoadedVersion, request, name: str) -> bool:
+    """Whether the batching session batches this request's call: one whose inputs and
+    outputs are a signature's. A call fetching only some outputs matches none and runs on
+    its own ("Bypassing batcher", batching_session.cc; TF Serving sets no default scheduler)."""
+    return not request.output_filter or set(request.output_filter) == set(loaded.signature_defs[name].outputs)
 
 
 def _has_model_spec(request) -> None:

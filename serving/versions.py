@@ -22,7 +22,7 @@ from animerec.data import files
 from animerec.pipeline.artifacts import complete_versions
 from animerec.serving import scann_index
 from animerec.serving.batching import BatchingConfig, RequestError, task_size
-from animerec.serving.predict import GRPC_CODES, call_signature, validate_predict
+from animerec.serving.predict import GRPC_CODES, call_signature, is_batched, validate_predict
 
 POLL_SECONDS = 2.0
 # How long stopping waits for the version poller (a load in progress finishes first).
@@ -199,8 +199,9 @@ def warm_up(loaded: LoadedVersion, batching: BatchingConfig | None = None) -> in
                 ) from None
             kind = log.WhichOneof("log_type")
             if kind == "predict_log":
-                name, inputs = validate_predict(loaded, log.predict_log.request)
-                if batching is not None:
+                request = log.predict_log.request
+                name, inputs = validate_predict(loaded, request)
+                if batching is not None and is_batched(loaded, request, name):
                     task_size(inputs, batching.max_batch_size)
                 call_signature(loaded, name, inputs)
             elif kind == "session_run_log":

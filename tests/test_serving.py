@@ -709,6 +709,10 @@ def test_exported_model_carries_warmup_requests_for_every_signature(exported_mod
         grpc.StatusCode.INVALID_ARGUMENT,
         "Batching Run() input tensors must have at least one dimension",
     )
+    # ... unless it fetches only some outputs, which the batching session runs on its own.
+    scalar.predict_log.request.output_filter.append(f.OUTPUT_ANIME_IDS)
+    code, message = load_error([scalar.SerializeToString()])
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "Batching Run()" not in message
     too_many = prediction_log_pb2.PredictionLog()
     users = np.full(MAX_BATCH + 1, 100, np.int64)
     too_many.predict_log.request.CopyFrom(_request(user_id=users))
